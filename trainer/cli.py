@@ -1,0 +1,70 @@
+"""The `train` command: Hydra composes the config, `trainer.run.run` does the work.
+
+Errors a user can fix (a bad value, an unknown option, a missing file) are printed as one
+line on stderr with exit code 2 and no traceback; the run folder Hydra made for a job that
+failed that way is removed again, so no half-written run is left behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer.errors import TrainerError
+
+CONF_DIR = str(Path(__file__).parent / "conf")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+HYDRA_FILES = {".hydra", "cli.log", "train.log"}
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from trainer.run import run  # torch loads here, not for --help
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    created_here = {path.name for path in run_dir.iterdir()} <= HYDRA_FILES
+    try:
+        summary = run(cfg, run_dir)
+    except TrainerError:
+        if created_here:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt
+    best = summary["best"].get("val_acc")
+    return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
+    fold them into one."""
+    text = str(error).strip() or type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head, rest = lines[0], lines[1:]
+    if rest and rest[0].startswith("Available options"):
+        return f"{head.rstrip('.')}; {rest[0].rstrip(':').lower()}: {', '.join(rest[1:])}"
+    return re.sub(r"\s+", " ", " ".join(lines))
+
+
+def main() -> None:
+    # Let exceptions reach us instead of Hydra's own multi-line report, so we can shorten them.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:
+        if not isinstance(error, (TrainerError, HydraException, OmegaConfBaseException)):
+            raise  # a bug: keep the traceback
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

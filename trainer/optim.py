@@ -1,0 +1,81 @@
+"""Optimizers, one `optim=` choice each: sgd, momentum, nesterov, adam, adamw, rmsprop.
+
+Weight decay skips biases and normalisation parameters (all 1-D tensors) unless
+`decay_norm_and_bias=true`: decaying a norm's scale or a bias only limits what the layer can
+express (as in nanoGPT, timm and Goyal et al. 2017).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from trainer.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias or not weight_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def build(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    alpha: float = 0.99,
+    decay_norm_and_bias: bool = False,
+) -> Optimizer:
+    """Builder named by conf/optim/*.yaml; `model` is passed at run time.
+
+    Args:
+        name: one of OPTIMIZERS. `momentum` is SGD with heavy-ball momentum, `nesterov` SGD
+            with Nesterov momentum (Sutskever et al. 2013).
+        lr: the base learning rate; a schedule multiplies it.
+        weight_decay: L2 coupled into the gradient for sgd/momentum/nesterov/adam/rmsprop,
+            decoupled for adamw (Loshchilov & Hutter 2019).
+        momentum: for momentum, nesterov and rmsprop.
+        betas: Adam's moment decay rates.
+        eps: Adam's and RMSprop's denominator guard.
+        alpha: RMSprop's squared-gradient decay rate.
+        decay_norm_and_bias: decay 1-D parameters (biases, norm scales) too.
+    """
+    _check(name, lr, weight_decay, momentum, betas, eps, alpha)
+    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name in ("momentum", "nesterov"):
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov")
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+
+
+def _check(name: str, lr: float, weight_decay: float, momentum: float,
+           betas: tuple[float, float], eps: float, alpha: float) -> None:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optim={name!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+    if lr <= 0:
+        raise ConfigError(f"optim.lr={lr} must be > 0")
+    if weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay={weight_decay} must be >= 0")
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"optim.momentum={momentum} must be in [0, 1)")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas={list(betas)} must be two numbers in [0, 1)")
+    if eps <= 0:
+        raise ConfigError(f"optim.eps={eps} must be > 0")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"optim.alpha={alpha} must be in (0, 1)")

@@ -1,0 +1,83 @@
+"""Numeric precision, one strategy per `precision=` choice.
+
+The strategy owns autocast and the backward -> unscale -> clip -> step sequence (as timm's
+`NativeScaler`), so the loop reads the same whatever precision is on. Master weights stay
+fp32: autocast only lowers the precision of the ops it runs.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import torch
+from torch.optim import Optimizer
+
+from trainer.clipping import Clipping
+from trainer.errors import ConfigError
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "auto")
+
+
+@dataclass
+class Precision:
+    """Args:
+        requested: the `precision=` choice.
+        actual: what runs on this device (fp16 on a CPU falls back to fp32, auto resolves).
+        device_type: "cuda" or "cpu", for autocast.
+        notice: a one-line explanation when actual differs from requested, else None.
+    """
+
+    requested: str
+    actual: str
+    device_type: str
+    notice: str | None = None
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Loss scaling keeps small fp16 gradients from flushing to zero (Micikevicius et al. 2018);
+        # bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.actual == "fp16")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.actual)
+
+    def autocast(self) -> AbstractContextManager:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def backward_and_step(
+        self, loss: torch.Tensor, optimizer: Optimizer, clipping: Clipping,
+        params: list[torch.Tensor], measure: bool,
+    ) -> torch.Tensor | None:
+        """Backward, unscale, clip, step, zero the gradients; returns the pre-clip grad norm if measured."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)  # clip and measure the true gradients, not the scaled ones
+        norm = clipping(params, measure)
+        self.scaler.step(optimizer)  # skipped by the scaler when the gradients hold inf or NaN
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler.load_state_dict(state)
+
+
+def build(name: str, device: torch.device) -> Precision:
+    """Builder named by conf/precision/*.yaml; `device` is passed at run time."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if name in ("fp16", "tf32"):
+            return Precision(name, "fp32", device.type, f"precision={name} needs a CUDA GPU; running fp32 on the {device.type}")
+        actual = "fp32" if name == "auto" else name
+        return Precision(name, actual, device.type)
+    if name == "auto":
+        return Precision(name, "bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda")
+    # TF32 runs fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa (Ampere+).
+    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+    torch.backends.cudnn.allow_tf32 = name == "tf32"
+    return Precision(name, name, "cuda")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-import struct
+
 import time
 from pathlib import Path
 from urllib.error import URLError
@@ -11,12 +11,11 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fakes import make_images, write_mnist
 from torchvision import datasets
 
 from trainer.data import DataSplits, adding, imagefolder, mnist1d, synthetic, vision
 from trainer.errors import ConfigError, DataError
-
 
 def check_classification(d: DataSplits, shape: tuple[int, ...], classes: int) -> None:
     assert d.task == "classification" and d.num_outputs == classes
@@ -25,7 +24,6 @@ def check_classification(d: DataSplits, shape: tuple[int, ...], classes: int) ->
     assert d.y_train.dtype == d.y_val.dtype == torch.int64
     assert d.y_train.shape == (len(d.x_train),) and d.y_val.shape == (len(d.x_val),)
     assert 0 <= int(d.y_train.min()) and int(d.y_train.max()) < classes
-
 
 def test_mnist1d_sizes_cache_and_rng_untouched(tmp_path: Path) -> None:
     random.seed(1)
@@ -48,7 +46,6 @@ def test_mnist1d_sizes_cache_and_rng_untouched(tmp_path: Path) -> None:
                     (second.x_train, second.y_train, second.x_val, second.y_val)):
         assert torch.equal(a, b)
 
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"train_split": 1.5}, "data.train_split=1.5 must be in (0, 1)"),
     ({"num_samples": 5}, "data.num_samples=5"),
@@ -57,14 +54,12 @@ def test_mnist1d_bad_args(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         mnist1d.build(str(tmp_path), **kwargs)
 
-
 def test_synthetic_signals_and_images() -> None:
     d = synthetic.build(num_train=64, num_val=32, num_classes=3, length=20, channels=2)
     check_classification(d, (2, 20), 3)
     assert abs(float(d.x_train.mean())) < 0.1 and abs(float(d.x_train.std()) - 1) < 0.1
     img = synthetic.build(num_train=16, num_val=8, channels=3, image_size=8)
     check_classification(img, (3, 8, 8), 4)
-
 
 def test_synthetic_deterministic_per_seed_and_leaves_global_rng() -> None:
     torch.manual_seed(0)
@@ -75,11 +70,9 @@ def test_synthetic_deterministic_per_seed_and_leaves_global_rng() -> None:
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
     assert not torch.equal(a.x_train, c.x_train)
 
-
 def test_synthetic_bad_args() -> None:
     with pytest.raises(ConfigError, match="data.num_classes=1 must be at least 2"):
         synthetic.build(num_classes=1)
-
 
 def test_adding_targets_and_markers() -> None:
     d = adding.build(seq_len=10, num_train=200, num_val=50, seed=3)
@@ -94,7 +87,6 @@ def test_adding_targets_and_markers() -> None:
     with pytest.raises(ConfigError, match="data.seq_len=1"):
         adding.build(seq_len=1)
 
-
 @pytest.mark.parametrize("builder, folder", [
     (vision.mnist, "MNIST/raw"), (vision.fashion_mnist, "FashionMNIST/raw"), (vision.cifar10, ""),
 ])
@@ -103,7 +95,6 @@ def test_vision_missing_files_without_download(tmp_path: Path, builder, folder: 
         builder(str(tmp_path), download=False)
     message = str(info.value)
     assert os.path.join(str(tmp_path), folder).rstrip("/") in message and "\n" not in message
-
 
 def test_vision_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(self) -> None:
@@ -115,37 +106,14 @@ def test_vision_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.
         vision.cifar10(str(tmp_path))
     assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
 
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    # IDX format: 0, 0, type code (0x08 = uint8), number of dims, then big-endian uint32 sizes and the data.
-    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-                     + array.astype(np.uint8).tobytes())
-
-
 def test_mnist_reads_raw_files_and_normalises(tmp_path: Path) -> None:
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (6, 28, 28)), "t10k": rng.integers(0, 256, (4, 28, 28))}
-    for split, x in images.items():
-        write_idx(raw / f"{split}-images-idx3-ubyte", x)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(len(x)) % 10)
+    images = write_mnist(tmp_path)
     d = vision.mnist(str(tmp_path), download=False)
     check_classification(d, (1, 28, 28), 10)
     assert len(d.x_train) == 6 and len(d.x_val) == 4
     expected = (torch.tensor(images["t10k"], dtype=torch.float32) / 255 - 0.1307) / 0.3081
     assert torch.allclose(d.x_val[:, 0], expected)
     assert d.y_train.tolist() == [0, 1, 2, 3, 4, 5]
-
-
-def make_images(root: Path, counts: dict[str, int], size: int = 6) -> None:
-    rng = np.random.default_rng(0)
-    for name, count in counts.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-
 
 def test_imagefolder_split_and_standardise(tmp_path: Path) -> None:
     make_images(tmp_path / "train", {"cat": 5, "dog": 5, "eel": 5})
@@ -159,7 +127,6 @@ def test_imagefolder_split_and_standardise(tmp_path: Path) -> None:
     g = imagefolder.build(str(tmp_path / "train"), image_size=4, val_path=str(tmp_path / "val"), grayscale=True)
     check_classification(g, (1, 4, 4), 3)
     assert len(g.x_train) == 15 and g.y_val.tolist() == [0, 1, 2, 2]
-
 
 def test_imagefolder_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope"

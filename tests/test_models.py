@@ -87,7 +87,7 @@ def test_deep_mlp_builds() -> None:
 
 def test_cnn1d_matches_mnist1d_convbase() -> None:
     # Greydanus 2020: 25 channels, lengths 40 -> 19 -> 10 -> 5, so the head takes 125 features.
-    model = call(cnn1d.build, (1, 40))
+    model = call(cnn1d.build, (1, 40), channels=25)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     assert [(c.kernel_size[0], c.stride[0], c.padding[0], c.out_channels) for c in convs] == [
         (5, 2, 1, 25), (3, 2, 1, 25), (3, 2, 1, 25)
@@ -186,11 +186,11 @@ def test_unsuitable_input_shape(builder: Builder, shape: tuple[int, ...], needle
 
 
 def test_groupnorm_width_mismatch_is_config_error() -> None:
-    # cnn1d's default 25 channels are not divisible by groupnorm's default 8 groups.
+    # The paper's 25 channels are not divisible by groupnorm's default 8 groups.
     with pytest.raises(ConfigError, match="width 25"):
         cnn1d.build(
             input_shape=(1, 40), num_outputs=10, norm=factory("groupnorm"), dropout=0.0, input_dropout=0.0,
-            activation="relu",
+            activation="relu", channels=25,
         )
 
 

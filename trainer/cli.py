@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -24,20 +25,28 @@ CONF_DIR = str(Path(__file__).parent / "conf")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 HYDRA_FILES = {".hydra", "cli.log", "train.log"}
+# Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
+failed_jobs: list[str] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from trainer.run import run  # torch loads here, not for --help
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     created_here = {path.name for path in run_dir.iterdir()} <= HYDRA_FILES
     try:
         summary = run(cfg, run_dir)
-    except TrainerError:
+    except TrainerError as error:
+        # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         if created_here:
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            sys.exit(EXIT_USAGE)
+        failed_jobs.append(run_dir.name)
+        return None
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
     best = summary["best"].get("val_acc")
@@ -47,7 +56,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def one_line(error: BaseException) -> str:
     """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
     fold them into one."""
-    text = str(error).strip() or type(error).__name__
+    text = str(error).strip().split("Config search path")[0] or type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     head, rest = lines[0], lines[1:]
     if rest and rest[0].startswith("Available options"):
@@ -60,6 +69,9 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+        if failed_jobs:
+            print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

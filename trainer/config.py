@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
+import typing
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +43,47 @@ def build(group: str, node: DictConfig, **runtime: Any) -> Any:
     if unknown:
         valid = sorted(set(accepted) - set(runtime))
         raise ConfigError(f"{group}.{unknown[0]} is not a setting of {group}={node.get('name')}; valid: {', '.join(valid)}")
+    hints = _type_hints(fn)
+    for key, value in kwargs.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(f"{group}.{key}={value!r} must be {_describe(hints[key])}")
     return fn(**kwargs, **runtime)
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved here: skip the type check, not the build
+        return {}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a builder's annotation (int counts as float; bool as neither)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    if origin in (tuple, list, Sequence) or annotation in (tuple, list):
+        items = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and (not items or all(_fits(v, items[0]) for v in value))
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(annotation))
+    if origin in (tuple, list, Sequence):
+        return "a list"
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(annotation, str(annotation))
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:

@@ -55,6 +55,8 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic={cfg.deterministic} must be true or false")
     if cfg.norm.name == "batchnorm" and cfg.batch_size < 2:
         raise ConfigError(
             f"batch_size={cfg.batch_size} with norm=batchnorm: batch statistics need at least 2 samples; "

@@ -1,0 +1,36 @@
+"""Small data files in the formats real data sets use, so their loaders run offline."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    # IDX format: 0, 0, type code (0x08 = uint8), number of dims, then big-endian uint32 sizes and the data.
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+                     + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str = "MNIST", train: int = 6, test: int = 4) -> dict[str, np.ndarray]:
+    """Raw, uncompressed MNIST-layout files under root/folder/raw; returns the images written."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (train, 28, 28)), "t10k": rng.integers(0, 256, (test, 28, 28))}
+    for split, x in images.items():
+        write_idx(raw / f"{split}-images-idx3-ubyte", x)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(len(x)) % 10)
+    return images
+
+
+def make_images(root: Path, counts: dict[str, int], size: int = 6) -> None:
+    """An ImageFolder tree: root/<class>/<i>.png with random RGB pixels."""
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")

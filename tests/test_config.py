@@ -1,0 +1,56 @@
+"""Every YAML of every group composes, names a real builder, and passes it only keys it takes."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from conftest import GROUPS_DIR, group_choices
+from trainer.config import GROUPS, build, builder, choices
+from trainer.errors import ConfigError
+
+ALL_CHOICES = [(group, choice) for group in GROUPS for choice in group_choices(group)]
+
+
+def test_every_group_has_an_off_or_default_choice() -> None:
+    off = {"init": "default", "norm": "none", "regularisation": "none", "clipping": "none",
+           "precision": "fp32", "early_stopping": "none", "sched": "constant"}
+    for group, choice in off.items():
+        assert choice in group_choices(group)
+
+
+@pytest.mark.parametrize("group, choice", ALL_CHOICES)
+def test_yaml_matches_its_builder(group: str, choice: str) -> None:
+    node = OmegaConf.load(GROUPS_DIR / group / f"{choice}.yaml")
+    assert node.name == choice, "name must be the choice, so the summary's tricks are right"
+    parameters = inspect.signature(builder(node._target_)).parameters
+    keys = set(node) - {"_target_", "name"}
+    assert keys <= set(parameters), f"{group}/{choice}.yaml has keys its builder does not take"
+
+
+@pytest.mark.parametrize("group, choice", ALL_CHOICES)
+def test_choice_composes(make_cfg: Callable[..., DictConfig], group: str, choice: str) -> None:
+    cfg = make_cfg(f"{group}={choice}")
+    assert choices(cfg)[group] == choice
+
+
+def test_bare_config_defaults(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg(small=False)
+    assert choices(cfg) == {
+        "data": "mnist1d", "model": "cnn1d", "init": "default", "norm": "batchnorm", "regularisation": "none",
+        "optim": "adamw", "sched": "cosine_warmup", "clipping": "none", "precision": "auto", "early_stopping": "none",
+    }
+
+
+def test_fields_combine_by_override(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg("regularisation=dropout", "regularisation.l1=1e-5")
+    regularisation = build("regularisation", cfg.regularisation)
+    assert regularisation.dropout == 0.2 and regularisation.l1 == 1e-5
+
+
+def test_unknown_key_names_the_valid_ones() -> None:
+    node = OmegaConf.create({"_target_": "trainer.clipping.norm", "name": "norm", "max_nrom": 1.0})
+    with pytest.raises(ConfigError, match="clipping.max_nrom is not a setting of clipping=norm; valid: max_norm, norm_type"):
+        build("clipping", node)

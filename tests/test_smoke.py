@@ -1,0 +1,69 @@
+"""Every choice of every group trains a few steps on the CPU through run(), the path `train` takes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from conftest import group_choices
+from fakes import make_images, write_mnist
+from trainer.config import GROUPS, build
+from trainer.run import run
+
+# What a choice needs beside it to run here: 2-D models need images; groupnorm needs a width its
+# groups divide. Files for the downloadable sets are written by `prepare` below.
+COMPANIONS = {
+    ("model", "cnn"): ["data.image_size=8"],
+    ("model", "resnet18"): ["data.image_size=8"],
+    ("data", "adding"): ["data.num_train=128", "data.num_val=32", "data.seq_len=10"],
+    ("data", "mnist1d"): ["data.num_samples=500"],
+    ("data", "mnist"): ["model=cnn"],
+    ("data", "fashion_mnist"): ["model=cnn"],
+    ("data", "imagefolder"): ["model=cnn"],
+}
+# CIFAR-10's loader verifies the archive's checksums, so no small fake can stand in for it:
+# its offline error is tested in test_data.py and test_cli.py.
+NEEDS_REAL_FILES = {("data", "cifar10")}
+RUNNABLE = [(g, c) for g in GROUPS for c in group_choices(g) if (g, c) not in NEEDS_REAL_FILES]
+
+
+def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> list[str]:
+    overrides = list(COMPANIONS.get((group, choice), []))
+    if (group, choice) == ("data", "mnist"):
+        write_mnist(tmp_path / "data", train=128, test=32)
+        overrides += [f"data.root={tmp_path / 'data'}", "data.download=false"]
+    if (group, choice) == ("data", "fashion_mnist"):
+        write_mnist(tmp_path / "data", folder="FashionMNIST", train=128, test=32)
+        overrides += [f"data.root={tmp_path / 'data'}", "data.download=false"]
+    if (group, choice) == ("data", "imagefolder"):
+        make_images(tmp_path / "images", {"cat": 60, "dog": 60})
+        overrides += [f"data.path={tmp_path / 'images'}", "data.image_size=8"]
+    if (group, choice) == ("init", "pretrained"):
+        overrides += [f"init.path={save_weights(tmp_path, make_cfg)}"]
+    return overrides
+
+
+def save_weights(tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> Path:
+    cfg = make_cfg()
+    norm = build("norm", cfg.norm)
+    model = build("model", cfg.model, input_shape=(1, 40), num_outputs=4, norm=norm, dropout=0.0, input_dropout=0.0)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("group, choice", RUNNABLE)
+def test_choice_trains(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg(f"{group}={choice}", *prepare(group, choice, tmp_path, make_cfg))
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 3
+    assert summary["tricks"][group] == choice
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tricks"][group] == choice
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["kind"] == "step"] == [1, 2, 3]
+    assert lines[-1]["kind"] == "epoch" and lines[-1]["val_loss"] is not None

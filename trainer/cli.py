@@ -65,6 +65,11 @@ def one_line(error: BaseException) -> str:
 
 
 def main() -> None:
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from trainer.help import catalogue
+
+        print(catalogue(Path(CONF_DIR)))
+        return
     # Let exceptions reach us instead of Hydra's own multi-line report, so we can shorten them.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -80,3 +85,7 @@ def main() -> None:
             raise  # a bug: keep the traceback
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,9 @@ def _check(name: str, lr: float, weight_decay: float, momentum: float,
         raise ConfigError(f"optim.weight_decay={weight_decay} must be >= 0")
     if not 0.0 <= momentum < 1.0:
         raise ConfigError(f"optim.momentum={momentum} must be in [0, 1)")
+    if name == "nesterov" and momentum == 0:
+        # torch's SGD raises a bare ValueError for Nesterov without momentum; name the fix instead.
+        raise ConfigError("optim=nesterov needs optim.momentum > 0 (e.g. 0.9); use optim=sgd for none")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"optim.betas={list(betas)} must be two numbers in [0, 1)")
     if eps <= 0:

@@ -1,0 +1,99 @@
+"""The `train` command end to end, in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import group_choices
+from trainer.config import GROUPS
+
+TRAIN = str(Path(sys.executable).with_name("train"))
+FAST = ["data=synthetic", "epochs=2", "log_every=5"]
+
+
+def train(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
+    result = train(*FAST, "init=he", "sched=cosine", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stdout  # plain per-epoch lines when stdout is a pipe
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert set(summary["final"]) == set(summary["best"]) - {"epoch"} == {"train_loss", "val_loss", "val_acc"}
+    assert summary["tricks"]["init"] == "he" and summary["tricks"]["sched"] == "cosine"
+    assert summary["device"] == {**summary["device"], "requested": "auto"}
+    assert summary["precision"]["requested"] == "auto"
+    assert summary["params"] > 0 and summary["samples_per_s"] > 0 and summary["seed"] == 0
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if line["kind"] == "epoch"]
+    assert [line["epoch"] for line in epochs] == [1, 2]
+    assert all({"train_loss", "val_loss", "val_acc", "lr", "grad_norm", "elapsed"} <= set(line) for line in epochs)
+    assert any(line["kind"] == "step" and line["grad_norm"] > 0 for line in lines)
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+
+def test_multirun_runs_every_combination(tmp_path: Path) -> None:
+    result = train("-m", *FAST, "epochs=1", "init=xavier,he", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 0, result.stderr
+    inits = {json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["tricks"]["init"] for job in "01"}
+    assert inits == {"xavier", "he"}
+
+
+def test_existing_run_is_never_clobbered(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert train(*FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    before = (run_dir / "summary.json").read_bytes()
+    again = train(*FAST, "epochs=1", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert (run_dir / "summary.json").read_bytes() == before
+
+
+BAD_INPUTS = [
+    (["norm=foo"], "Could not find 'norm/foo'; available options in 'norm': batchnorm, groupnorm"),
+    (["sched=cosine_warmpu"], "available options in 'sched'"),
+    (["optim.lr=0"], "optim.lr=0 must be > 0"),
+    (["optim.lr=-1"], "optim.lr=-1 must be > 0"),
+    (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+    (["regularisation.dropout=1.0"], "regularisation.dropout=1.0 must be in [0, 1)"),
+    (["regularisation.input_dropout=-0.1"], "regularisation.input_dropout=-0.1 must be in [0, 1)"),
+    (["early_stopping=val_loss", "early_stopping.patience=-1"], "early_stopping.patience=-1 must be >= 0"),
+    (["batch_size=0"], "batch_size=0 must be an integer >= 1"),
+    (["sched.warmup_steps=100000"], "sched.warmup_steps=100000 is not shorter than training"),
+    (["init=pretrained", "init.path=/no/such/file.pt"], "init.path=/no/such/file.pt does not exist"),
+    (["data=cifar10", "model=cnn", "data.root=EMPTY", "data.download=false"], "data=cifar10: files missing"),
+    (["foo=1"], "Could not override 'foo'"),
+    (["device=tpu"], "device='tpu' is unknown; valid: auto, cpu, cuda"),
+    (["model=cnn"], "model=cnn needs images (C, H, W)"),
+    (["norm=batchnorm", "batch_size=1"], "batch_size=1 with norm=batchnorm"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    overrides = [o.replace("EMPTY", str(tmp_path / "empty")) for o in overrides]
+    run_dir = tmp_path / "run"
+    result = train(*FAST, *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1 and error_lines[0].startswith("error: "), result.stderr
+    assert message in error_lines[0]
+    assert not run_dir.exists(), "a failed start must leave no run folder"
+
+
+def test_help_lists_every_choice_with_its_settings() -> None:
+    result = train("--help")
+    assert result.returncode == 0
+    sections = re.split(r"^  (\w+)$", result.stdout, flags=re.MULTILINE)
+    listed = {sections[i]: sections[i + 1] for i in range(1, len(sections) - 1, 2)}
+    for group in GROUPS:
+        names = set(re.findall(r"^   [ *](\w+)", listed[group], flags=re.MULTILINE))
+        assert names == set(group_choices(group)), group
+    assert "max_norm=1.0" in listed["clipping"] and "*cosine_warmup" in listed["sched"]

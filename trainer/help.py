@@ -1,0 +1,71 @@
+"""`train --help`: every group, every choice with its one-line description and its settings,
+read from conf/ so a new YAML appears without editing this file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from trainer.config import GROUPS
+
+USAGE = """\
+train: a config-driven training CLI where every deep-learning trick is one switch away.
+
+Usage:
+  train                                            # MNIST-1D, small CNN, CPU or CUDA
+  train init=he norm=layernorm sched=cosine_warmup
+  train epochs=5 batch_size=256 optim.lr=3e-3 regularisation=dropout regularisation.l1=1e-5
+  train -m init=xavier,he,orthogonal norm=none,batchnorm seed=0,1,2   # one run per combination
+"""
+
+FOOTER = """\
+Show the composed config of a command without training: train --cfg job [overrides...]
+Hydra's own options: train --hydra-help
+Each run writes outputs/DATE/TIME/ (a sweep: multirun/DATE/TIME/N/) with metrics.jsonl,
+summary.json and Hydra's .hydra/ record of the config.
+"""
+
+
+def _description(path: Path) -> str:
+    """The YAML's leading comment, joined into one line."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    prefix = f"{path.stem}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _value(value: object) -> str:
+    """YAML spelling, as the user types it back: null, true, false."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _settings(path: Path) -> str:
+    node = yaml.safe_load(path.read_text()) or {}
+    return " ".join(f"{key}={_value(value)}" for key, value in node.items() if key not in ("_target_", "name"))
+
+
+def catalogue(conf_dir: Path) -> str:
+    top = yaml.safe_load((conf_dir / "config.yaml").read_text())
+    defaults = {group: choice for item in top["defaults"] if isinstance(item, dict) for group, choice in item.items()}
+    parts = [USAGE, "Groups (GROUP=CHOICE; the default is marked *; override a setting with GROUP.KEY=VALUE):"]
+    for group in GROUPS:
+        parts.append(f"\n  {group}")
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            mark = "*" if defaults.get(group) == path.stem else " "
+            parts.append(f"   {mark}{path.stem:<16}{_description(path)}")
+            settings = _settings(path)
+            if settings:
+                parts.append(f"    {'':<16}{settings}")
+    parts.append("\nTop-level keys (KEY=VALUE):")
+    parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top.items() if key not in ("defaults", "hydra")))
+    parts.append("")
+    parts.append(FOOTER)
+    return "\n".join(parts)

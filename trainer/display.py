@@ -93,7 +93,8 @@ class LiveDisplay(PlainDisplay):
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         self.table.add_row(*(_format(key, row.get(key)) for key in EPOCH_COLUMNS))
-        self.bar.update(self.task, completed=row["step"])
+        self.bar.update(self.task, completed=row["step"], epoch=f"{row['epoch']}/{self.epochs}",
+                        loss=_format("train_loss", row["train_loss"]), lr=_format("lr", row["lr"]))
 
     def close(self) -> None:
         self.live.stop()

@@ -54,8 +54,10 @@ def _weight_init(scheme: str, gain: float, mode: str, std: float) -> Callable[[t
                 weight.zero_()
             elif scheme == "normal":
                 weight.normal_(0.0, std)
-            elif scheme == "lecun_uniform":  # LeCun et al. (1998): U[-1/sqrt(fan_in), +]
-                bound = 1.0 / math.sqrt(fan_in)
+            elif scheme == "lecun_uniform":
+                # LeCun et al. (1998, "Efficient BackProp" 4.6): std 1/sqrt(fan_in); for a uniform
+                # U[-b, b] (std b/sqrt(3)) that is b = sqrt(3 / fan_in), not 1/sqrt(fan_in).
+                bound = math.sqrt(3.0 / fan_in)
                 weight.uniform_(-bound, bound)
             elif scheme == "xavier":  # U[-a, a], a = gain * sqrt(6 / (fan_in + fan_out))
                 nn.init.xavier_uniform_(weight, gain)
@@ -116,15 +118,16 @@ def initialise(
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, 0.01)
         elif isinstance(module, RECURRENT):
-            _init_recurrent(module, scheme, mode, std, forget_bias, recurrent_orthogonal)
+            _init_recurrent(module, scheme, gain_for(activation), mode, std, forget_bias, recurrent_orthogonal)
     return model
 
 
 def _init_recurrent(
-    rnn: nn.RNNBase, scheme: str, mode: str, std: float, forget_bias: float, orthogonal: bool
+    rnn: nn.RNNBase, scheme: str, gain: float, mode: str, std: float, forget_bias: float, orthogonal: bool
 ) -> None:
-    # A recurrent net's gates are sigmoids and its cell output tanh: use tanh's gain.
-    fill = _weight_init(scheme, nn.init.calculate_gain("tanh"), mode, std)
+    # `gain` is the model's activation's: tanh for LSTM and GRU (their builder accepts nothing else),
+    # tanh or relu for a plain RNN, whose relu variant needs relu's sqrt(2), not a hard-coded tanh 5/3.
+    fill = _weight_init(scheme, gain, mode, std)
     for name, param in rnn.named_parameters():
         if name.startswith("weight_ih"):
             fill(param)

@@ -48,7 +48,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         failed_jobs.append(run_dir.name)
         return None
     if summary["status"] == "interrupted":
-        raise KeyboardInterrupt
+        sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     best = summary["best"].get("val_acc")
     return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
 

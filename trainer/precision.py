@@ -46,18 +46,39 @@ class Precision:
         dtype = self.autocast_dtype
         return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    def backward_and_step(
-        self, loss: torch.Tensor, optimizer: Optimizer, clipping: Clipping,
-        params: list[torch.Tensor], measure: bool,
-    ) -> torch.Tensor | None:
-        """Backward, unscale, clip, step, zero the gradients; returns the pre-clip grad norm if measured."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through the (scaled, under fp16) loss; gradients accumulate until `step`."""
         self.scaler.scale(loss).backward()
+
+    def step(
+        self, optimizer: Optimizer, clipping: Clipping, params: list[torch.Tensor], skip_nonfinite: bool = False,
+    ) -> tuple[torch.Tensor, bool]:
+        """Unscale, clip, step and zero the gradients.
+
+        Returns the global gradient norm measured before clipping (a device tensor) and whether
+        the update was skipped for non-finite gradients (`skip_nonfinite`, which costs one host
+        sync per step; under fp16 the scaler also skips inf steps itself while it calibrates).
+        """
         self.scaler.unscale_(optimizer)  # clip and measure the true gradients, not the scaled ones
-        norm = clipping(params, measure)
-        self.scaler.step(optimizer)  # skipped by the scaler when the gradients hold inf or NaN
+        norm = clipping(params, True)
+        skipped = skip_nonfinite and not bool(torch.isfinite(norm))
+        if not skipped:
+            self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norm, skipped
+
+    def backward_and_step(
+        self, loss: torch.Tensor, optimizer: Optimizer, clipping: Clipping, params: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """One whole optimizer step on `loss`; returns the pre-clip gradient norm."""
+        self.backward(loss)
+        return self.step(optimizer, clipping, params)[0]
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The fp16 loss scale (a host sync: read it at log intervals only), None when not scaling."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict()

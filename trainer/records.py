@@ -28,7 +28,7 @@ class MetricsLog:
     def __init__(self, path: Path) -> None:
         self.file = path.open("a", encoding="utf-8")
 
-    def write(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(_clean(record)) + "\n")
         self.file.flush()
 

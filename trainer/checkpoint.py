@@ -1,0 +1,151 @@
+"""Checkpoints: written atomically, verified on load, never loaded with pickled code.
+
+Each checkpoint is serialised in memory, hashed (SHA-256), written to a temporary file that is
+flushed and fsynced, then renamed into place; only then does `checkpoints/index.json` (itself
+written the same way) list it with its hash. A file the index does not vouch for, or whose
+bytes no longer match, is never resumed from: `resume=auto` falls back to the previous good one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import TrainerError
+
+FOLDER = "checkpoints"
+INDEX = "index.json"
+BEST = "best.pt"
+
+
+class CheckpointError(TrainerError):
+    """A checkpoint cannot be written, found, verified or safely loaded."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {error.strerror or error}; earlier checkpoints are intact") from None
+    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / INDEX).read_text())
+    except (OSError, ValueError):
+        return {"checkpoints": [], "best": None}
+
+
+class Checkpointer:
+    """Writes `step_NNNNNNNN.pt` files under run_dir/checkpoints, keeping the last `keep_last` and `best.pt`.
+
+    Args:
+        every_epochs: checkpoint at every N-th epoch end (0: never).
+        every_steps: checkpoint every N optimizer steps (0: never).
+        keep_last: recent checkpoints kept; older ones are deleted once a newer one is safely listed.
+    """
+
+    def __init__(self, run_dir: Path, every_epochs: int, every_steps: int, keep_last: int) -> None:
+        for key, value in (("every_epochs", every_epochs), ("every_steps", every_steps)):
+            if not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"checkpoint.{key}={value} must be an integer >= 0")
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise CheckpointError(f"checkpoint.keep_last={keep_last} must be an integer >= 1")
+        self.folder = run_dir / FOLDER
+        self.every_epochs, self.every_steps, self.keep_last = every_epochs, every_steps, keep_last
+
+    def due_at_step(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def due_at_epoch(self, epoch: int) -> bool:
+        return bool(self.every_epochs) and epoch % self.every_epochs == 0
+
+    def save(self, payload: dict[str, Any], step: int, best: bool = False) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+        digest = _digest(data)
+        index = read_index(self.folder)
+        name = f"step_{step:08d}.pt"
+        _write_atomic(self.folder / name, data)
+        entries = [e for e in index["checkpoints"] if e["file"] != name]
+        entries.append({"file": name, "sha256": digest, "step": step, "epoch": payload["train_state"]["epoch"]})
+        index["checkpoints"], stale = entries[-self.keep_last :], entries[: -self.keep_last]
+        if best:
+            _write_atomic(self.folder / BEST, data)
+            index["best"] = {"file": BEST, "sha256": digest, "step": step}
+        _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
+        for entry in stale:  # deleted only once the index no longer lists them
+            (self.folder / entry["file"]).unlink(missing_ok=True)
+        return self.folder / name
+
+
+def load(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"resume={path} cannot be read: {error.strerror or error}") from None
+    if expected_sha256 is not None and _digest(data) != expected_sha256:
+        raise CheckpointError(f"{path} is corrupted: its bytes do not match the hash recorded when it was written")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for pickled code, RuntimeError for a damaged archive
+        reason = "it carries pickled code, which is never run" if "weights_only" in str(error) else "it is truncated or damaged"
+        raise CheckpointError(f"{path} was refused: {reason}") from None
+    if not isinstance(payload, dict) or "train_state" not in payload:
+        raise CheckpointError(f"{path} is not a trainer checkpoint (no train_state); for weights only use init=pretrained")
+    return payload
+
+
+def latest_good(run_dir: Path) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+    """The newest checkpoint under run_dir/checkpoints that verifies, with notices for the ones skipped."""
+    folder = run_dir / FOLDER
+    notices: list[str] = []
+    for entry in reversed(read_index(folder)["checkpoints"]):
+        path = folder / entry["file"]
+        try:
+            return load(path, entry["sha256"]), path, notices
+        except CheckpointError as error:
+            notices.append(f"skipped {error}")
+    return None, None, notices
+
+
+def resolve(spec: str, run_dir: Path) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+    """The checkpoint `resume=spec` names: auto (this run folder's latest good one, or none), a run folder, or a file."""
+    if spec == "auto":
+        return latest_good(run_dir)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        payload, found, notices = latest_good(path)
+        if payload is None:
+            raise CheckpointError(f"resume={spec} holds no usable checkpoint under {FOLDER}/ ({'; '.join(notices) or 'none written'})")
+        return payload, found, notices
+    if not path.is_file():
+        raise CheckpointError(f"resume={spec} does not exist; give a checkpoint file, a run folder, or auto")
+    listed = {e["file"]: e["sha256"] for e in read_index(path.parent)["checkpoints"]}
+    best = read_index(path.parent)["best"]
+    if best:
+        listed[best["file"]] = best["sha256"]
+    return load(path, listed.get(path.name)), path, []

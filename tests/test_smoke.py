@@ -42,6 +42,12 @@ def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., Dic
     if (group, choice) == ("data", "imagefolder"):
         make_images(tmp_path / "images", {"cat": 60, "dog": 60})
         overrides += [f"data.path={tmp_path / 'images'}", "data.image_size=8"]
+    if (group, choice) == ("data", "tensors"):
+        generator = torch.Generator().manual_seed(0)
+        arrays = {"x_train": torch.randn(96, 1, 40, generator=generator), "y_train": torch.arange(96) % 3,
+                  "x_val": torch.randn(30, 1, 40, generator=generator), "y_val": torch.arange(30) % 3}
+        torch.save(arrays, tmp_path / "arrays.pt")
+        overrides += [f"data.path={tmp_path / 'arrays.pt'}"]
     if (group, choice) == ("init", "pretrained"):
         overrides += [f"init.path={save_weights(tmp_path, make_cfg)}"]
     return overrides

@@ -31,16 +31,20 @@ failed_jobs: list[str] = []
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from trainer import sweep  # a sweep job is skipped if done, rerun if not, contained if it crashes
+
+    if sweep.takes_over():  # calls this function back once, from inside its guard
+        return sweep.run_job(cfg, _hydra_main.__wrapped__, failed_jobs)
     from trainer.run import run  # torch loads here, not for --help
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    created_here = {path.name for path in run_dir.iterdir()} <= HYDRA_FILES
     try:
         summary = run(cfg, run_dir)
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
-        if created_here:
+        # A folder holding nothing but Hydra's record of this failed start goes; anything more stays.
+        if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -80,10 +84,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:
-        if not isinstance(error, (TrainerError, HydraException, OmegaConfBaseException)):
-            raise  # a bug: keep the traceback
+    except (TrainerError, HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except OSError as error:  # an output folder that cannot be made or written, a full disk
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 

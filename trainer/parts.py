@@ -19,7 +19,7 @@ from trainer.clipping import Clipping
 from trainer.config import build
 from trainer.data import DataSplits
 from trainer.early_stopping import EarlyStopping, NoEarlyStopping
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 from trainer.precision import Precision
 from trainer.regularisation import Penalty, Regularisation
 from trainer.sched import Schedule
@@ -54,8 +54,17 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return max(num_train // batch_size, 1)
 
 
+TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
+                  "nan_policy", "resume", "trainer", "checkpoint", "task", "logger", "experiment", "hparams_search",
+                  "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
+                  "early_stopping"}
+
+
 def check_top_level(cfg: DictConfig) -> None:
     """The top-level keys' ranges; each group's builder checks its own keys."""
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:  # `+key=value` adds keys Hydra cannot check: nothing here would read them
+        raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
     for key in ("epochs", "batch_size", "log_every"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
@@ -83,7 +92,12 @@ def check_top_level(cfg: DictConfig) -> None:
 
 def check_data(data: DataSplits, batch_size: int) -> None:
     if len(data.x_train) == 0 or len(data.x_val) == 0:
-        raise ConfigError("the data set has an empty training or validation split")
+        raise DataError("the data set has an empty training or validation split")
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        values = getattr(data, name)
+        if values.is_floating_point() and not torch.isfinite(values).all():
+            bad = int((~torch.isfinite(values)).sum())
+            raise DataError(f"the data's {name} holds {bad} non-finite values (NaN or inf); clean or impute them first")
     if len(data.x_train) < batch_size:
         raise ConfigError(f"batch_size={batch_size} is larger than the training set ({len(data.x_train)} samples)")
 

@@ -1,0 +1,175 @@
+"""Nothing lost: a run killed at any point and resumed ends exactly like an uninterrupted one;
+signals checkpoint and stop; checkpoints are atomic, verified, and never run pickled code."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from trainer import checkpoint
+from trainer.errors import ConfigError
+from trainer.run import run
+
+TRAIN = str(Path(sys.executable).with_name("train"))
+# Deterministic, with dropout (so the RNG state matters) and a checkpoint every 4 steps:
+# 2 epochs of 64 steps, slow enough (about a second) to be killed part-way.
+RUN = ["data=synthetic", "data.num_train=2048", "model=mlp", "model.width=256", "batch_size=32", "epochs=2",
+       "log_every=5", "deterministic=true", "checkpoint.every_steps=4", "regularisation=dropout", "device=cpu"]
+TIMING = {"elapsed", "samples_per_s"}
+
+
+def train(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=180)
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    index = checkpoint.read_index(run_dir / checkpoint.FOLDER)
+    return torch.load(run_dir / checkpoint.FOLDER / index["checkpoints"][-1]["file"], weights_only=True)["model"]
+
+
+def checkpointed_steps(run_dir: Path) -> list[int]:
+    return [e["step"] for e in checkpoint.read_index(run_dir / checkpoint.FOLDER)["checkpoints"]]
+
+
+def start_and_wait(run_dir: Path, past_step: int) -> subprocess.Popen[str]:
+    """Start a run and return once it has checkpointed beyond `past_step` (it keeps running)."""
+    process = subprocess.Popen([TRAIN, *RUN, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(step > past_step for step in checkpointed_steps(run_dir)):
+        assert process.poll() is None, f"the run ended before step {past_step}: {process.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return process
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    result = train(*RUN, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("kill_after", [3, 40, 64, 100])  # early, mid-epoch, the epoch boundary, late
+def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path, kill_after: int) -> None:
+    run_dir = tmp_path / "run"
+    process = start_and_wait(run_dir, kill_after)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.wait()
+    assert not (run_dir / "summary.json").exists()
+    resumed = train(*RUN, "resume=auto", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert records(run_dir) == records(uninterrupted)
+    expected, got = final_weights(uninterrupted), final_weights(run_dir)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final"] == json.loads(
+        (uninterrupted / "summary.json").read_text())["final"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_and_exits_with_convention(uninterrupted: Path, tmp_path: Path, signum: int, code: int) -> None:
+    run_dir = tmp_path / "run"
+    process = start_and_wait(run_dir, 10)
+    process.send_signal(signum)
+    assert process.wait(timeout=60) == code
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signum
+    assert checkpointed_steps(run_dir)[-1] == summary["steps"]  # the step it stopped at was checkpointed
+    resumed = train(*RUN, "resume=auto", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert records(run_dir) == records(uninterrupted)
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    interrupted = run(make_cfg("max_steps=8", "checkpoint.every_steps=2", "epochs=3", "data.num_train=256"), run_dir)
+    assert interrupted["status"] == "completed"
+    (run_dir / "summary.json").unlink()
+    folder = run_dir / checkpoint.FOLDER
+    latest = folder / checkpoint.read_index(folder)["checkpoints"][-1]["file"]
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    latest.write_bytes(bytes(data))
+    payload, path, notices = checkpoint.resolve("auto", run_dir)
+    assert path is not None and path != latest and payload["train_state"]["step"] == 6
+    assert "corrupted" in notices[0]
+
+
+def test_truncated_checkpoint_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"train_state": {"epoch": 1}}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
+        checkpoint.resolve(str(path), tmp_path)
+
+
+class PlantsMarker:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"train_state": {}, "model": PlantsMarker(marker)}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="pickled code"):
+        checkpoint.resolve(str(path), tmp_path)
+    assert not marker.exists()
+
+
+def test_failing_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
+    payload = {"train_state": {"epoch": 1}, "model": {"w": torch.ones(3)}}
+    saver.save(payload, step=1)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device; earlier checkpoints are intact"):
+        saver.save(payload, step=2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / checkpoint.FOLDER).iterdir()) == ["index.json", "step_00000001.pt"]
+    assert checkpoint.resolve("auto", tmp_path)[0]["model"]["w"].sum() == 3
+
+
+def test_keeps_last_k_and_best(tmp_path: Path) -> None:
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
+    for step in range(1, 6):
+        saver.save({"train_state": {"epoch": step}}, step=step, best=step == 2)
+    names = sorted(p.name for p in (tmp_path / checkpoint.FOLDER).iterdir())
+    assert names == ["best.pt", "index.json", "step_00000004.pt", "step_00000005.pt"]
+    assert checkpoint.resolve(str(tmp_path / checkpoint.FOLDER / "best.pt"), tmp_path)[0]["train_state"]["epoch"] == 2
+
+
+def test_resume_refuses_a_config_that_matters_and_allows_more_epochs(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = run(make_cfg("max_steps=null", "epochs=1"), run_dir)
+    with pytest.raises(ConfigError, match=r"model.channels \(32 -> 16\)"):
+        run(make_cfg("max_steps=null", "epochs=2", "model.channels=16", "resume=auto"), run_dir)
+    longer = run(make_cfg("max_steps=null", "epochs=2", "resume=auto"), run_dir)
+    assert longer["epochs_run"] == 2 and longer["steps"] == 2 * first["steps"]

@@ -1,16 +1,24 @@
 """Shared fixtures: compose the real config from trainer/conf, shrunk to run in seconds."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from trainer.cli import CONF_DIR
 
 GROUPS_DIR = Path(CONF_DIR)
+
+# One intra-op thread per process, here and in the `train` subprocesses the tests start: tests
+# run several processes at once on 2 cores, and OpenMP threads that outnumber the cores spin
+# against each other (seen here: steps 10-40x slower). The tiny test models gain nothing from more.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 # A tiny, fast, learnable task and a couple of steps: enough to exercise every code path.
 SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu"]
 

@@ -72,4 +72,7 @@ def test_choice_trains(group: str, choice: str, tmp_path: Path, make_cfg: Callab
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["tricks"][group] == choice
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line["kind"] == "step"] == [1, 2, 3]
-    assert lines[-1]["kind"] == "epoch" and lines[-1]["val_loss"] is not None
+    epochs = [line for line in lines if line["kind"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["val_loss"] is not None
+    layers = [line for line in lines if line["kind"] == "layers"]
+    assert len(layers) == 1 and layers[0]["layers"] and (tmp_path / "run" / "curves.png").exists()

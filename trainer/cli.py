@@ -36,10 +36,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if sweep.takes_over():  # calls this function back once, from inside its guard
         return sweep.run_job(cfg, _hydra_main.__wrapped__, failed_jobs)
     from trainer.run import run  # torch loads here, not for --help
+    from trainer.tasks import run_task
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.task != "train":
+            code = run_task(cfg, run_dir)
+            if {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:  # plan writes nothing
+                shutil.rmtree(run_dir, ignore_errors=True)
+            sys.exit(code) if code else None
+            return None
         summary = run(cfg, run_dir)
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.

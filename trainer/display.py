@@ -52,6 +52,9 @@ class PlainDisplay:
     def close(self) -> None:
         pass
 
+    def show(self, renderable: Any) -> None:
+        self.console.print(renderable)
+
     def finish(self, summary: dict[str, Any], run_dir: str) -> None:
         best = summary["best"]
         print(

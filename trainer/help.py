@@ -8,6 +8,9 @@ import yaml
 
 from trainer.config import GROUPS
 
+# Groups that are not training tricks but are chosen the same way.
+EXTRA_GROUPS = ("logger", "experiment", "hparams_search")
+
 USAGE = """\
 train: a config-driven training CLI where every deep-learning trick is one switch away.
 
@@ -32,7 +35,8 @@ def _description(path: Path) -> str:
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        lines.append(line.lstrip("# ").strip())
+        if not line.startswith("# @"):  # Hydra's package header is no description
+            lines.append(line.lstrip("# ").strip())
     text = " ".join(lines)
     prefix = f"{path.stem}: "
     return text[len(prefix):] if text.startswith(prefix) else text
@@ -56,7 +60,7 @@ def catalogue(conf_dir: Path) -> str:
     top = yaml.safe_load((conf_dir / "config.yaml").read_text())
     defaults = {group: choice for item in top["defaults"] if isinstance(item, dict) for group, choice in item.items()}
     parts = [USAGE, "Groups (GROUP=CHOICE; the default is marked *; override a setting with GROUP.KEY=VALUE):"]
-    for group in GROUPS:
+    for group in (*GROUPS, *(g for g in EXTRA_GROUPS if (conf_dir / g).is_dir())):
         parts.append(f"\n  {group}")
         for path in sorted((conf_dir / group).glob("*.yaml")):
             mark = "*" if defaults.get(group) == path.stem else " "

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import checkpoint
+from trainer import checkpoint, diagnosis, layer_stats
 from trainer.config import choices
+from trainer.curves import PlotError, plot_curves
 from trainer.display import make_display
 from trainer.errors import ConfigError
+from trainer.loggers import LoggerGroup, build_loggers
 from trainer.loop import Trainer, TrainState
 from trainer.parts import Parts, build_parts
 from trainer.records import MetricsLog, previous_run, write_json_atomic
@@ -149,13 +151,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if payload is not None:
         _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
     config = OmegaConf.to_container(cfg, resolve=True)
 
     def save(trainer: Trainer, best: bool) -> None:
         checkpointer.save({**trainer.state_dict(), "rng": rng_state(), "config": config}, trainer.state.step, best)
 
-    trainer = Trainer(parts, display, [metrics_log], torch.Generator().manual_seed(cfg.seed), checkpoint=save,
-                      due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch)
+    trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
+                      checkpoint=save, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
+                      probes=[layers_probe])
     if payload is not None:
         trainer.load_state_dict(payload)
         set_rng_state(payload["rng"])
@@ -169,10 +173,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         display.close()
         metrics_log.close()
+        extra_loggers.close()
     restored = parts.early_stopping.restore_best(parts.model)
     summary = summarise(cfg, parts, state, restored, started)
+    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
+    summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
+    try:
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    except PlotError as error:
+        display.notice(f"curves.png not written: {error}")
+    display.show(diagnosis.panel(findings))
     display.finish(summary, str(run_dir))
     return summary
+
+
+LAYER_STATS_BATCH = 256  # samples of the validation set the per-layer statistics are measured on
+
+
+def layers_probe(trainer: Trainer) -> dict[str, Any]:
+    """Per-layer activation, weight and gradient statistics at an evaluation (one extra
+    forward and backward on validation samples; no step, and the model is left as it was)."""
+    parts, state = trainer.parts, trainer.state
+    x, y = parts.data.x_val[:LAYER_STATS_BATCH], parts.data.y_val[:LAYER_STATS_BATCH]
+    rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
+    return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}
 
 

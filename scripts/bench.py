@@ -1,0 +1,195 @@
+"""Benchmark: the same model, data and steps trained three ways in one invocation, interleaved
+and repeated: a minimal hand-written PyTorch loop, `train` (trainer.run.run), and PyTorch
+Lightning. Prints the median seconds of each and the ratios; writes them as JSON.
+
+    python scripts/bench.py                      # every case, on CUDA when present, else the CPU
+    python scripts/bench.py --cases cnn1d --repeats 7 --out bench.json
+
+Each way runs `steps` optimizer steps and then one evaluation of the validation set, timed from
+the first step to the end of that evaluation (process start, data generation and model
+building are outside the timing, for all three). Checkpointing and logging are off in all
+three, so the figures compare the training loops themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from trainer.cli import CONF_DIR
+from trainer.parts import build_parts
+from trainer.run import run
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    overrides: tuple[str, ...]
+    batch_size: int
+    steps: int  # per timed run
+
+
+def cases(device: str) -> list[Case]:
+    cpu = device == "cpu"
+    images = ("data=synthetic", "data.image_size=32", "data.channels=3", "data.num_classes=10",
+              f"data.num_train={2048 if cpu else 16384}", "data.num_val=512", "model=resnet18")
+    return [
+        Case("cnn1d", ("data=mnist1d", "model=cnn1d"), 100, 400),
+        Case("mlp", ("data=mnist1d", "model=mlp"), 100, 400),
+        Case("resnet18", images, 32 if cpu else 512, 8 if cpu else 60),
+    ]
+
+
+def config(case: Case, device: str, precision: str, extra: tuple[str, ...] = ()):
+    overrides = [*case.overrides, f"batch_size={case.batch_size}", f"max_steps={case.steps}", "epochs=1000",
+                 f"device={device}", f"precision={precision}", "sched=constant", "checkpoint.every_epochs=0",
+                 f"log_every={case.steps}", *extra]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---- the three ways -----------------------------------------------------------------------------
+
+def raw_loop(cfg, steps: int) -> float:
+    """What a careful user writes by hand: data on the device, index batching, AdamW, autocast."""
+    parts = build_parts(cfg)  # the same model, init and optimizer settings as `train`
+    model, optimizer, data = parts.model, parts.optimizer, parts.data
+    dtype = parts.precision.autocast_dtype
+    scaler = torch.amp.GradScaler(parts.device.type, enabled=dtype == torch.float16)
+    loss_fn = nn.CrossEntropyLoss()
+    batch, n, device = cfg.batch_size, len(data.x_train), parts.device.type
+    generator = torch.Generator().manual_seed(0)
+    synchronize(device)
+    start = time.perf_counter()
+    model.train()
+    order = torch.randperm(n, generator=generator).to(parts.device)
+    for step in range(steps):
+        i = step % (n // batch)
+        if i == 0 and step:
+            order = torch.randperm(n, generator=generator).to(parts.device)
+        index = order[i * batch : (i + 1) * batch]
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(model(data.x_train[index]), data.y_train[index])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        correct = sum((model(data.x_val[s : s + 1024]).argmax(1) == data.y_val[s : s + 1024]).sum()
+                      for s in range(0, len(data.x_val), 1024))
+    float(correct)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def trainer_way(cfg, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        summary = run(cfg, Path(folder) / "run")
+    assert summary["steps"] == steps
+    return summary["wall_s"]
+
+
+def lightning_way(cfg, steps: int) -> float:
+    import lightning as L  # a benchmark extra: pip install -e .[bench]
+    from torch.utils.data import DataLoader, TensorDataset
+
+    parts = build_parts(cfg)
+    data, dtype = parts.data, parts.precision.actual
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = parts.model
+            self.loss_fn = nn.CrossEntropyLoss()
+
+        def training_step(self, batch, index):  # type: ignore[no-untyped-def]
+            x, y = batch
+            return self.loss_fn(self.model(x), y)
+
+        def validation_step(self, batch, index):  # type: ignore[no-untyped-def]
+            x, y = batch
+            self.log("val_acc", (self.model(x).argmax(1) == y).float().mean(), prog_bar=False)
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return parts.optimizer
+
+    # Lightning's usual data path; tensors already on the device, so no worker or copy costs.
+    train_loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.batch_size, shuffle=True,
+                              drop_last=True)
+    val_loader = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=1024)
+    precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(dtype, "32-true")
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator=parts.device.type, devices=1, precision=precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, val_check_interval=None, check_val_every_n_epoch=None,
+                        limit_val_batches=0)
+    synchronize(parts.device.type)
+    start = time.perf_counter()
+    trainer.fit(Module(), train_loader)
+    trainer.validate(trainer.lightning_module, val_loader, verbose=False)
+    synchronize(parts.device.type)
+    return time.perf_counter() - start
+
+
+WAYS: dict[str, Callable] = {"raw": raw_loop, "train": trainer_way, "lightning": lightning_way}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", help="cnn1d, mlp, resnet18 (default: all)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--ways", nargs="*", default=list(WAYS))
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    chosen = [c for c in cases(args.device) if not args.cases or c.name in args.cases]
+    results = {}
+    for case in chosen:
+        cfg = config(case, args.device, args.precision)
+        for way in args.ways:  # one untimed warm-up each: imports, allocator, kernel choice
+            WAYS[way](cfg, case.steps)
+        times: dict[str, list[float]] = {way: [] for way in args.ways}
+        for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits all ways alike
+            for way in args.ways:
+                times[way].append(WAYS[way](cfg, case.steps))
+        medians = {way: statistics.median(t) for way, t in times.items()}
+        samples = case.steps * case.batch_size
+        results[case.name] = {
+            "steps": case.steps, "batch_size": case.batch_size, "times_s": times, "median_s": medians,
+            "samples_per_s": {way: samples / m for way, m in medians.items()},
+            "train_over_raw": medians["train"] / medians["raw"] if {"train", "raw"} <= set(medians) else None,
+            "lightning_over_train": medians["lightning"] / medians["train"] if {"train", "lightning"} <= set(medians) else None,
+        }
+        row = results[case.name]
+        print(f"{case.name:9s} " + "  ".join(f"{w} {m:.3f}s" for w, m in medians.items())
+              + (f"  train/raw {row['train_over_raw']:.3f}" if row["train_over_raw"] else "")
+              + (f"  lightning/train {row['lightning_over_train']:.2f}" if row["lightning_over_train"] else ""),
+              flush=True)
+    machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,
+               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "python": sys.version.split()[0]}
+    Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""A data builder that crashes (a RuntimeError, not a user error) for data.seed=1 and builds the
+synthetic set otherwise: a sweep over data.seed=0,1 has one crashing job (tests/test_sweep.py)."""
+from __future__ import annotations
+
+from trainer.data import DataSplits
+from trainer.data.synthetic import build as synthetic
+
+
+def build(num_train: int = 512, num_val: int = 256, num_classes: int = 4, length: int = 40, channels: int = 1,
+          seed: int = 0, image_size: int | None = None) -> DataSplits:
+    if seed == 1:
+        raise RuntimeError("crashing_data: a bug in one job of the sweep")
+    return synthetic(num_train, num_val, num_classes, length, channels, seed, image_size)

@@ -1,0 +1,98 @@
+"""layer_stats.collect: one dict per layer, correct numbers, and the model left exactly as found."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Callable
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from trainer import precision as precision_module
+from trainer.layer_stats import collect
+from trainer.parts import build_parts
+
+FP32 = precision_module.build("fp32", torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: one intra-op thread, since OpenMP threads spinning
+    against other processes made these tests 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_layer_reported_and_model_untouched(make_cfg: Callable[..., DictConfig]) -> None:
+    parts = build_parts(make_cfg("model=mlp", "norm=batchnorm", "regularisation=dropout"))
+    model = parts.model
+    model.eval()
+    model.body[1].train()  # a mixed mode must come back as it was, module by module
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    grads_before = {name: p.grad for name, p in model.named_parameters()}
+    state_before = {key: value.clone() for key, value in model.state_dict().items()}
+    modes_before = [m.training for m in model.modules()]
+    rng_before = torch.get_rng_state()
+    x, y = parts.data.x_train[:32], parts.data.y_train[:32]
+
+    rows = collect(model, x, y, parts.criterion, parts.precision)
+
+    kinds = [row["kind"] for row in rows]
+    assert {"Linear", "BatchNorm1d", "ReLU"} <= set(kinds)
+    assert rows[-1]["name"] == "head"
+    assert set(rows[0]) == {"name", "kind", "act_mean", "act_std", "dead_fraction", "weight_norm", "grad_norm", "grad_std"}
+    relu = next(row for row in rows if row["kind"] == "ReLU")
+    linear = next(row for row in rows if row["kind"] == "Linear")
+    assert relu["dead_fraction"] is not None and relu["weight_norm"] is None and relu["grad_norm"] is None
+    assert linear["dead_fraction"] is None and linear["grad_norm"] > 0 and linear["weight_norm"] > 0
+    # Nothing changed: mode per module, weights and BatchNorm buffers, .grad (same tensors), RNG, hooks.
+    assert [m.training for m in model.modules()] == modes_before
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state_before[key]), key
+    for name, p in model.named_parameters():
+        assert p.grad is grads_before[name] and torch.all(p.grad == 0.5)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_grads_none_stay_none_and_match_a_manual_backward(make_cfg: Callable[..., DictConfig]) -> None:
+    parts = build_parts(make_cfg("model=mlp", "norm=none"))
+    x, y = parts.data.x_train[:16], parts.data.y_train[:16]
+    rows = collect(parts.model, x, y, parts.criterion, parts.precision)
+    assert all(p.grad is None for p in parts.model.parameters())
+    parts.criterion(parts.model(x), y).backward()
+    head = parts.model.head.weight
+    row = next(r for r in rows if r["name"] == "head")
+    assert row["grad_norm"] == pytest.approx(head.grad.norm().item(), rel=1e-5)
+    assert row["grad_std"] == pytest.approx(head.grad.std().item(), rel=1e-5)
+    assert row["weight_norm"] == pytest.approx(head.norm().item(), rel=1e-6)
+
+
+def test_dead_fraction_counts_units_zero_for_every_sample() -> None:
+    linear = nn.Linear(3, 4)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.tensor([-1.0, -1.0, -1.0, 1.0]))  # three units never fire
+    model = nn.Sequential(linear, nn.ReLU(), nn.Linear(4, 2))
+    rows = collect(model, torch.randn(8, 3), torch.randint(2, (8,)), nn.CrossEntropyLoss(), FP32)
+    relu = next(row for row in rows if row["kind"] == "ReLU")
+    assert relu["dead_fraction"] == pytest.approx(0.75)
+
+
+def test_reused_module_reported_per_call_and_samples_returned() -> None:
+    act = nn.Tanh()
+    model = nn.Sequential(nn.Linear(5, 5), act, nn.Linear(5, 5), act, nn.Linear(5, 3))
+    rows = collect(model, torch.randn(4, 5), torch.randint(3, (4,)), nn.CrossEntropyLoss(), FP32, activation_samples=7)
+    assert [row["name"] for row in rows] == ["0", "1", "2", "1#2", "4"]
+    assert all(row["activations"].shape == (7,) for row in rows[:-1])  # 4 x 5 outputs, 7 kept
+
+
+def test_recurrent_layers_report_their_output(make_cfg: Callable[..., DictConfig]) -> None:
+    parts = build_parts(make_cfg("model=rnn", "model.hidden=16", "norm=none", "init=default"))
+    rows = collect(parts.model, parts.data.x_train[:8], parts.data.y_train[:8], parts.criterion, parts.precision)
+    lstm = next(row for row in rows if row["kind"] == "LSTM")
+    assert lstm["act_std"] > 0 and lstm["grad_norm"] > 0

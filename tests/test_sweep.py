@@ -1,0 +1,216 @@
+"""Resumable sweeps and ablation presets: folder names, skipping finished jobs, rerunning
+unfinished ones, containing a crash, every preset composing, and real `train -m` runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from conftest import group_choices
+from trainer import sweep
+from trainer.cli import CONF_DIR
+from trainer.report import METRICS
+
+TRAIN = str(Path(sys.executable).with_name("train"))
+TESTS = Path(__file__).parent
+FAST = ["data=synthetic", "epochs=1", "log_every=5"]
+# Choices a preset leaves out, and why (the preset's header says so too).
+NOT_ABLATED = {"init": {"pretrained"}}  # needs a weights file
+
+
+def train(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=180, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def hydra_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+# --- folder names -----------------------------------------------------------------------------
+
+def test_sweep_folder_is_named_by_the_command() -> None:
+    one = sweep.sweep_name(sweep.command_overrides(["norm=none,layernorm", "seed=0,1"]))
+    assert one == sweep.sweep_name(sweep.command_overrides(["seed=0,1", "norm=none,layernorm"]))  # order-free
+    assert one.startswith("norm=none,layernorm_seed=0,1-") and len(one.rsplit("-", 1)[1]) == 8
+    assert one != sweep.sweep_name(sweep.command_overrides(["norm=none,layernorm", "seed=0,1,2"]))
+    assert sweep.sweep_name(sweep.command_overrides([])).startswith("default-")
+
+
+def test_job_folder_is_named_by_the_overrides_that_vary() -> None:
+    command = sweep.command_overrides(["epochs=2", "norm=none,layernorm", "seed=0,1"])
+    assert sweep.job_name(command, ["epochs=2", "norm=layernorm", "seed=1"]) == "norm=layernorm,seed=1"
+    # hydra.sweep.dir given by hand: the command is not known to the job, so all overrides name it.
+    assert sweep.job_name(sweep.command_overrides(["epochs=2", "seed=1"]), ["epochs=2", "seed=1"]) == "epochs=2,seed=1"
+    unsafe = sweep.job_name(command, ["init=pretrained", "init.path=/a/b.pt"])
+    assert "/" not in unsafe and unsafe.startswith("init.path=_a_b.pt,init=pretrained-")
+
+
+def test_experiment_composes_its_sweep_folder() -> None:
+    cfg = hydra_cfg("experiment=ablate_norm")
+    assert str(cfg.hydra.sweep.dir).startswith("multirun/experiment=ablate_norm-")
+    assert cfg.epochs == 15  # the preset's value wins over config.yaml's
+
+
+# --- skip, refuse, set aside, contain a crash (in process) -------------------------------------
+
+def finished_job(job_dir: Path, cfg: DictConfig, status: str = "completed") -> None:
+    job_dir.mkdir(parents=True)
+    (job_dir / "metrics.jsonl").write_text("{}\n")
+    (job_dir / "summary.json").write_text(json.dumps({"status": status, "best": {"val_acc": 0.5, "val_loss": 1.0}}))
+    (job_dir / ".hydra").mkdir()
+    record = {"config": sweep.fingerprint(cfg), "objective": 0.75, "settings": sweep.settings(cfg)}
+    (job_dir / sweep.RESUME_RECORD).write_text(json.dumps(record))
+
+
+def test_finished_job_is_skipped_with_its_objective(tmp_path: Path) -> None:
+    cfg, failed = OmegaConf.create({"seed": 0}), []
+    finished_job(tmp_path / "job", cfg)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "job").iterdir()}
+    assert sweep.resume_job(tmp_path / "job", cfg, lambda _: pytest.fail("must not train"), failed) == 0.75
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "job").iterdir()} == before and not failed
+
+
+def test_finished_job_of_another_configuration_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    finished_job(tmp_path / "job", OmegaConf.create({"seed": 0, "optim": {"lr": 0.1}}))
+    failed: list[str] = []
+    now = OmegaConf.create({"seed": 1, "optim": {"lr": 0.1}, "logger": "csv"})
+    assert sweep.resume_job(tmp_path / "job", now, lambda _: pytest.fail("must not train"), failed) is None
+    assert failed == ["job"]
+    assert "holds a finished run of another configuration (logger (new), seed 0 -> 1); it is kept" in capsys.readouterr().err
+    assert json.loads((tmp_path / "job" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
+    cfg, job = OmegaConf.create({"seed": 0}), tmp_path / "job"
+    finished_job(job, cfg, status="interrupted")
+    (job / "checkpoints").mkdir()
+
+    def task(_: Any) -> float:
+        assert not (job / "summary.json").exists() and not (job / "checkpoints").exists()
+        (job / "summary.json").write_text(json.dumps({"status": "completed", "best": {}}))
+        return 0.5
+
+    assert sweep.resume_job(job, cfg, task, []) == 0.5
+    assert sorted(p.name for p in (job / "previous" / "1").iterdir()) == ["checkpoints", "metrics.jsonl", "summary.json"]
+    record = json.loads((job / sweep.RESUME_RECORD).read_text())
+    assert record["config"] == sweep.fingerprint(cfg) and record["objective"] == 0.5
+
+
+def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "job").mkdir()
+    failed: list[str] = []
+
+    def task(_: Any) -> float:
+        raise RuntimeError("boom")
+
+    assert sweep.resume_job(tmp_path / "job", OmegaConf.create({}), task, failed) is None
+    assert failed == ["job"] and "RuntimeError: boom" in (tmp_path / "job" / "error.txt").read_text()
+    assert "error: job job crashed" in capsys.readouterr().err
+    assert not sweep._in_job
+
+
+# --- presets and plugins -----------------------------------------------------------------------
+
+PRESETS = sorted(path.stem for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_sweeps_every_choice_of_its_group(preset: str) -> None:
+    group = preset.removeprefix("ablate_")
+    params = hydra_cfg(f"experiment={preset}").hydra.sweeper.params
+    assert set(params) == {group, "seed"}
+    assert set(str(params[group]).split(",")) == set(group_choices(group)) - NOT_ABLATED.get(group, set())
+    assert str(params.seed) == "0,1,2"
+
+
+def test_optuna_search_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = hydra_cfg("hparams_search=optuna")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert set(cfg.hydra.sweeper.params) == {"optim.lr", "optim.weight_decay", "regularisation.dropout"}
+    assert str(cfg.hydra.sweeper.params["optim.lr"]).startswith("tag(log")
+    assert cfg.regularisation.name == "dropout"
+
+
+@pytest.mark.parametrize("launcher, target", [("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launchers_compose(launcher: str, target: str) -> None:
+    pytest.importorskip({"joblib": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher"}[launcher])
+    cfg = hydra_cfg(f"hydra/launcher={launcher}", "experiment=ablate_clipping")
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert str(cfg.hydra.launcher.submitit_folder).startswith(str(cfg.hydra.sweep.dir))
+
+
+# --- real sweeps, in a subprocess as a user runs them -------------------------------------------
+
+def test_sweep_reports_and_resumes(tmp_path: Path) -> None:
+    args = ["-m", *FAST, "norm=none,layernorm", "seed=0,1"]
+    first = train(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    [sweep_dir] = (tmp_path / "multirun").iterdir()
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [
+        "norm=layernorm,seed=0", "norm=layernorm,seed=1", "norm=none,seed=0", "norm=none,seed=1"]
+    assert {"report.md", "report.csv", "report.png"} <= {p.name for p in sweep_dir.iterdir()}
+    assert "norm=layernorm" in (sweep_dir / "report.md").read_text() and "norm=none" in first.stdout
+
+    (sweep_dir / "norm=none,seed=1" / "summary.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/*") if p.name in ("summary.json", "metrics.jsonl")}
+    again = train("-m", *FAST, "seed=0,1", "norm=none,layernorm", cwd=tmp_path)  # same command, reordered
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep_dir.name]
+    assert again.stdout.count("skipped ") == 3 and "rerunning norm=none,seed=1" in again.stdout
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items() if "norm=none,seed=1" not in str(path))
+    assert json.loads((sweep_dir / "norm=none,seed=1" / "summary.json").read_text())["status"] == "completed"
+    assert (sweep_dir / "norm=none,seed=1" / "previous" / "1" / "metrics.jsonl").exists()
+
+
+def test_preset_runs_end_to_end(tmp_path: Path) -> None:
+    result = train("-m", "experiment=ablate_clipping", "data=synthetic", "epochs=1", "max_steps=2", "seed=0",
+                   "hydra.callbacks.report.metric=best_val_loss", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [sweep_dir] = (tmp_path / "multirun").iterdir()
+    assert sweep_dir.name.startswith("data=synthetic_epochs=1_experiment=ablate_clipping_")
+    text = (sweep_dir / "report.md").read_text()
+    assert "Ranked by **best_val_loss**" in text
+    assert all(f"clipping={choice}" in text for choice in ("none", "norm", "value"))
+
+
+def test_crashing_job_does_not_stop_the_others_or_the_report(tmp_path: Path) -> None:
+    result = train("-m", *FAST, "max_steps=2", "data._target_=crashing_data.build", "data.seed=0,1", cwd=tmp_path,
+                   env={"PYTHONPATH": str(TESTS)})
+    assert result.returncode == 2 and "RuntimeError: crashing_data" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: 1 job(s) failed: data.seed=1"
+    [sweep_dir] = (tmp_path / "multirun").iterdir()
+    assert json.loads((sweep_dir / "data.seed=0" / "summary.json").read_text())["status"] == "completed"
+    assert "| data.seed=1 | crashed |" in (sweep_dir / "report.md").read_text()
+
+
+def test_bad_report_metric_stops_before_any_job(tmp_path: Path) -> None:
+    result = train("-m", *FAST, "hydra.callbacks.report.metric=accuracy", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.callbacks.report.metric=accuracy is unknown; valid: " + ", ".join(METRICS)]
+    assert not list(tmp_path.glob("multirun/*/*/summary.json"))
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    args = ["-m", "hparams_search=optuna", *FAST, "max_steps=3", "hydra.sweeper.n_trials=2"]
+    first = train(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    [sweep_dir] = (tmp_path / "multirun").iterdir()
+    best = (sweep_dir / "optimization_results.yaml").read_text()
+    assert (sweep_dir / "report.md").exists()
+    again = train(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("skipped ") == 2
+    assert (sweep_dir / "optimization_results.yaml").read_text() == best

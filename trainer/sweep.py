@@ -1,0 +1,253 @@
+"""Resumable sweeps: where a multirun writes, which of its jobs a rerun skips, and the report.
+
+Layout (set in conf/config.yaml's hydra.sweep): one folder per command, named after its
+overrides plus a hash (`multirun/experiment=ablate_norm-1a2b3c4d/`), and one subfolder per
+configuration, named after the overrides that vary (`norm=layernorm,seed=1/`). Running the same
+command again therefore finds the same folders:
+
+- a job whose folder holds a finished run (summary.json: completed, early_stopped or diverged)
+  of the same configuration (its composed config, recorded in .hydra/resume.json) is skipped and
+  returns its saved objective; a folder holding a finished run of another configuration is never
+  touched: that job fails with a one-line error naming the keys that differ;
+- a job whose folder holds an unfinished attempt (interrupted, crashed, killed) has that attempt
+  (metrics.jsonl, summary.json, error.txt, checkpoints/) moved to previous/N/ and runs again from
+  the start;
+- a job that crashes (an unexpected exception) has its traceback written to error.txt and
+  printed, and the sweep goes on.
+
+The resolvers are registered when this module is imported, which Hydra does when it builds the
+report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+# Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
+# folder again when the job stops on a config error.
+RESUME_RECORD = Path(".hydra") / "resume.json"
+# Outcomes of the configuration itself: a rerun would reproduce them, so it is skipped.
+FINISHED = ("completed", "early_stopped", "diverged")
+# What one attempt of a job writes (checkpoints/ is trainer.checkpoint's folder); moved aside
+# together before a rerun, so the new attempt starts clean and the old one stays readable.
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
+PREVIOUS = "previous"
+MAX_NAME = 150  # well under the 255 bytes a folder name may have
+SAFE_NAME = re.compile(r"[^A-Za-z0-9=,._+@-]")
+
+_in_job = False  # set while run_job calls the task function, which calls takes_over() again
+
+
+# --- folder names ---------------------------------------------------------------------------
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _folder_name(text: str, always_hash: bool = False) -> str:
+    """`text` as one folder name: unsafe characters (a '/' in a path value, quotes, brackets)
+    become '_', and a hash of the original keeps two such names apart."""
+    safe = SAFE_NAME.sub("_", text)
+    if always_hash or safe != text or len(safe) > MAX_NAME:
+        return f"{safe[:MAX_NAME]}-{_short_hash(text)}"
+    return safe
+
+
+def command_overrides(overrides: Sequence[str]) -> str:
+    """The command line's overrides, sorted so that reordering them names the same sweep.
+
+    Registered with use_cache=True: OmegaConf caches it by the argument's text
+    (`${hydra.overrides.task}`), and Hydra copies the sweep's cache into every job's config (as it
+    does for `${now:}`), so a job sees the command's overrides here, not its own."""
+    return json.dumps(sorted(str(item) for item in overrides))
+
+
+def sweep_name(command: str) -> str:
+    """The sweep folder's name: the command's overrides and a hash of them (`default-...` for none)."""
+    overrides = json.loads(command)
+    return _folder_name("_".join(overrides) or "default", always_hash=True)
+
+
+def job_name(command: str, job: Sequence[str]) -> str:
+    """A job's folder name: its overrides that the command did not give verbatim, i.e. the ones
+    that vary across the sweep (`norm=layernorm,seed=1`). All of them when none differ (a
+    one-job sweep, or hydra.sweep.dir set by hand, where the command is not cached)."""
+    given = set(json.loads(command))
+    overrides = sorted(str(item) for item in job)
+    varying = [item for item in overrides if item not in given] or overrides
+    return _folder_name(",".join(varying) or "default")
+
+
+def _register_resolvers() -> None:
+    for name, function, cached in (("sweep_command", command_overrides, True),
+                                   ("sweep_name", sweep_name, False),
+                                   ("sweep_job_name", job_name, False)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cached)
+
+
+_register_resolvers()
+
+
+# --- skipping, setting aside, containing crashes ---------------------------------------------
+
+def settings(cfg: DictConfig) -> dict[str, str]:
+    """The job's configuration as {dotted key: value as JSON}, interpolations unresolved:
+    `${oc.env:TRAINER_DATA_DIR}` names where the data lives, not what the job is, so it must not
+    make a job look new."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = json.dumps(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return flat
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    return hashlib.sha256(json.dumps(settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(before: dict[str, str], now: dict[str, str], shown: int = 3) -> str:
+    """"epochs 15 -> 60, logger (new)": the keys whose value differs, for the error message."""
+    keys = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    parts = [f"{key} (new)" if key not in before else f"{key} (gone)" if key not in now
+             else f"{key} {before[key]} -> {now[key]}" for key in keys[:shown]]
+    return ", ".join(parts) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent, or cut short by a kill: the attempt did not finish
+    return payload if isinstance(payload, dict) else None
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """What the task function returns for a finished run: best val_acc, else best val_loss."""
+    best = summary.get("best") or {}
+    return best.get("val_acc") if best.get("val_acc") is not None else best.get("val_loss")
+
+
+def set_aside(job_dir: Path) -> Path | None:
+    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the job can run again."""
+    present = [job_dir / name for name in ATTEMPT_FILES if (job_dir / name).exists()]
+    if not present:
+        return None
+    number = 1 + sum(1 for _ in (job_dir / PREVIOUS).glob("*")) if (job_dir / PREVIOUS).exists() else 1
+    target = job_dir / PREVIOUS / str(number)
+    target.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), target / path.name)
+    return target
+
+
+def takes_over() -> bool:
+    """Whether the task function should hand this job to run_job: in a multirun, the first time."""
+    return not _in_job and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+Task = Callable[[DictConfig], float | None]
+
+
+def run_job(cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
+    """Run the current Hydra job through `task` unless its folder already holds its finished run."""
+    return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
+
+
+def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
+    """Skip, refuse, or run (after setting aside an unfinished attempt) the job in `job_dir`.
+
+    Returns the job's objective (saved, for a skipped job), or None for a job that failed; a
+    failed job's folder name goes to `failed_jobs`, which the CLI reports at the end."""
+    global _in_job
+    digest, current = fingerprint(cfg), settings(cfg)
+    summary = _read_json(job_dir / "summary.json")
+    record = _read_json(job_dir / RESUME_RECORD) or {}
+    if summary is not None and summary.get("status") in FINISHED:
+        if record.get("config") != digest:
+            why = differences(record["settings"], current) if "settings" in record else "not recorded"
+            print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
+                  "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
+            failed_jobs.append(job_dir.name)
+            return None
+        print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
+        return record.get("objective", objective(summary))
+    moved = set_aside(job_dir)
+    if moved is not None:
+        print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+    _write_record(job_dir, {"config": digest, "settings": current})
+    _in_job = True
+    try:
+        result = task(cfg)
+    except Exception:  # a bug in one job: keep its traceback, let the other jobs and the report run
+        text = traceback.format_exc()
+        if job_dir.exists():
+            (job_dir / "error.txt").write_text(text)
+        print(text, file=sys.stderr)
+        print(f"error: job {job_dir.name} crashed; traceback in {job_dir / 'error.txt'}", file=sys.stderr)
+        failed_jobs.append(job_dir.name)
+        return None
+    finally:
+        _in_job = False
+    if (job_dir / "summary.json").exists():
+        _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
+    return result
+
+
+def _write_record(job_dir: Path, record: dict[str, Any]) -> None:
+    path = job_dir / RESUME_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
+
+
+# --- the report at the end of a multirun -----------------------------------------------------
+
+class ReportCallback(Callback):
+    """Writes report.md, report.csv and report.png in the sweep folder when a multirun ends.
+
+    `metric` ranks the configurations (hydra.callbacks.report.metric=best_val_loss); null picks
+    best_val_acc when the jobs have it, else best_val_loss."""
+
+    def __init__(self, metric: str | None = None, plot: bool = True) -> None:
+        from trainer.errors import ConfigError
+        from trainer.report import check_metric
+
+        try:
+            check_metric(metric, option="hydra.callbacks.report.metric")  # before any job runs
+        except ConfigError as error:
+            # Raised, Hydra would wrap it in "Error in call to target ..."; say it as the CLI says user errors.
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self.metric = metric
+        self.plot = plot
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from trainer import report
+        from trainer.cli import failed_jobs
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        # Jobs that stopped on a config error leave no folder behind; list them by name.
+        missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]
+        report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

@@ -1,0 +1,47 @@
+"""Tools that use a config's parts without (or before) a training run: `task=lr_find` (the LR
+range test), `task=check_init` (one batch through the fresh model, per-layer statistics) and
+`task=plan` (what a config would do and cost, checked without training). Each module has the
+task function and a `render` that turns its result into a rich renderable for the console."""
+from __future__ import annotations
+
+TASKS = ("train", "lr_find", "check_init", "plan")
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+
+from trainer.errors import ConfigError
+
+
+def run_task(cfg: DictConfig, run_dir: Path) -> int:
+    """Run `cfg.task` (not train) and return the exit code: plan exits 2 when the config has errors.
+
+    lr_find and check_init write their picture and a JSON result into the run folder; plan
+    writes nothing."""
+    from trainer.parts import build_parts  # torch loads here
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
+    console = Console()
+    if cfg.task == "plan":
+        from trainer.tasks.plan import plan, render
+
+        report = plan(cfg)
+        console.print(render(report))
+        return 0 if report.ok else 2
+    parts = build_parts(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.task == "lr_find":
+        from trainer.tasks.lr_find import lr_find, render
+
+        result = lr_find(parts, run_dir)
+    else:
+        from trainer.tasks.check_init import check_init, render
+
+        result = check_init(parts, run_dir)
+    console.print(render(result))
+    (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    console.print(f"written to {run_dir}")
+    return 0

@@ -65,7 +65,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("kill_after", [3, 40, 64, 100])  # early, mid-epoch, the epoch boundary, late
+# Early, mid-epoch, just past the epoch boundary, late; two of them in the default run for time.
+@pytest.mark.parametrize("kill_after", [3, pytest.param(40, marks=pytest.mark.slow), 64,
+                                        pytest.param(100, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path, kill_after: int) -> None:
     run_dir = tmp_path / "run"
     process = start_and_wait(run_dir, kill_after)

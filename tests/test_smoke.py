@@ -18,7 +18,7 @@ from trainer.run import run
 # groups divide. Files for the downloadable sets are written by `prepare` below.
 COMPANIONS = {
     ("model", "cnn"): ["data.image_size=8"],
-    ("model", "resnet18"): ["data.image_size=8"],
+    ("model", "resnet18"): ["data.image_size=8", "model.width=8"],  # the real width is for the benchmark
     ("data", "adding"): ["data.num_train=128", "data.num_val=32", "data.seq_len=10"],
     ("data", "mnist1d"): ["data.num_samples=500"],
     ("data", "mnist"): ["model=cnn"],

@@ -74,6 +74,11 @@ class Checkpointer:
         self.folder = run_dir / FOLDER
         self.every_epochs, self.every_steps, self.keep_last = every_epochs, every_steps, keep_last
 
+    @property
+    def enabled(self) -> bool:
+        """Off when both intervals are 0: then not even best.pt is written."""
+        return bool(self.every_epochs or self.every_steps)
+
     def due_at_step(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
 

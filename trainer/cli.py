@@ -19,6 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from trainer import sweep  # registers the resolvers that name sweep folders (also for --cfg)
 from trainer.errors import TrainerError
 
 CONF_DIR = str(Path(__file__).parent / "conf")
@@ -31,9 +32,7 @@ failed_jobs: list[str] = []
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from trainer import sweep  # a sweep job is skipped if done, rerun if not, contained if it crashes
-
-    if sweep.takes_over():  # calls this function back once, from inside its guard
+    if sweep.takes_over():  # a sweep job is skipped if done, rerun if not, contained if it crashes
         return sweep.run_job(cfg, _hydra_main.__wrapped__, failed_jobs)
     from trainer.run import run  # torch loads here, not for --help
     from trainer.tasks import run_task

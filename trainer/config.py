@@ -16,7 +16,7 @@ from trainer.errors import ConfigError
 
 # The trick groups, in the order the summary lists them.
 GROUPS = ("data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping",
-          "precision", "early_stopping")
+          "precision", "early_stopping", "augment")
 
 
 def builder(target: str) -> Callable[..., Any]:

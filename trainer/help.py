@@ -8,6 +8,8 @@ import yaml
 
 from trainer.config import GROUPS
 
+NAME_WIDTH = 23  # the longest choice name (ablate_regularisation) and a space
+
 # Groups that are not training tricks but are chosen the same way.
 EXTRA_GROUPS = ("logger", "experiment", "hparams_search")
 
@@ -24,7 +26,7 @@ Usage:
 FOOTER = """\
 Show the composed config of a command without training: train --cfg job [overrides...]
 Hydra's own options: train --hydra-help
-Each run writes outputs/DATE/TIME/ (a sweep: multirun/DATE/TIME/N/) with metrics.jsonl,
+Each run writes outputs/DATE/TIME/ (a sweep: multirun/COMMAND-HASH/CONFIGURATION/) with metrics.jsonl,
 summary.json and Hydra's .hydra/ record of the config.
 """
 
@@ -53,7 +55,9 @@ def _value(value: object) -> str:
 
 def _settings(path: Path) -> str:
     node = yaml.safe_load(path.read_text()) or {}
-    return " ".join(f"{key}={_value(value)}" for key, value in node.items() if key not in ("_target_", "name"))
+    # A preset's hydra: section (its sweep) and defaults are shown by `train --cfg hydra experiment=NAME`.
+    return " ".join(f"{key}={_value(value)}" for key, value in node.items()
+                    if key not in ("_target_", "name", "hydra", "defaults"))
 
 
 def catalogue(conf_dir: Path) -> str:
@@ -64,10 +68,10 @@ def catalogue(conf_dir: Path) -> str:
         parts.append(f"\n  {group}")
         for path in sorted((conf_dir / group).glob("*.yaml")):
             mark = "*" if defaults.get(group) == path.stem else " "
-            parts.append(f"   {mark}{path.stem:<16}{_description(path)}")
+            parts.append(f"   {mark}{path.stem:<{NAME_WIDTH}}{_description(path)}")
             settings = _settings(path)
             if settings:
-                parts.append(f"    {'':<16}{settings}")
+                parts.append(f"    {'':<{NAME_WIDTH}}{settings}")
     parts.append("\nTop-level keys (KEY=VALUE):")
     parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top.items() if key not in ("defaults", "hydra")))
     parts.append("")

@@ -1,6 +1,6 @@
 """The Trainer: one fixed step sequence, whatever tricks are switched on.
 
-    batch -> precision.autocast(forward) -> loss + penalty -> precision.backward   (x accumulate)
+    batch -> augment -> precision.autocast(forward) -> loss + penalty -> precision.backward  (x accumulate)
           -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
           -> schedule.step_end()
     each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
@@ -119,7 +119,7 @@ class Trainer:
         loss_total = torch.zeros((), device=x_train.device)
         for micro in index.chunk(self.accumulate):
             with parts.precision.autocast():
-                loss = parts.criterion(self.net(x_train[micro]), y_train[micro])
+                loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
             parts.precision.backward(parts.penalty(loss) / self.accumulate)
             loss_total += loss.detach()
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "trainer", "checkpoint", "task", "logger", "experiment", "hparams_search",
+                  "nan_policy", "resume", "trainer", "checkpoint", "task", "logger", "experiment", "hparams_search", "augment",
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 
@@ -124,6 +125,7 @@ class Parts:
     criterion: nn.Module
     penalty: Penalty
     early_stopping: EarlyStopping | NoEarlyStopping
+    augment: Callable[[torch.Tensor], torch.Tensor]
     steps_per_epoch: int
     total_steps: int
     notices: list[str] = field(default_factory=list)
@@ -150,6 +152,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     check_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed, cfg.deterministic)
+    if device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True  # time the conv algorithms once per shape, keep the fastest
     regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
     notices: list[str] = []
@@ -176,5 +180,5 @@ def build_parts(cfg: DictConfig) -> Parts:
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
         regularisation=regularisation, criterion=regularisation.criterion(data.task),
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        steps_per_epoch=per_epoch, total_steps=total, notices=notices,
+        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, notices=notices,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import random
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,14 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
+def peak_memory(device: torch.device) -> dict[str, int | None]:
+    """Peak resident memory of this process and, on CUDA, the peak bytes the allocator handed out."""
+    return {
+        "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
+
+
 def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: bool, started: float) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     return {
@@ -120,6 +129,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "params": parts.num_params,
         "seed": cfg.seed,
         "signal": state.signal,
+        "memory": peak_memory(parts.device),
         "torch": torch.__version__,
     }
 
@@ -158,7 +168,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         checkpointer.save({**trainer.state_dict(), "rng": rng_state(), "config": config}, trainer.state.step, best)
 
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
-                      checkpoint=save, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
+                      checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
                       probes=[layers_probe])
     if payload is not None:
         trainer.load_state_dict(payload)
@@ -188,7 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-LAYER_STATS_BATCH = 256  # samples of the validation set the per-layer statistics are measured on
+LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch
 
 
 def layers_probe(trainer: Trainer) -> dict[str, Any]:

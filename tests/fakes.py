@@ -34,3 +34,13 @@ def make_images(root: Path, counts: dict[str, int], size: int = 6) -> None:
         for i in range(count):
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+class PlantsMarker:
+    """Unpickling this creates `marker`: the proof that a loader ran pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
 from trainer.diagnosis import diagnose, diagnose_file, panel, to_dicts
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one intra-op thread, since OpenMP threads spinning
-    against other processes made these tests 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def history(train: list[float], val: list[float], acc: list[float] | None = None, lr: float = 1e-3,

@@ -13,20 +13,10 @@ from typing import Callable
 import pytest
 import torch
 
-from fakes import make_images
+from fakes import PlantsMarker, make_images
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 FAST = ["data=synthetic", "epochs=1", "log_every=5"]
-
-
-class PlantsMarker:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (Path.touch, (self.marker,))
 
 
 def pickled_code(root: Path) -> str:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from fakes import PlantsMarker
 from trainer.data import synthetic
 from trainer.errors import ConfigError
 from trainer.init import SCHEMES, gain_for, initialise
@@ -288,26 +289,16 @@ def test_pretrained_missing_file(tmp_path: Path) -> None:
         initialise(make_mlp(inputs=4, width=4), "pretrained", path=None)
 
 
-class _Payload:
-    """Unpickling this calls open(marker, "w"): stands in for arbitrary code in a hostile file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_pretrained_refuses_pickled_code(tmp_path: Path) -> None:
     # The payload works: loading it without weights_only creates the marker.
     probe = tmp_path / "probe"
-    torch.save({"model": _Payload(probe)}, tmp_path / "probe.pt")
+    torch.save({"model": PlantsMarker(probe)}, tmp_path / "probe.pt")
     torch.load(tmp_path / "probe.pt", weights_only=False)
     assert probe.exists()
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": _Payload(marker)}, path)
+    torch.save({"model": PlantsMarker(marker)}, path)
     with pytest.raises(ConfigError, match="could not be loaded"):
         initialise(make_mlp(inputs=4, width=4), "pretrained", path=str(path))
     assert not marker.exists()

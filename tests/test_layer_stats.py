@@ -1,7 +1,6 @@
 """layer_stats.collect: one dict per layer, correct numbers, and the model left exactly as found."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -15,15 +14,6 @@ from trainer.parts import build_parts
 
 FP32 = precision_module.build("fp32", torch.device("cpu"))
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one intra-op thread, since OpenMP threads spinning
-    against other processes made these tests 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_layer_reported_and_model_untouched(make_cfg: Callable[..., DictConfig]) -> None:

@@ -15,6 +15,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from fakes import PlantsMarker
+
 from trainer import checkpoint
 from trainer.errors import ConfigError
 from trainer.run import run
@@ -120,16 +122,6 @@ def test_truncated_checkpoint_is_reported(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
         checkpoint.resolve(str(path), tmp_path)
-
-
-class PlantsMarker:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (Path.touch, (self.marker,))
 
 
 def test_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ flagged), plan (errors and warnings without training)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,15 +22,6 @@ from trainer.tasks.plan import plan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one intra-op thread, since OpenMP threads spinning
-    against other processes made these tests 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rendered(renderable: Any) -> str:

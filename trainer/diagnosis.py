@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trainer.history import read_metrics
+from trainer.records import json_safe
 
 # Fewer loss readings than this show no trend (and a 3-step smoke run gets no findings).
 MIN_POINTS = 3
@@ -311,19 +312,9 @@ def diagnose_file(metrics_path: Path, status: str = "completed") -> list[Finding
     return diagnose(records["epoch"], records["step"], records["layers"], status)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(item) for item in value]
-    return value
-
-
 def to_dicts(findings: list[Finding]) -> list[dict[str, Any]]:
     """The findings as JSON-ready dicts, for summary.json's "diagnosis"."""
-    return [_clean(asdict(finding)) for finding in findings]
+    return [json_safe(asdict(finding)) for finding in findings]
 
 
 def panel(findings: list[Finding]) -> RenderableType:

@@ -11,14 +11,14 @@ from typing import Any
 RUN_FILES = ("metrics.jsonl", "summary.json")
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: write them as null (a diverged run's loss, say)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -29,7 +29,7 @@ class MetricsLog:
         self.file = path.open("a", encoding="utf-8")
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(_clean(record)) + "\n")
+        self.file.write(json.dumps(json_safe(record)) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -40,7 +40,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", encoding="utf-8") as file:
-        json.dump(_clean(payload), file, indent=2)
+        json.dump(json_safe(payload), file, indent=2)
         file.write("\n")
         file.flush()
         os.fsync(file.fileno())

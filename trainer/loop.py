@@ -242,21 +242,29 @@ class Trainer:
         first_step = state.step - self.pending + 1
         self.pending = 0
         self._check_finite(losses, norms, first_step)
-        interval.loss_sum += sum(losses)
-        interval.steps += len(losses)
-        interval.grad_sum += sum(norms)
-        interval.grad_max = max(interval.grad_max, *norms)
+        # Non-finite entries are steps whose update was skipped (nan_policy=skip, or the fp16
+        # scaler calibrating): they are counted there and kept out of the means.
+        finite_losses = [loss for loss in losses if math.isfinite(loss)]
+        finite_norms = [norm for norm in norms if math.isfinite(norm)]
+        interval.loss_sum += sum(finite_losses)
+        interval.steps += len(finite_losses)
+        interval.grad_sum += sum(finite_norms)
+        interval.grad_max = max(interval.grad_max, *finite_norms, 0.0)
         max_norm = getattr(self.parts.clipping, "max_norm", None)
         if max_norm is not None:
-            interval.clipped += sum(norm > max_norm for norm in norms)
-        state.epoch_loss_sum += sum(losses)
-        state.epoch_steps += len(losses)
-        state.last_grad_norm = norms[-1]
+            interval.clipped += sum(norm > max_norm for norm in finite_norms)
+        state.epoch_loss_sum += sum(finite_losses)
+        state.epoch_steps += len(finite_losses)
+        state.last_grad_norm = finite_norms[-1] if finite_norms else None
         # Weights known to be finite, to end a diverged run with (nan_policy=stop).
         self.last_good = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _check_finite(self, losses: list[float], norms: list[float], first_step: int) -> None:
-        scaler_skips_inf = self.parts.precision.scaler.is_enabled() or self.skip_nonfinite
+        """Under nan_policy=stop, end the run at the first non-finite loss, or gradient norm
+        (except under fp16, where the scaler skips inf steps while it finds its scale)."""
+        if self.skip_nonfinite:
+            return  # precision.step skipped those updates and counted them
+        scaler_skips_inf = self.parts.precision.scaler.is_enabled()
         for offset, (loss, norm) in enumerate(zip(losses, norms)):
             bad_norm = not math.isfinite(norm) and not scaler_skips_inf
             if math.isfinite(loss) and not bad_norm:

@@ -119,7 +119,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "restored_best_weights": restored_best,
         "epochs_run": len(state.history),
         "steps": state.step,
-        "skipped_steps": state.skipped_steps,
+        "skipped_steps": state.skipped_steps + state.interval.skipped,  # the last, unlogged interval too
         "wall_s": round(state.train_s, 3),
         "total_wall_s": round(time.perf_counter() - started, 3),
         "samples_per_s": round(state.samples_seen / max(state.train_s, 1e-9), 1),

@@ -15,20 +15,16 @@ import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from trainer.display import PlainDisplay
+from trainer.loggers import Logger
 from trainer.parts import Parts
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
-
-
-class Logger(Protocol):
-    def log(self, record: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass

@@ -53,3 +53,10 @@ def previous_run(run_dir: Path) -> Path | None:
         if (run_dir / name).exists():
             return run_dir / name
     return None
+
+
+def write_lines_atomic(path: Path, lines: list[str]) -> None:
+    """Replace `path` with `lines` through a temporary file and a rename: never half-written."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(line + "\n" for line in lines))
+    temporary.replace(path)

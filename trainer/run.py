@@ -26,7 +26,7 @@ from trainer.errors import ConfigError
 from trainer.loggers import LoggerGroup, build_loggers
 from trainer.loop import Trainer, TrainState
 from trainer.parts import Parts, build_parts
-from trainer.records import MetricsLog, previous_run, write_json_atomic
+from trainer.records import MetricsLog, previous_run, write_json_atomic, write_lines_atomic
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change.
@@ -79,13 +79,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    write_json_lines_atomic(path, kept)
-
-
-def write_json_lines_atomic(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(line + "\n" for line in lines))
-    temporary.replace(path)
+    write_lines_atomic(path, kept)
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -120,7 +120,8 @@ def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureF
 
 # --- presets and plugins -----------------------------------------------------------------------
 
-PRESETS = sorted(path.stem for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+# The one-group ablations; the evidence presets (tests/test_evidence.py) sweep across groups.
+PRESETS = sorted(path.stem for path in (Path(CONF_DIR) / "experiment").glob("ablate_*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)

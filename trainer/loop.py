@@ -112,15 +112,17 @@ class Trainer:
     def train_step(self, index: torch.Tensor) -> None:
         """One optimizer step over `accumulate` micro-batches of the shuffled training set."""
         x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
-        loss_total = torch.zeros((), device=x_train.device)
+        losses = []
         for micro in index.chunk(self.accumulate):
             with parts.precision.autocast():
                 loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
-            parts.precision.backward(parts.penalty(loss) / self.accumulate)
-            loss_total += loss.detach()
+            objective = parts.penalty(loss)
+            # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
+            parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
+            losses.append(loss.detach())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)
         parts.schedule.step_end()
-        self.loss_buffer[self.pending] = loss_total / self.accumulate
+        self.loss_buffer[self.pending] = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         self.grad_buffer[self.pending] = grad_norm
         self.pending += 1
         self.state.interval.skipped += skipped

@@ -247,3 +247,10 @@ def test_plateau_state_dict_round_trip() -> None:
 def test_bad_args(name: str, kw: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         getattr(sched, name)(make_optimizer(momentum=0.9), TOTAL, PER_EPOCH, **kw)
+
+
+def test_a_run_of_one_step_needs_no_warmup() -> None:
+    # 5 % of one step rounds to no warmup; the schedules must not divide by the zero-length rest.
+    assert sched.resolve_warmup(None, 0.05, 1) == 0
+    assert sched.warmup_cosine_factor(0, 1, 0, 0.0) == 1.0
+    assert sched.warmup_linear_factor(0, 1, 0, 0.0) == 1.0

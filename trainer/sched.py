@@ -38,7 +38,7 @@ class Schedule:
 # Pure factor functions: the LR used by step `step` (0-based) is base_lr * factor(step).
 
 def cosine_factor(step: int, total_steps: int, min_lr_ratio: float) -> float:
-    progress = min(step / total_steps, 1.0)
+    progress = min(step / max(total_steps, 1), 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -49,7 +49,7 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_
 def warmup_linear_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return 1.0 - (1.0 - min_lr_ratio) * progress
 
 def step_decay_factor(step: int, steps_per_decay: int, gamma: float) -> float:
@@ -80,7 +80,7 @@ def resolve_warmup(warmup_steps: int | None, warmup_fraction: float | None, tota
             f"sched.warmup_steps={warmup_steps} is not shorter than training ({total_steps} steps); "
             "lower the warmup or train longer"
         )
-    return max(warmup_steps, 1)
+    return warmup_steps  # 0 (a fraction of a very short run rounds to nothing): no warmup
 
 def _check_ratio(min_lr_ratio: float) -> None:
     if not 0.0 <= min_lr_ratio <= 1.0:

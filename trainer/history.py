@@ -1,4 +1,5 @@
-"""Read a run's metrics.jsonl back, grouped by record kind, for the curves and the diagnosis."""
+"""Read a run's files back: metrics.jsonl grouped by record kind (for the curves, the diagnosis and
+the sweep report) and its JSON files (summary.json and the like)."""
 from __future__ import annotations
 
 import json
@@ -24,3 +25,12 @@ def read_metrics(metrics_path: Path) -> dict[str, list[dict[str, Any]]]:
         if isinstance(record, dict):
             grouped.setdefault(str(record.get("kind")), []).append(record)
     return grouped
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is absent, cut short by a kill, or not an object."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from trainer.errors import ConfigError
+from trainer.history import read_json, read_metrics
 
 # name -> where it sits in summary.json.
 METRICS: dict[str, tuple[str, ...]] = {
@@ -111,32 +112,14 @@ def _parse_overrides(items: list[Any]) -> dict[str, str]:
     return parsed
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
 def _read_curve(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # the last line of a killed run may be cut short
-        if isinstance(record, dict) and record.get("kind") == "epoch":
-            lines.append(record)
-    return lines
+    return read_metrics(path)["epoch"] if path.exists() else []
 
 
 def read_job(folder: Path) -> Job:
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    summary = _read_json(folder / "summary.json")
+    summary = read_json(folder / "summary.json")
     error = folder / "error.txt"
     if summary is not None:
         status, message = str(summary.get("status")), str(summary.get("message") or "")

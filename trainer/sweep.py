@@ -35,6 +35,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.history import read_json
+
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
 # folder again when the job stops on a config error.
 RESUME_RECORD = Path(".hydra") / "resume.json"
@@ -132,14 +134,6 @@ def differences(before: dict[str, str], now: dict[str, str], shown: int = 3) -> 
     return ", ".join(parts) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # absent, or cut short by a kill: the attempt did not finish
-    return payload if isinstance(payload, dict) else None
-
-
 def objective(summary: dict[str, Any]) -> float | None:
     """What the task function returns for a finished run: best val_acc, else best val_loss."""
     best = summary.get("best") or {}
@@ -179,8 +173,8 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     failed job's folder name goes to `failed_jobs`, which the CLI reports at the end."""
     global _in_job
     digest, current = fingerprint(cfg), settings(cfg)
-    summary = _read_json(job_dir / "summary.json")
-    record = _read_json(job_dir / RESUME_RECORD) or {}
+    summary = read_json(job_dir / "summary.json")
+    record = read_json(job_dir / RESUME_RECORD) or {}
     if summary is not None and summary.get("status") in FINISHED:
         if record.get("config") != digest:
             why = differences(record["settings"], current) if "settings" in record else "not recorded"

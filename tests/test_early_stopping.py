@@ -2,14 +2,17 @@
 than `min_delta`, and end with the weights of the best evaluation, not the last."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from trainer import early_stopping
 from trainer.errors import ConfigError
+from trainer.run import run
 
 
 def stop_index(hook: Any, values: list[float], monitor: str = "val_loss") -> int | None:
@@ -137,3 +140,13 @@ def test_state_dict_round_trip() -> None:
     assert resumed.eval_end({"val_loss": 0.97}, model) is True
     assert resumed.restore_best(model) is True
     assert torch.all(model.weight == 7.0)
+
+
+def test_a_run_reports_the_restored_weights_metrics(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    # 64 samples and a wide MLP overfit: the run ends on later weights, then restores the best.
+    summary = run(make_cfg("early_stopping=val_loss", "early_stopping.patience=2", "max_steps=null", "epochs=30",
+                           "data.num_train=64", "model=mlp", "model.width=512", "norm=none", "sched=constant",
+                           "checkpoint.every_epochs=0"), tmp_path / "run")
+    assert summary["restored_best_weights"] is True
+    assert summary["restored"]["val_loss"] == summary["best"]["val_loss"]
+    assert summary["restored"]["val_acc"] == summary["best"]["val_acc"]

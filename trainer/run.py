@@ -180,6 +180,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         extra_loggers.close()
     restored = parts.early_stopping.restore_best(parts.model)
     summary = summarise(cfg, parts, state, restored, started)
+    if restored:  # `final` is the last epoch trained; this is the model the run ends with
+        summary["restored"] = trainer.evaluate()
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)

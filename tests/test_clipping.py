@@ -108,7 +108,8 @@ def test_step_uses_the_clipped_gradient() -> None:
     lr, max_norm = 0.1, 2.0
     optimizer = torch.optim.SGD([w], lr=lr)
     strategy = precision.build("fp32", torch.device("cpu"))
-    norm = strategy.backward_and_step((w * direction).sum(), optimizer, clipping.norm(max_norm=max_norm), [w])
+    strategy.backward((w * direction).sum())
+    norm, _ = strategy.step(optimizer, clipping.norm(max_norm=max_norm), [w])
     assert float(norm) == pytest.approx(20.0, rel=1e-5)
     step = start - w.detach()
     torch.testing.assert_close(step, lr * direction * (max_norm / 20.0), rtol=1e-5, atol=1e-7)

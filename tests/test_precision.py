@@ -43,7 +43,8 @@ def test_bf16_on_cpu_autocasts_and_keeps_fp32_master_weights() -> None:
     assert model(x).dtype == torch.float32  # only inside the context
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
-    norm = strategy.backward_and_step(loss, optimizer, clipping.none(), list(model.parameters()))
+    strategy.backward(loss)
+    norm, _ = strategy.step(optimizer, clipping.none(), list(model.parameters()))
     assert norm is not None and torch.isfinite(norm)
     for p, old in zip(model.parameters(), before):
         assert p.dtype == torch.float32
@@ -78,7 +79,8 @@ def test_fp16_on_cuda_uses_an_enabled_grad_scaler() -> None:
         assert out.dtype == torch.float16
         loss = out.float().pow(2).mean()
     before = model.weight.detach().clone()
-    strategy.backward_and_step(loss, optimizer, clipping.norm(max_norm=1.0), list(model.parameters()))
+    strategy.backward(loss)
+    strategy.step(optimizer, clipping.norm(max_norm=1.0), list(model.parameters()))
     assert strategy.scaler.get_scale() > 1.0  # the loss scale exists (65536 at the start)
     assert model.weight.dtype == torch.float32
     assert not torch.equal(model.weight.detach(), before)

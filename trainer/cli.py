@@ -42,16 +42,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         if cfg.task != "train":
             code = run_task(cfg, run_dir)
-            if {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:  # plan writes nothing
-                shutil.rmtree(run_dir, ignore_errors=True)
-            sys.exit(code) if code else None
+            discard_if_unused(run_dir)  # plan writes nothing
+            if code:
+                sys.exit(code)
             return None
         summary = run(cfg, run_dir)
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
-        # A folder holding nothing but Hydra's record of this failed start goes; anything more stays.
-        if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        discard_if_unused(run_dir)
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
@@ -61,6 +59,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     best = summary["best"].get("val_acc")
     return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's record of this job; anything more stays."""
+    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def one_line(error: BaseException) -> str:

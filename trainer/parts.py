@@ -73,9 +73,8 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
-    for key in ("deterministic",):
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key}={cfg[key]} must be true or false")
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic={cfg.deterministic} must be true or false")
     if cfg.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy={cfg.nan_policy!r} is unknown; valid: {', '.join(NAN_POLICIES)}")
     performance = cfg.trainer

@@ -68,13 +68,6 @@ class Precision:
         optimizer.zero_grad(set_to_none=True)
         return norm, skipped
 
-    def backward_and_step(
-        self, loss: torch.Tensor, optimizer: Optimizer, clipping: Clipping, params: list[torch.Tensor],
-    ) -> torch.Tensor:
-        """One whole optimizer step on `loss`; returns the pre-clip gradient norm."""
-        self.backward(loss)
-        return self.step(optimizer, clipping, params)[0]
-
     @property
     def loss_scale(self) -> float | None:
         """The fp16 loss scale (a host sync: read it at log intervals only), None when not scaling."""

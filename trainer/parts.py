@@ -57,7 +57,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "trainer", "checkpoint", "task", "logger", "experiment", "hparams_search", "augment",
+                  "nan_policy", "resume", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 

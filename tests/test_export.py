@@ -58,21 +58,6 @@ def test_folding_needs_eval_mode(make_cfg: Callable[..., DictConfig]) -> None:
         fold_batchnorm(build_parts(make_cfg()).model.train())
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cnn1d + batchnorm run of 20 steps on the synthetic data."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import SMALL
-    from trainer.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*SMALL, "max_steps=20", "log_every=10"])
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    run(cfg, run_dir)
-    return run_dir
-
-
 def test_export_writes_a_weights_only_file_that_matches_the_trained_model(trained_run: Path, tmp_path: Path) -> None:
     result = export(str(trained_run), tmp_path)
     assert len(result["folded"]) == result["before"]["batchnorm"] == 3 and result["after"]["batchnorm"] == 0

@@ -53,10 +53,13 @@ CHAIN = ["best:2", "step:7", "writing:2", "checkpoint:1"]
 POINTS["all_four_in_turn"] = CHAIN
 
 
-def train(run_dir: Path, overrides: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+def killing_train(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or ""}
-    return subprocess.run([sys.executable, KILLING_TRAIN, *RUN, *overrides, f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, KILLING_TRAIN, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def train(run_dir: Path, overrides: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    return killing_train([*RUN, *overrides, f"hydra.run.dir={run_dir}"], kill_at)
 
 
 def outcome(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, Any]]:
@@ -124,3 +127,18 @@ def test_defaults_killed_at_any_point_resume_exactly(uninterrupted: Any, tmp_pat
 def test_every_configuration_killed_at_every_kind_of_point_resumes_exactly(uninterrupted: Any, tmp_path: Path, config: str) -> None:
     killed_and_resumed(tmp_path / "run", CONFIGS[config], CHAIN)
     assert_same_outcome(uninterrupted(config), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_killed_sweep_job_continues_from_its_checkpoint_exactly(uninterrupted: Any, tmp_path: Path) -> None:
+    """Running a killed sweep's command again continues the job from its checkpoint (not from the
+    start) and ends as the run never interrupted."""
+    command = ["-m", *RUN, "seed=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    killed = killing_train(command, "checkpoint:2")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    again = killing_train(command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continuing" in again.stdout and "resuming" in again.stdout
+    (job,) = [path.parent for path in (tmp_path / "sweep").glob("*/summary.json")]
+    assert not (job / "previous").exists()
+    assert_same_outcome(uninterrupted("defaults"), job)

@@ -13,13 +13,13 @@ from typing import Callable
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fakes import PlantsMarker
 
 from trainer import checkpoint
 from trainer.errors import ConfigError
-from trainer.run import run
+from trainer.run import check_resumable, run
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 # Deterministic, with dropout (so the RNG state matters) and a checkpoint every 4 steps:
@@ -185,3 +185,13 @@ def test_resume_refuses_a_config_that_matters_and_allows_more_epochs(
     longer = run(make_cfg("max_steps=null", "epochs=2", "resume=auto"), run_dir)
     assert longer["epochs_run"] == 2 and longer["steps"] == 2 * first["steps"]
 
+
+
+def test_resume_ignores_target_a_builders_import_address(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg()
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["model"]["_target_"] = "trainer.models.old_place.build"  # the code moved since the checkpoint
+    check_resumable(saved, cfg)
+    saved["model"]["channels"] = 16
+    with pytest.raises(ConfigError, match=r"model.channels \(16 -> 32\)"):
+        check_resumable(saved, cfg)

@@ -199,10 +199,11 @@ def test_sweep_reports_and_resumes(tmp_path: Path) -> None:
     again = train("-m", *FAST, "seed=0,1", "norm=none,layernorm", cwd=tmp_path)  # same command, reordered
     assert again.returncode == 0, again.stderr
     assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep_dir.name]
-    assert again.stdout.count("skipped ") == 3 and "rerunning norm=none,seed=1" in again.stdout
+    # Killed after its last checkpoint: it continues from there (tests/test_kill_resume.py: exactly).
+    assert again.stdout.count("skipped ") == 3 and "continuing norm=none,seed=1" in again.stdout
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items() if "norm=none,seed=1" not in str(path))
     assert json.loads((sweep_dir / "norm=none,seed=1" / "summary.json").read_text())["status"] == "completed"
-    assert (sweep_dir / "norm=none,seed=1" / "previous" / "1" / "metrics.jsonl").exists()
+    assert not (sweep_dir / "norm=none,seed=1" / "previous").exists()
 
 
 def test_preset_runs_end_to_end(tmp_path: Path) -> None:

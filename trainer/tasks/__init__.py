@@ -7,6 +7,7 @@ from __future__ import annotations
 TASKS = ("train", "lr_find", "check_init", "plan")
 
 import json
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -21,27 +22,33 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
     lr_find and check_init write their picture and a JSON result into the run folder; plan
     writes nothing."""
     from trainer.parts import build_parts  # torch loads here
+    from trainer.records import check_unused, claim
+    from trainer.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     console = Console()
     if cfg.task == "plan":
-        from trainer.tasks.plan import plan, render
+        from trainer.tasks.plan import error_lines, plan, render
 
         report = plan(cfg)
         console.print(render(report))
+        for line in error_lines(report):
+            print(line, file=sys.stderr)
         return 0 if report.ok else 2
-    parts = build_parts(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.task == "lr_find":
-        from trainer.tasks.lr_find import lr_find, render
+    with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
+        check_unused(run_dir)
+        parts = build_parts(cfg)
+        write_record(run_dir, cfg)
+        if cfg.task == "lr_find":
+            from trainer.tasks.lr_find import lr_find, render
 
-        result = lr_find(parts, run_dir)
-    else:
-        from trainer.tasks.check_init import check_init, render
+            result = lr_find(parts, run_dir)
+        else:
+            from trainer.tasks.check_init import check_init, render
 
-        result = check_init(parts, run_dir)
-    console.print(render(result))
-    (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+            result = check_init(parts, run_dir)
+        console.print(render(result))
+        (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"written to {run_dir}")
     return 0

@@ -13,8 +13,8 @@ from typing import Any
 
 from trainer.errors import ConfigError
 
-# A run's own files; lr_find.json and check_init.json are what the tool tasks leave.
-RUN_FILES = ("metrics.jsonl", "summary.json", "lr_find.json", "check_init.json")
+# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json).
+RUN_FILES = ("metrics.jsonl", "summary.json", "lr_find.json", "check_init.json", "export.json", "tsne.json")
 CLAIM = ".claimed"
 
 

@@ -1,17 +1,28 @@
 """Tools that use a config's parts without (or before) a training run: `task=lr_find` (the LR
 range test), `task=check_init` (one batch through the fresh model, per-layer statistics) and
-`task=plan` (what a config would do and cost, checked without training). Each module has the
+`task=plan` (what a config would do and cost, checked without training); and tools that read a
+trained run (`resume=RUN_DIR`): `task=export` (an inference file, batch norm folded) and
+`task=tsne` (t-SNE of the penultimate-layer features). Each module has the
 task function and a `render` that turns its result into a rich renderable for the console."""
 from __future__ import annotations
 
-TASKS = ("train", "lr_find", "check_init", "plan")
+# task=NAME, with the one line `train --help` shows; export and tsne take their settings from the
+# config node of the same name (`export.fold_bn`, `tsne.perplexity`).
+TASKS = {
+    "train": "train (the default)",
+    "lr_find": "LR range test: lr_find.png and a suggested optim.lr",
+    "check_init": "one batch through the fresh model: per-layer statistics, vanishing/exploding layers flagged",
+    "plan": "check a config and estimate its cost without training (exit 2 on errors)",
+    "export": "resume=RUN_DIR: inference.pt (weights_only) with conv/linear + batch norm folded, checked and timed",
+    "tsne": "resume=RUN_DIR: tsne.png, t-SNE of the penultimate-layer validation features per perplexity (extra: tsne)",
+}
 
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
-from omegaconf import DictConfig
-from rich.console import Console
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import ConfigError
 
@@ -19,8 +30,10 @@ from trainer.errors import ConfigError
 def run_task(cfg: DictConfig, run_dir: Path) -> int:
     """Run `cfg.task` (not train) and return the exit code: plan exits 2 when the config has errors.
 
-    lr_find and check_init write their picture and a JSON result into the run folder; plan
-    writes nothing."""
+    lr_find, check_init, export and tsne write their picture or file and a JSON result into the
+    run folder; plan writes nothing."""
+    from rich.console import Console
+
     from trainer.parts import build_parts  # torch loads here
     from trainer.records import check_unused, claim
     from trainer.run_folder import write_record
@@ -38,17 +51,33 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
         return 0 if report.ok else 2
     with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
         check_unused(run_dir)
-        parts = build_parts(cfg)
-        write_record(run_dir, cfg)
-        if cfg.task == "lr_find":
-            from trainer.tasks.lr_find import lr_find, render
-
-            result = lr_find(parts, run_dir)
+        if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
+            result, render = _on_trained_run(cfg, run_dir)
         else:
-            from trainer.tasks.check_init import check_init, render
+            parts = build_parts(cfg)
+            if cfg.task == "lr_find":
+                from trainer.tasks.lr_find import lr_find, render
 
-            result = check_init(parts, run_dir)
+                result = lr_find(parts, run_dir)
+            else:
+                from trainer.tasks.check_init import check_init, render
+
+                result = check_init(parts, run_dir)
+        write_record(run_dir, cfg)
         console.print(render(result))
         (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"written to {run_dir}")
     return 0
+
+
+def _on_trained_run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]:
+    """export or tsne of the run `resume=` names; their settings are the `export:` / `tsne:` config nodes."""
+    settings = OmegaConf.to_container(cfg[cfg.task], resolve=True)
+    assert isinstance(settings, dict)
+    if cfg.task == "export":
+        from trainer.tasks.export import export, render
+
+        return export(cfg.resume, run_dir, **settings), render
+    from trainer.tasks.tsne import render, tsne
+
+    return tsne(cfg.resume, run_dir, seed=cfg.seed, **settings), render

@@ -35,11 +35,13 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
     from rich.console import Console
 
     from trainer.parts import build_parts  # torch loads here
+    from trainer.config import check_numbers
     from trainer.records import check_unused, claim
     from trainer.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
+    check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
     console = Console()
     if cfg.task == "plan":
         from trainer.tasks.plan import error_lines, plan, render

@@ -32,7 +32,8 @@ from trainer.records import MetricsLog, check_unused, claim, write_json_atomic, 
 from trainer.run_folder import write_record
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
-# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change.
+# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
+# `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
               "batch_size", "trainer.accumulate")
 
@@ -51,6 +52,7 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
+        and not key.endswith("._target_")
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])

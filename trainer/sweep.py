@@ -204,8 +204,8 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
         moved = set_aside(job_dir)
         if moved is not None:
             print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+        write_record(job_dir, cfg)  # a new attempt's record, so the report lists even a job that crashes before training
     _write_record(job_dir, {"config": digest, "settings": current})
-    write_record(job_dir, cfg)  # Hydra's record, so the report lists even a job that crashes before training
     _in_job = True
     try:
         result = task(cfg)

@@ -39,6 +39,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.history import read_json
+from trainer.run_folder import write_record
 
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
 # folder again when the job stops on a config error.
@@ -203,6 +204,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
         moved = set_aside(job_dir)
         if moved is not None:
             print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+        write_record(job_dir, cfg)  # a new attempt's record, so the report lists even a job that crashes before training
     _write_record(job_dir, {"config": digest, "settings": current})
     _in_job = True
     try:

@@ -28,6 +28,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 HYDRA_FILES = {".hydra", "cli.log", "train.log"}
 # Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
 failed_jobs: list[str] = []
+# Jobs smoke-run (smoke=true) and those that passed, for a smoke sweep's closing line.
+smoke_jobs: list[str] = []
+smoke_passed: list[str] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -40,6 +43,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level
+            from trainer.smoke import smoke_run
+
+            smoke_jobs.append(run_dir.name)
+            print(smoke_run(cfg), flush=True)
+            smoke_passed.append(run_dir.name)
+            discard_if_unused(run_dir)  # the smoke run's files lived in a temporary folder
+            remove_empty_parents(run_dir)  # outputs/DATE/, made for this run alone
+            return None
         if cfg.task != "train":
             code = run_task(cfg, run_dir)
             discard_if_unused(run_dir)  # plan writes nothing
@@ -50,6 +62,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         discard_if_unused(run_dir)
+        if cfg.get("smoke") is True:
+            remove_empty_parents(run_dir)
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
@@ -65,6 +79,15 @@ def discard_if_unused(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but Hydra's record of this job; anything more stays."""
     if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def remove_empty_parents(run_dir: Path) -> None:
+    """Remove the now empty folders above a discarded run folder, up to the working directory."""
+    here = Path.cwd().resolve()
+    folder = run_dir.resolve().parent
+    while folder != here and here in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def one_line(error: BaseException) -> str:
@@ -88,6 +111,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+        if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it
+            print(f"smoke: {len(smoke_passed)} of {len(smoke_jobs)} jobs passed", flush=True)
         if failed_jobs:
             print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)

@@ -185,10 +185,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
-    try:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    except PlotError as error:
-        display.notice(f"curves.png not written: {error}")
+    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+        try:
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        except PlotError as error:
+            display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
     display.finish(summary, str(run_dir))
     return summary

@@ -41,3 +41,15 @@ def make_cfg() -> Callable[..., DictConfig]:
 def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data builders cache under TRAINER_DATA_DIR: keep tests out of the user's cache."""
     monkeypatch.setenv("TRAINER_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run to read with task=export or task=tsne: cnn1d + batchnorm, 20 steps on the synthetic data."""
+    from trainer.run import run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*SMALL, "max_steps=20", "log_every=10"])
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run(cfg, run_dir)
+    return run_dir

@@ -128,15 +128,19 @@ def test_plan_turns_config_errors_into_errors(make_cfg: Callable[..., DictConfig
 
 
 def test_plan_warnings(make_cfg: Callable[..., DictConfig]) -> None:
-    report = plan(make_cfg("precision=fp16", "early_stopping=val_loss", "sched=plateau", "init=zeros",
+    report = plan(make_cfg("precision=tf32", "early_stopping=val_loss", "sched=plateau", "init=zeros",
                            "batch_size=4", "norm=batchnorm", "max_steps=null", "epochs=2"))
     text = " | ".join(report.warnings)
     assert report.ok
-    assert "precision=fp16 needs a CUDA GPU" in text
+    assert "precision=tf32 needs a CUDA GPU" in text
     assert "early_stopping.patience=5 but the run evaluates only 2 time(s)" in text
     assert "sched=plateau with sched.patience=5 but only 2 evaluation(s)" in text
     assert "early_stopping.patience=5 <= sched.patience=5" in text
     assert "init=zeros" in text and "batch_size=4 with norm=batchnorm" in text
+    assert not any("no fused kernel" in warning for warning in report.warnings)  # AdamW under fp32
+    rmsprop = plan(make_cfg("precision=fp16", "optim=rmsprop")).warnings
+    assert any("precision=fp16 with optim=rmsprop: torch has no fused kernel" in w for w in rmsprop)
+    assert not any("no fused kernel" in w for w in plan(make_cfg("precision=fp16", "optim=adamw")).warnings)
     warmup = plan(make_cfg("sched=cosine_warmup", "sched.warmup_fraction=0.8", "max_steps=null"))
     assert any("warmup takes" in warning for warning in warmup.warnings)
     assert any("max_steps=3 ends training before the first epoch" in w for w in plan(make_cfg()).warnings)

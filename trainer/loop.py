@@ -53,7 +53,7 @@ class TrainState:
     interval: Interval = field(default_factory=Interval)
     last_grad_norm: float | None = None
     skipped_steps: int = 0
-    order_state: torch.Tensor | None = None  # the shuffling generator's state at the epoch's start
+    order_state: torch.Tensor | None = None  # the shuffling generator's state at the epoch's start (None: not started)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     train_s: float = 0.0          # training seconds before the current process
     status: str = "completed"     # completed | early_stopped | diverged | interrupted
@@ -195,7 +195,9 @@ class Trainer:
         stop = self.parts.early_stopping.eval_end(metrics, self.model)
         best = self._is_best(metrics)
         finished_epoch = state.epoch
-        state.epoch, state.batch, state.order_state = state.epoch + 1, 0, None
+        # The generator now stands where this epoch's shuffle left it: the next epoch's order
+        # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
+        state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()
         state.epoch_loss_sum, state.epoch_steps = 0.0, 0
         if self.checkpoint and (self.due_at_epoch(finished_epoch) or stop or best):
             self.checkpoint(self, best)

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from trainer.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has fused SGD, Adam and AdamW kernels
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -52,18 +53,34 @@ def build(
     """
     _check(name, lr, weight_decay, momentum, betas, eps, alpha)
     groups = param_groups(model, weight_decay, decay_norm_and_bias)
-    # On CUDA, the fused kernels update every parameter in one launch (one per step instead of
-    # several per tensor); elsewhere PyTorch picks its own implementation.
-    fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
+    # The fused kernels update every parameter in one pass (one launch per step on CUDA instead
+    # of several per tensor), on CUDA and on the CPU alike, so the CPU runs the GPU's code path.
+    # Under fp16 they also take the gradient scaler's skip decision on the device (no host sync).
+    fused = {"fused": True} if all(p.device.type in FUSED_DEVICES for p in model.parameters()) else {}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, **fused)
     if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov", **fused)
+        sgd = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov", **fused)
+        return zero_momentum(sgd) if fused else sgd
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
+    # torch has no fused RMSprop: under fp16 the scaler syncs with the host each step (task=plan says so).
     return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+
+
+def zero_momentum(optimizer: torch.optim.SGD) -> torch.optim.SGD:
+    """Start fused SGD's momentum buffers at zero.
+
+    The fused kernel allocates them uninitialised and fills them on the first step; when the fp16
+    gradient scaler skips that step (inf gradients) the kernel writes nothing, and the next step
+    reads the garbage (weights moved by ~1e7). From zeros, the first applied step gives the buffer
+    the gradient itself (dampening is 0), exactly as an unfused first step does."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def _check(name: str, lr: float, weight_decay: float, momentum: float,

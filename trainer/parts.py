@@ -40,14 +40,29 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> str | None:
+    """Deterministic algorithms on or off, and cuDNN's autotuner off or on, for every job: a
+    sweep's jobs may share a process and must not inherit the previous job's setting.
+
+    Returns a notice when determinism comes too late for cuBLAS in this process."""
+    notice = None
+    if deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        # cuBLAS needs a fixed workspace for determinism and reads the setting when it starts,
+        # so it is set before this job touches the GPU.
+        if torch.cuda.is_initialized():
+            notice = ("deterministic=true after CUDA was already used in this process: set "
+                      "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(deterministic)
+    # The autotuner times conv algorithms once per shape and keeps the fastest; its pick may differ per run.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    return notice
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
@@ -57,7 +72,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "logger", "experiment", "hparams_search", "augment",
+                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 
@@ -148,18 +163,17 @@ def build_parts(cfg: DictConfig) -> Parts:
     """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
     check_top_level(cfg)
     device = resolve_device(cfg.device)
+    determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     data: DataSplits = build("data", cfg.data)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
     check_data(data, effective_batch)  # all of it: a NaN anywhere in the file fails a smoke run too
     if cfg.get("smoke"):
         data = slice_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
-    seed_everything(cfg.seed, cfg.deterministic)
-    if device.type == "cuda" and not cfg.deterministic:
-        torch.backends.cudnn.benchmark = True  # time the conv algorithms once per shape, keep the fastest
+    seed_everything(cfg.seed)
     regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices: list[str] = []
+    notices = [determinism_notice] if determinism_notice else []
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.

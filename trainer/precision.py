@@ -22,8 +22,9 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "auto")
 class Precision:
     """Args:
         requested: the `precision=` choice.
-        actual: what runs on this device (fp16 on a CPU falls back to fp32, auto resolves).
-        device_type: "cuda" or "cpu", for autocast.
+        actual: what runs on this device (tf32 on a CPU falls back to fp32, auto resolves).
+        device_type: "cuda" or "cpu", for autocast and the gradient scaler: fp16 autocast and
+            loss scaling run on the CPU too, so the CPU runs the same code path as a GPU.
         notice: a one-line explanation when actual differs from requested, else None.
     """
 
@@ -84,14 +85,31 @@ def build(name: str, device: torch.device) -> Precision:
     """Builder named by conf/precision/*.yaml; `device` is passed at run time."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
-    if device.type != "cuda":
-        if name in ("fp16", "tf32"):
+    cuda = device.type == "cuda"
+    set_fp32_math(tf32=cuda and name == "tf32")
+    if not cuda:
+        if name == "tf32":
             return Precision(name, "fp32", device.type, f"precision={name} needs a CUDA GPU; running fp32 on the {device.type}")
-        actual = "fp32" if name == "auto" else name
-        return Precision(name, actual, device.type)
+        # fp16 and bf16 autocast (and fp16's loss scaling) run on the CPU as on a GPU.
+        return Precision(name, "fp32" if name == "auto" else name, device.type)
     if name == "auto":
-        return Precision(name, "bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda")
-    # TF32 runs fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa (Ampere+).
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    torch.backends.cudnn.allow_tf32 = name == "tf32"
+        return Precision(name, "bf16" if native_bf16() else "fp16", "cuda")
     return Precision(name, name, "cuda")
+
+
+def native_bf16() -> bool:
+    """Whether the current GPU computes in bf16 natively (compute capability 8.0, Ampere, and later).
+
+    Since torch 2.4 `torch.cuda.is_bf16_supported()` also says yes where bf16 is only emulated
+    (slower than fp16 there), so emulation is excluded."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def set_fp32_math(tf32: bool) -> None:
+    """TF32 (fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa, Ampere+) on or
+    off, with the current API (the `allow_tf32` setters are deprecated). Set for every job, not
+    only when tf32 is chosen: a sweep's jobs may share a process and must not inherit it."""
+    mode = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.rnn.fp32_precision = mode

@@ -1,15 +1,18 @@
 """Tools that use a config's parts without (or before) a training run: `task=lr_find` (the LR
 range test), `task=check_init` (one batch through the fresh model, per-layer statistics) and
-`task=plan` (what a config would do and cost, checked without training). Each module has the
+`task=plan` (what a config would do and cost, checked without training); and tools that read a
+trained run (`resume=RUN_DIR`): `task=export` (an inference file, batch norm folded) and
+`task=tsne` (t-SNE of the penultimate-layer features). Each module has the
 task function and a `render` that turns its result into a rich renderable for the console."""
 from __future__ import annotations
 
-TASKS = ("train", "lr_find", "check_init", "plan")
+TASKS = ("train", "lr_find", "check_init", "plan", "export", "tsne")
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from trainer.errors import ConfigError
@@ -20,8 +23,8 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
 
     `lr_find_steps` shortens the LR range test (smoke=true); None keeps its default.
 
-    lr_find and check_init write their picture and a JSON result into the run folder; plan
-    writes nothing."""
+    lr_find, check_init, export and tsne write their picture or file and a JSON result into the
+    run folder; plan writes nothing."""
     from trainer.parts import build_parts  # torch loads here
 
     if cfg.task not in TASKS:
@@ -33,17 +36,33 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
         report = plan(cfg)
         console.print(render(report))
         return 0 if report.ok else 2
-    parts = build_parts(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.task == "lr_find":
-        from trainer.tasks.lr_find import lr_find, render
-
-        result = lr_find(parts, run_dir, **({"num_steps": lr_find_steps} if lr_find_steps else {}))
+    if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
+        result, render = _on_trained_run(cfg, run_dir)
     else:
-        from trainer.tasks.check_init import check_init, render
+        parts = build_parts(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.task == "lr_find":
+            from trainer.tasks.lr_find import lr_find, render
 
-        result = check_init(parts, run_dir)
+            result = lr_find(parts, run_dir, **({"num_steps": lr_find_steps} if lr_find_steps else {}))
+        else:
+            from trainer.tasks.check_init import check_init, render
+
+            result = check_init(parts, run_dir)
     console.print(render(result))
     (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"written to {run_dir}")
     return 0
+
+
+def _on_trained_run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]:
+    """export or tsne of the run `resume=` names; their settings are the `export:` / `tsne:` config nodes."""
+    settings = OmegaConf.to_container(cfg[cfg.task], resolve=True)
+    assert isinstance(settings, dict)
+    if cfg.task == "export":
+        from trainer.tasks.export import export, render
+
+        return export(cfg.resume, run_dir, **settings), render
+    from trainer.tasks.tsne import render, tsne
+
+    return tsne(cfg.resume, run_dir, seed=cfg.seed, **settings), render

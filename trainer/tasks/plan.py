@@ -125,7 +125,7 @@ def memory(parts: Parts) -> dict[str, int]:
 
 def warnings_for(cfg: DictConfig, parts: Parts, evaluations: int) -> list[str]:
     """Combinations that run but likely do not do what was meant."""
-    found = list(parts.notices)  # fallbacks: fp16 on a CPU, channels_last on 1-D data, ...
+    found = list(parts.notices)  # fallbacks: tf32 on a CPU, channels_last on 1-D data, ...
     if cfg.norm.name == "batchnorm" and cfg.batch_size < SMALL_BATCHNORM_BATCH:
         found.append(f"batch_size={cfg.batch_size} with norm=batchnorm: batch statistics of fewer than "
                      f"{SMALL_BATCHNORM_BATCH} samples are noisy; norm=groupnorm or norm=layernorm do not "
@@ -151,6 +151,11 @@ def warnings_for(cfg: DictConfig, parts: Parts, evaluations: int) -> list[str]:
         if warmup > MAX_WARMUP_FRACTION * parts.total_steps:
             found.append(f"warmup takes {warmup} of {parts.total_steps} steps ({warmup / parts.total_steps:.0%}): "
                          "most of the run is spent below the base LR")
+    if parts.precision.scaler.is_enabled() and not parts.optimizer.defaults.get("fused"):
+        # GradScaler.step checks an unfused optimizer's gradients for inf on the host before stepping.
+        found.append(f"precision={parts.precision.actual} with optim={cfg.optim.name}: torch has no fused kernel for it, "
+                     "so the loss scaler waits for the device every step; optim=adam, adamw, sgd, momentum or "
+                     "nesterov avoid that")
     if cfg.max_steps and cfg.max_steps < parts.steps_per_epoch:
         found.append(f"max_steps={cfg.max_steps} ends training before the first epoch does "
                      f"({parts.steps_per_epoch} steps per epoch)")

@@ -21,9 +21,10 @@ from test_smoke import NEEDS_REAL_FILES, prepare
 from trainer import checkpoint
 from trainer.cli import CONF_DIR
 from trainer.errors import ConfigError, DataError
+from trainer.loop import Trainer
+from trainer.records import write_json_atomic
 from trainer.run import run
 from trainer.smoke import SmokeFailure, shrink, smoke_run
-from trainer.records import write_json_atomic
 from trainer.smoke_check import check_round_trip, check_summary
 
 TRAIN = str(Path(sys.executable).with_name("train"))
@@ -115,6 +116,18 @@ def test_broken_or_nan_data_file_fails(tmp_path: Path, smoke_cfg: Callable[..., 
         smoke_run(smoke_cfg("data=tensors", f"data.path={tmp_path / 'nan.pt'}"))
 
 
+def test_a_phase_that_raises_fails_with_one_line_naming_where(monkeypatch: pytest.MonkeyPatch,
+                                                               smoke_cfg: Callable[..., DictConfig]) -> None:
+    def broken_evaluate(self: Trainer) -> None:
+        raise RuntimeError("shapes do not match\n(second line)")
+
+    monkeypatch.setattr(Trainer, "evaluate", broken_evaluate)
+    with pytest.raises(SmokeFailure) as caught:
+        smoke_run(smoke_cfg("data=synthetic"))
+    assert str(caught.value) == ("smoke run failed at test_smoke_switch.py:{} in broken_evaluate: RuntimeError: "
+                                 "shapes do not match (second line)").format(broken_evaluate.__code__.co_firstlineno + 1)
+
+
 def test_resume_is_refused(smoke_cfg: Callable[..., DictConfig]) -> None:
     with pytest.raises(ConfigError, match="resume=auto with smoke=true"):
         smoke_run(smoke_cfg("resume=auto"))
@@ -168,7 +181,7 @@ def test_smoke_all_composes_with_the_every_choice_sweeper() -> None:
 
 
 def train(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
 
 
 def test_cli_planted_nan_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:

@@ -87,7 +87,8 @@ def smoke_run(cfg: DictConfig) -> str:
         except TrainerError:
             raise
         except Exception as error:  # a phase broke: one line naming where, as CI logs want it
-            raise SmokeFailure(f"smoke run failed at {_where(error)}: {type(error).__name__}: {error}") from None
+            message = " ".join(str(error).split())  # one line, whatever the exception's text
+            raise SmokeFailure(f"smoke run failed at {_where(error)}: {type(error).__name__}: {message}") from None
     best = summary["best"]
     figure = f"val_acc {best['val_acc']:.4f}" if best.get("val_acc") is not None else f"val_loss {best['val_loss']:.4g}"
     return (f"smoke ok: {summary['steps']} steps in {summary['epochs_run']} epochs ({figure}), {round_trip}, "

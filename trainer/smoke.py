@@ -2,10 +2,10 @@
 
 A smoke run builds the same parts a real run builds and goes through the same phases (build,
 training steps, evaluation, schedule, early stopping, checkpoint write, metrics, summary,
-curves, diagnosis), but on a few batches: at most SMOKE_EPOCHS epochs of
-SMOKE_STEPS_PER_EPOCH steps, batches of at most SMOKE_MAX_BATCH, SMOKE_VAL_SAMPLES validation
-samples, on the CPU unless a device is named. It runs in a temporary folder that is removed
-afterwards, loads the latest good checkpoint back (trainer/smoke_check.py), and fails, as a
+diagnosis), but on a few batches: at most SMOKE_EPOCHS epochs of SMOKE_STEPS_PER_EPOCH steps,
+batches of at most SMOKE_MAX_BATCH, SMOKE_VAL_SAMPLES validation samples, on the CPU unless a
+device is named. It runs in a temporary folder that is removed afterwards (curves.png is not
+drawn: that takes longer than the training, and a plotting error never fails a real run), loads the latest good checkpoint back (trainer/smoke_check.py), and fails, as a
 one-line error, on a non-finite loss, gradient or metric, or on any phase that raises: so a
 config that would break in hour two of a real run breaks here.
 """

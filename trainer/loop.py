@@ -25,6 +25,7 @@ from trainer.loggers import Logger
 from trainer.parts import Parts
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
+DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
 
 
 @dataclass
@@ -273,10 +274,22 @@ class Trainer:
             before = [f"{n:.3g}" for n in norms[max(offset - 3, 0) : offset]]
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             message = f"non-finite {what} at step {step}" + (f" after gradient norms {', '.join(before)}" if before else "")
+            self._emit_divergence(step, losses[:offset], norms[:offset])
             if self.last_good is not None:
                 self.model.load_state_dict(self.last_good)
                 message += "; the weights are the last finite ones"
             self._stop("diverged", message)
+
+    def _emit_divergence(self, step: int, losses_before: list[float], norms_before: list[float]) -> None:
+        """The evidence of a divergence for the diagnosis, which may come before any step or epoch
+        line: where it happened, the LR, and the last finite losses and gradient norms before it."""
+        interval = self.state.interval
+        self._emit({
+            "kind": "diverged", "epoch": self.state.epoch, "step": step, "lr": self.lr,
+            "losses_before": losses_before[-DIVERGENCE_HISTORY:], "grad_norms_before": norms_before[-DIVERGENCE_HISTORY:],
+            # The mean of the unlogged steps before those: the loss the run had reached.
+            "interval_loss": interval.loss_sum / interval.steps if interval.steps else None,
+        })
 
     def _log_interval(self) -> None:
         self._flush()

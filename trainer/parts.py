@@ -12,13 +12,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
 from trainer.clipping import Clipping
 from trainer.config import build
 from trainer.data import DataSplits
+from trainer.data import options as data_options
 from trainer.early_stopping import EarlyStopping, NoEarlyStopping
 from trainer.errors import ConfigError, DataError
 from trainer.precision import Precision
@@ -151,6 +152,15 @@ class Parts:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def build_data(node: DictConfig) -> DataSplits:
+    """The chosen data set, then the options every data set takes (data/options.py)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    builder_keys, options = data_options.split(container)
+    data_options.check(options)  # a bad option fails before a data set is generated or read
+    return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
+
+
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
@@ -164,7 +174,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     check_top_level(cfg)
     device = resolve_device(cfg.device)
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
-    data: DataSplits = build("data", cfg.data)
+    data = build_data(cfg.data)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
     check_data(data, effective_batch)  # all of it: a NaN anywhere in the file fails a smoke run too
     if cfg.get("smoke"):

@@ -12,6 +12,7 @@ config that would break in hour two of a real run breaks here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 import traceback
@@ -53,8 +54,8 @@ def shrink(cfg: DictConfig) -> DictConfig:
 def slice_data(data: DataSplits, step_batch: int) -> DataSplits:
     """The first SMOKE_STEPS_PER_EPOCH batches of the training set and SMOKE_VAL_SAMPLES validation samples."""
     num_train = step_batch * SMOKE_STEPS_PER_EPOCH
-    return DataSplits(data.x_train[:num_train], data.y_train[:num_train], data.x_val[:SMOKE_VAL_SAMPLES],
-                      data.y_val[:SMOKE_VAL_SAMPLES], data.task, data.num_outputs)
+    return dataclasses.replace(data, x_train=data.x_train[:num_train], y_train=data.y_train[:num_train],
+                               x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES])
 
 
 def _where(error: BaseException) -> str:

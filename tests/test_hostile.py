@@ -64,6 +64,22 @@ def arrays(change: Callable[[dict], None] = lambda arrays: None, suffix: str = "
     return make
 
 
+def saved(value: object) -> Callable[[Path], str]:
+    """A .pt file holding `value` (torch.save)."""
+    def make(root: Path) -> str:
+        torch.save(value, root / "saved.pt")
+        return str(root / "saved.pt")
+    return make
+
+
+def text_file(text: str) -> Callable[[Path], str]:
+    """A plain file of the user's: not a tensor file, not a folder."""
+    def make(root: Path) -> str:
+        (root / "notes.txt").write_text(text)
+        return str(root / "notes.txt")
+    return make
+
+
 def images(root: Path, classes: dict[str, int]) -> str:
     make_images(root / "images", classes)
     return str(root / "images")
@@ -173,7 +189,7 @@ CASES = [
     Case("new run folder inside a user's folder", ["optim.lr=0", "hydra.run.dir={MINE}/a/b"], "optim.lr=0 must be > 0",
          make={"MINE": user_folder("notes.txt")}),
     Case("run folder is a user's file", ["hydra.run.dir={FILE}"], "File exists",
-         make={"FILE": lambda root: ((root / "notes.txt").write_text("mine\n"), str(root / "notes.txt"))[1]}),
+         make={"FILE": text_file("the user's own notes\n")}),
     Case("plan in the working folder", ["task=plan", "hydra.run.dir=."], "no problems found", code=0),
     Case("plan in a user's folder", ["task=plan", "hydra.run.dir={MINE}"], "no problems found", code=0,
          make={"MINE": user_folder("notes.txt")}),
@@ -288,9 +304,9 @@ CASES = [
            ["batch_size=100"]),
       ]],
     Case("data: arrays that are not a dict", ["data=tensors", "model=mlp", "data.path={FILE}"], "holds a Tensor",
-         make={"FILE": lambda root: (torch.save(torch.zeros(3), root / "t.pt"), str(root / "t.pt"))[1]}),
+         make={"FILE": saved(torch.zeros(3))}),
     Case("data: a file that is not arrays", ["data=tensors", "model=mlp", "data.path={FILE}"], "could not be read as tensors",
-         make={"FILE": lambda root: ((root / "t.pt").write_text("not a tensor file"), str(root / "t.pt"))[1]}),
+         make={"FILE": text_file("not a tensor file")}),
     Case("data: an npz with pickled objects", ["data=tensors", "model=mlp", "data.path={FILE}"],
          "could not be read as tensors", make={"FILE": arrays(lambda a: a.update(y_val=[{"a": 1}] * 16), ".npz")}),
     Case("data: npz with a negative label", ["data=tensors", "model=mlp", "data.path={FILE}"],

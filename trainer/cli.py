@@ -46,7 +46,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             if code:
                 sys.exit(code)
             return None
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         discard_if_unused(run_dir)

@@ -135,9 +135,10 @@ def _header(tricks: dict[str, str], parts: Parts) -> str:
             f"({parts.precision.actual})")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says, writing metrics.jsonl, checkpoints/ and summary.json to the run folder;
-    return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder."""
+    return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder.
+    `overrides` (the command line's) make the diagnosis's `train ...` commands complete."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     payload, notices = None, []
@@ -186,7 +187,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
-    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
+    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
+    diagnosis.with_commands(findings, list(overrides or []))
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
     try:
@@ -194,6 +196,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except PlotError as error:
         display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
+    for line in diagnosis.command_lines(findings):
+        print(line, flush=True)
     display.finish(summary, str(run_dir))
     return summary
 

@@ -334,8 +334,12 @@ def _spike(epochs: Records, steps: Records, facts: Facts) -> Finding | None:
     jumped = (f"the training loss jumped from {first:.3g} (fresh model) to {spike['train_loss']:.3g} by step "
               f"{spike['step']} at a peak LR of {_lr(peak) if peak else '?'}")
     if _no_warmup(facts) and spike["step"] <= WARMUP_EARLY_FRACTION * max(span):
+        fixes = ["sched=cosine_warmup", _lower_lr(peak, facts, factor=3) if peak else "task=lr_find"]
+        stable = _stable_lr(facts)
+        if peak and stable and peak > STABLE_LR_SPAN * stable:  # beyond what warmup can make usable
+            fixes.reverse()
         return Finding("warmup", f"{jumped}, with no warmup: the first updates at the full LR overshoot",
-                       evidence, ["sched=cosine_warmup", _lower_lr(peak, facts, factor=3) if peak else "task=lr_find"])
+                       evidence, fixes)
     return Finding("lr_too_high", f"{jumped}: the updates overshoot; the LR is too high",
                    evidence, _lr_fixes(_lower_lr(peak, facts), facts) if peak else ["task=lr_find"])
 
@@ -473,10 +477,18 @@ def _underfitting(epochs: Records, steps: Records, facts: Facts) -> Finding | No
     shown = (f"the training loss is still {losses[-1] / first:.0%} of its start ({first:.3g} -> {losses[-1]:.3g})"
              + (f", val accuracy {accuracy[-1]:.1%}" if accuracy else ""))
     chance = facts.start.get("chance_loss")
-    width = facts.setting("model.width")
-    if not still_falling and isinstance(width, int) and (not _finite(chance) or end > TOO_SMALL_LOSS_RATIO * chance):
-        return Finding("too_small", f"{shown}, and it stopped falling (the last third of the run made {late_drop:.0%} "
-                       "of the drop): the model is too small to fit the training set", {**evidence, "width": width},
+    width, outputs = facts.setting("model.width"), facts.start.get("num_outputs")
+    # A hidden layer narrower than the outputs is a bottleneck: the logits have rank <= width.
+    bottleneck = isinstance(width, int) and isinstance(outputs, int) and width < outputs
+    levelled = not still_falling and (not _finite(chance) or end > TOO_SMALL_LOSS_RATIO * chance)
+    if isinstance(width, int) and (bottleneck or levelled):
+        if bottleneck:
+            evidence["num_outputs"] = outputs
+            late_drop_text = f"its hidden layers are {width} wide for {outputs} outputs"
+        else:
+            late_drop_text = f"it stopped falling (the last third of the run made {late_drop:.0%} of the drop)"
+        return Finding("too_small", f"{shown}, and {late_drop_text}: the model is too small to fit the training set",
+                       {**evidence, "width": width},
                        [f"model.width={WIDEN_FACTOR * width}", f"epochs={2 * last_epoch}"])
     return Finding("underfitting", f"{shown}, and still falling: train longer", evidence,
                    [f"epochs={2 * last_epoch}"] + ([f"model.width={WIDEN_FACTOR * width}"] if isinstance(width, int) else [])

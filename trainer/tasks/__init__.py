@@ -6,14 +6,22 @@ trained run (`resume=RUN_DIR`): `task=export` (an inference file, batch norm fol
 task function and a `render` that turns its result into a rich renderable for the console."""
 from __future__ import annotations
 
-TASKS = ("train", "lr_find", "check_init", "plan", "export", "tsne")
+# task=NAME, with the one line `train --help` shows; export and tsne take their settings from the
+# config node of the same name (`export.fold_bn`, `tsne.perplexity`).
+TASKS = {
+    "train": "train (the default)",
+    "lr_find": "LR range test: lr_find.png and a suggested optim.lr",
+    "check_init": "one batch through the fresh model: per-layer statistics, vanishing/exploding layers flagged",
+    "plan": "check a config and estimate its cost without training (exit 2 on errors)",
+    "export": "resume=RUN_DIR: inference.pt (weights_only) with conv/linear + batch norm folded, checked and timed",
+    "tsne": "resume=RUN_DIR: tsne.png, t-SNE of the penultimate-layer validation features per perplexity (extra: tsne)",
+}
 
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
 from trainer.errors import ConfigError
 
@@ -23,6 +31,8 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
 
     lr_find, check_init, export and tsne write their picture or file and a JSON result into the
     run folder; plan writes nothing."""
+    from rich.console import Console
+
     from trainer.parts import build_parts  # torch loads here
 
     if cfg.task not in TASKS:

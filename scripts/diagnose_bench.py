@@ -180,16 +180,16 @@ def _number(value: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """The README's tables."""
-    lines = ["| planted fault | finding (first) | found | first suggestion | target | broken | fixed | improved |",
+    lines = ["| planted fault | findings | found | first suggestion | target | broken | fixed | improved |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["faults"]:
         shown = ", ".join(row["findings"]) or "none"
-        lines.append(f"| {row['fault']} | {shown} | {'yes' if row['found'] else 'NO'} | `{row['suggestion']}` | "
+        lines.append(f"| {row['fault']} (`{row['command']}`) | {shown} | {'yes' if row['found'] else 'NO'} | `{row['suggestion']}` | "
                      f"{row['metric']} | {_number(row['broken'])} | {_number(row['fixed'])} | "
                      f"{'yes' if row['fix_improves'] else 'NO'} |")
     lines += ["", "| healthy run | best_val_acc | findings |", "| --- | --- | --- |"]
     for row in result["healthy"]:
-        lines.append(f"| {row['config']} (`{row['command']}`) | {_number(row['best_val_acc'])} | "
+        lines.append(f"| {row['config']} (`{row['command'].strip()}`) | {_number(row['best_val_acc'])} | "
                      f"{', '.join(row['findings']) or 'none'} |")
     totals = result["totals"]
     lines += ["", f"Recall {totals['found']}/{totals['faults']}, fix rate {totals['fixed']}/{totals['faults']}, "

@@ -223,6 +223,7 @@ def test_divergence_in_the_first_epoch_keeps_its_evidence() -> None:
     evidence = findings[0].evidence
     assert evidence["first_loss"] == 2.31 and evidence["last_finite_loss"] == 40.0 and evidence["peak_lr"] == 50.0
     assert evidence["first_non_finite_step"] == 3 and evidence["grad_norms_before"] == [2.1, 3000.0]
+    assert evidence["configured_lr"] == 50.0
     assert findings[0].suggestions == ["optim.lr=0.1", "sched=cosine_warmup", "clipping=norm", "task=lr_find"]
     assert "step 3" in findings[0].message and "3e+03" in findings[0].message
 

@@ -298,10 +298,13 @@ def _divergence(epochs: Records, steps: Records, facts: Facts) -> Finding | None
         evidence.update(first_non_finite_step=facts.diverged.get("step"),
                         grad_norms_before=facts.diverged.get("grad_norms_before"))
     fixes = _lr_fixes(_lower_lr(peak, facts), facts) if peak else ["clipping=norm", "task=lr_find"]
-    at_lr = f" at a peak LR of {_lr(peak)}" if peak else ""
-    losses = f"; the loss went {first:.3g} -> {last:.3g} before" if first is not None and last is not None else ""
+    configured = facts.setting("optim.lr")
+    evidence["configured_lr"] = configured
+    of_configured = f" (optim.lr={_lr(configured)})" if _finite(configured) and peak and configured != peak else ""
+    at_lr = f" at an LR of {_lr(peak)}{of_configured}" if peak else ""
+    losses = f"; before it the loss went {first:.3g} -> {last:.3g}" if first is not None and last is not None else ""
     norms = [n for n in facts.diverged.get("grad_norms_before") or [] if _finite(n)]
-    grads = f", gradient norms {', '.join(f'{n:.3g}' for n in norms[-3:])} before it" if norms else ""
+    grads = f" and the gradient norm {' -> '.join(f'{n:.3g}' for n in norms[-3:])}" if norms else ""
     if bad or facts.diverged or facts.status == "diverged":
         where = facts.diverged.get("step") or min((r["step"] for r in bad if _finite(r.get("step"))), default=None)
         evidence["first_non_finite_step"] = where

@@ -71,7 +71,8 @@ def catalogue(conf_dir: Path) -> str:
         parts.append(f"\n  {group}")
         for path in sorted((conf_dir / group).glob("*.yaml")):
             mark = "*" if defaults.get(group) == path.stem else " "
-            parts.append(f"   {mark}{path.stem:<{NAME_WIDTH}}{_description(path)}")
+            # At least one space: a name longer than the column (evidence_early_stopping) must not run into its text.
+            parts.append(f"   {mark}{path.stem:<{NAME_WIDTH - 1}} {_description(path)}")
             settings = _settings(path)
             if settings:
                 parts.append(f"    {'':<{NAME_WIDTH}}{settings}")

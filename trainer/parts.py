@@ -17,11 +17,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainer.clipping import Clipping
-from trainer.config import build
+from trainer.config import build, check_numbers
 from trainer.data import DataSplits
 from trainer.data import options as data_options
+from trainer.data.checks import check_splits
 from trainer.early_stopping import EarlyStopping, NoEarlyStopping
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError
 from trainer.precision import Precision
 from trainer.regularisation import Penalty, Regularisation
 from trainer.sched import Schedule
@@ -106,18 +107,6 @@ def check_top_level(cfg: DictConfig) -> None:
         )
 
 
-def check_data(data: DataSplits, batch_size: int) -> None:
-    if len(data.x_train) == 0 or len(data.x_val) == 0:
-        raise DataError("the data set has an empty training or validation split")
-    for name in ("x_train", "y_train", "x_val", "y_val"):
-        values = getattr(data, name)
-        if values.is_floating_point() and not torch.isfinite(values).all():
-            bad = int((~torch.isfinite(values)).sum())
-            raise DataError(f"the data's {name} holds {bad} non-finite values (NaN or inf); clean or impute them first")
-    if len(data.x_train) < batch_size:
-        raise ConfigError(f"batch_size={batch_size} is larger than the training set ({len(data.x_train)} samples)")
-
-
 @dataclass
 class Parts:
     """Args:
@@ -170,16 +159,17 @@ def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisatio
 def build_parts(cfg: DictConfig) -> Parts:
     """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
     check_top_level(cfg)
+    check_numbers(cfg)
     device = resolve_device(cfg.device)
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     data = build_data(cfg.data)
+    check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
-    check_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
     regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = [determinism_notice] if determinism_notice else []
+    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.

@@ -1,7 +1,7 @@
 """Data set builders. Each module builds one `data=` choice and returns a `DataSplits`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -21,6 +21,7 @@ class DataSplits:
         y_val: validation targets, same layout as y_train.
         task: "classification" or "regression"; decides the loss and whether accuracy exists.
         num_outputs: number of classes, or of regression targets.
+        notices: one-line remarks on the data for the user (a class seen only in validation).
     """
 
     x_train: torch.Tensor
@@ -29,6 +30,7 @@ class DataSplits:
     y_val: torch.Tensor
     task: Task
     num_outputs: int
+    notices: list[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -38,5 +40,5 @@ class DataSplits:
         return DataSplits(
             self.x_train.to(device), self.y_train.to(device),
             self.x_val.to(device), self.y_val.to(device),
-            self.task, self.num_outputs,
+            self.task, self.num_outputs, self.notices,
         )

@@ -82,7 +82,7 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     if x_train is data.x_train and y_train is data.y_train:
         return data
-    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs)
+    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, data.notices)
 
 
 def noisy_labels(labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from trainer.data import DataSplits
-from trainer.errors import DataError
+from trainer.data.checks import check_arrays
+from trainer.errors import ConfigError, DataError
 
 KEYS = ("x_train", "y_train", "x_val", "y_val")
 
@@ -27,25 +28,32 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def build(path: str) -> DataSplits:
-    """Args: path: a .pt or .npz file with x_train, y_train, x_val, y_val (first dim: samples)."""
+def build(path: str, num_classes: int | None = None) -> DataSplits:
+    """Args:
+        path: a .pt or .npz file with x_train, y_train, x_val, y_val (first dim: samples).
+        num_classes: the number of classes, when some never appear in the file (null: the largest label + 1).
+    """
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"data.path={path} does not exist; give a .pt or .npz file with {', '.join(KEYS)}")
+    if num_classes is not None and num_classes < 2:
+        raise ConfigError(f"data.num_classes={num_classes} must be an integer >= 2, or null")
     arrays = _read(file)
     missing = [key for key in KEYS if key not in arrays]
     if missing:
         raise DataError(f"data.path={path} lacks {', '.join(missing)}; it needs {', '.join(KEYS)}")
-    x_train, y_train, x_val, y_val = (torch.as_tensor(arrays[key]) for key in KEYS)
-    if len(x_train) != len(y_train) or len(x_val) != len(y_val):
-        raise DataError(f"data.path={path}: x and y differ in length ({len(x_train)} vs {len(y_train)} train, "
-                        f"{len(x_val)} vs {len(y_val)} val)")
+    try:
+        tensors = {key: torch.as_tensor(arrays[key]) for key in KEYS}
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"data.path={path}: {', '.join(KEYS)} must each be an array of numbers") from None
+    notices = check_arrays(tensors, f"data.path={path}", num_classes)
+    x_train, y_train, x_val, y_val = (tensors[key] for key in KEYS)
     if y_train.is_floating_point():
         as_targets = lambda y: y.float().reshape(len(y), -1)  # noqa: E731
         y_train, y_val = as_targets(y_train), as_targets(y_val)
-        return DataSplits(x_train.float(), y_train, x_val.float(), y_val, "regression", y_train.shape[1])
-    classes = int(max(y_train.max(), y_val.max())) + 1 if len(y_train) else 0
+        return DataSplits(x_train.float(), y_train, x_val.float(), y_val, "regression", y_train.shape[1], notices)
     if len(torch.unique(y_train)) < 2:
         raise DataError(f"data.path={path}: the training targets hold {len(torch.unique(y_train))} class; "
                         "classification needs at least 2")
-    return DataSplits(x_train.float(), y_train.long(), x_val.float(), y_val.long(), "classification", classes)
+    classes = num_classes or int(max(y_train.max(), y_val.max())) + 1
+    return DataSplits(x_train.float(), y_train.long(), x_val.float(), y_val.long(), "classification", classes, notices)

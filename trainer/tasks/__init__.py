@@ -18,6 +18,7 @@ TASKS = {
 }
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,31 +35,39 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
     from rich.console import Console
 
     from trainer.parts import build_parts  # torch loads here
+    from trainer.config import check_numbers
+    from trainer.records import check_unused, claim
+    from trainer.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
+    check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
     console = Console()
     if cfg.task == "plan":
-        from trainer.tasks.plan import plan, render
+        from trainer.tasks.plan import error_lines, plan, render
 
         report = plan(cfg)
         console.print(render(report))
+        for line in error_lines(report):
+            print(line, file=sys.stderr)
         return 0 if report.ok else 2
-    if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
-        result, render = _on_trained_run(cfg, run_dir)
-    else:
-        parts = build_parts(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.task == "lr_find":
-            from trainer.tasks.lr_find import lr_find, render
-
-            result = lr_find(parts, run_dir)
+    with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
+        check_unused(run_dir)
+        if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
+            result, render = _on_trained_run(cfg, run_dir)
         else:
-            from trainer.tasks.check_init import check_init, render
+            parts = build_parts(cfg)
+            if cfg.task == "lr_find":
+                from trainer.tasks.lr_find import lr_find, render
 
-            result = check_init(parts, run_dir)
-    console.print(render(result))
-    (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+                result = lr_find(parts, run_dir)
+            else:
+                from trainer.tasks.check_init import check_init, render
+
+                result = check_init(parts, run_dir)
+        write_record(run_dir, cfg)
+        console.print(render(result))
+        (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"written to {run_dir}")
     return 0
 

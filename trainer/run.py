@@ -211,10 +211,11 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
-    try:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
-    except PlotError as error:
-        display.notice(f"curves.png not written: {error}")
+    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+        try:
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
+        except PlotError as error:
+            display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
     for line in diagnosis.command_lines(findings):
         print(line, flush=True)

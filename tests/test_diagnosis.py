@@ -304,7 +304,8 @@ def test_real_run_big_model_on_32_samples_overfits(make_cfg: Callable[..., DictC
     assert 3 <= findings[0].evidence["began_epoch"] <= 12
 
 
-# The planted-fault benchmark (scripts/diagnose_bench.py): one case here, all of them with -m slow.
+# The planted-fault benchmark (scripts/diagnose_bench.py): one case, and all of them (both -m slow;
+# the default run has each finding's unit test above).
 def _bench() -> Any:
     import importlib.util
     import sys
@@ -318,6 +319,7 @@ def _bench() -> Any:
     return module
 
 
+@pytest.mark.slow  # two runs with their curves.png: seconds even when the machine is quiet
 def test_bench_finds_and_fixes_offset_inputs(tmp_path: Path) -> None:
     bench = _bench()
     case = next(case for case in bench.FAULTS if case.name == "inputs_offset")

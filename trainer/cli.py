@@ -28,6 +28,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 # Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
 failed_jobs: list[str] = []
+# Jobs smoke-run (smoke=true) and those that passed, for a smoke sweep's closing line.
+smoke_jobs: list[str] = []
+smoke_passed: list[str] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -40,6 +43,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level
+            from trainer.smoke import smoke_run
+
+            smoke_jobs.append(run_dir.name)
+            print(smoke_run(cfg), flush=True)
+            smoke_passed.append(run_dir.name)
+            discard_if_unused(run_dir)  # the smoke run's files lived in a temporary folder
+            return None
         if cfg.task != "train":
             code = run_task(cfg, run_dir)
             discard_if_unused(run_dir)  # plan writes nothing
@@ -114,6 +125,8 @@ def main() -> None:
     try:
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
+        if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it
+            print(f"smoke: {len(smoke_passed)} of {len(smoke_jobs)} jobs passed", flush=True)
         if failed_jobs:
             print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)

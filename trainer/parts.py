@@ -26,6 +26,7 @@ from trainer.errors import ConfigError
 from trainer.precision import Precision
 from trainer.regularisation import Penalty, Regularisation
 from trainer.sched import Schedule
+from trainer.smoke import slice_data
 
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
@@ -73,7 +74,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 
@@ -90,8 +91,9 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
-    if not isinstance(cfg.deterministic, bool):
-        raise ConfigError(f"deterministic={cfg.deterministic} must be true or false")
+    for key in ("deterministic", "smoke"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key}={cfg[key]} must be true or false")
     if cfg.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy={cfg.nan_policy!r} is unknown; valid: {', '.join(NAN_POLICIES)}")
     performance = cfg.trainer
@@ -165,6 +167,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     data = build_data(cfg.data)
     check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
+    if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
+        data = slice_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
     regularisation = build("regularisation", cfg.regularisation)

@@ -209,10 +209,11 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
-    try:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
-    except PlotError as error:
-        display.notice(f"curves.png not written: {error}")
+    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+        try:
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
+        except PlotError as error:
+            display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
     display.finish(summary, str(run_dir))
     return summary

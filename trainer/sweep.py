@@ -273,7 +273,7 @@ class ReportCallback(Callback):
         from trainer.cli import failed_jobs
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if not sweep_dir.is_dir():
+        if config.get("smoke") or not sweep_dir.is_dir():  # smoke jobs keep no runs to report on
             return
         # Jobs that stopped on a config error leave no folder behind; list them by name.
         missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]

@@ -27,8 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.errors import ConfigError
 
 
-def run_task(cfg: DictConfig, run_dir: Path) -> int:
+def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -> int:
     """Run `cfg.task` (not train) and return the exit code: plan exits 2 when the config has errors.
+
+    `lr_find_steps` shortens the LR range test (smoke=true); None keeps its default.
 
     lr_find, check_init, export and tsne write their picture or file and a JSON result into the
     run folder; plan writes nothing."""
@@ -60,7 +62,7 @@ def run_task(cfg: DictConfig, run_dir: Path) -> int:
             if cfg.task == "lr_find":
                 from trainer.tasks.lr_find import lr_find, render
 
-                result = lr_find(parts, run_dir)
+                result = lr_find(parts, run_dir, **({"num_steps": lr_find_steps} if lr_find_steps else {}))
             else:
                 from trainer.tasks.check_init import check_init, render
 

@@ -165,10 +165,11 @@ def _header(tricks: dict[str, str], parts: Parts) -> str:
             f"({parts.precision.actual})")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says, writing metrics.jsonl, checkpoints/ and summary.json to the run folder;
     return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder; this
-    process holds it (records.claim) from the check that it holds no other run to the summary."""
+    process holds it (records.claim) from the check that it holds no other run to the summary.
+    `overrides` (the command line's) make the diagnosis's `train ...` commands complete."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
@@ -183,11 +184,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 check_resumable(payload["config"], cfg)
         if payload is None:
             check_unused(run_dir)
-        return _train(cfg, run_dir, payload, notices, started)
+        return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
 def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notices: list[str],
-           started: float) -> dict[str, Any]:
+           started: float, overrides: list[str]) -> dict[str, Any]:
     checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
     parts = build_parts(cfg)
     display = make_display()
@@ -230,7 +231,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
-    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
+    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
+    diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
     if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
@@ -239,6 +241,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         except PlotError as error:
             display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
+    for line in diagnosis.command_lines(findings):
+        print(line, flush=True)
     display.finish(summary, str(run_dir))
     return summary
 

@@ -108,8 +108,10 @@ def check_top_level(cfg: DictConfig) -> None:
 def check_data(data: DataSplits, batch_size: int) -> None:
     if len(data.x_train) == 0 or len(data.x_val) == 0:
         raise DataError("the data set has an empty training or validation split")
-    for name in ("x_train", "y_train", "x_val", "y_val"):
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         values = getattr(data, name)
+        if values is None:  # no test split
+            continue
         if values.is_floating_point() and not torch.isfinite(values).all():
             bad = int((~torch.isfinite(values)).sum())
             raise DataError(f"the data's {name} holds {bad} non-finite values (NaN or inf); clean or impute them first")

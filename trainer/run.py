@@ -182,6 +182,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
+    summary["test"] = evaluate_test(trainer, state)
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
@@ -192,6 +193,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     display.show(diagnosis.panel(findings))
     display.finish(summary, str(run_dir))
     return summary
+
+
+def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None] | None:
+    """The test split's loss and accuracy, measured once, on the weights the run ends with (the
+    restored best under early stopping); None without a test split, or for a run that stopped
+    unfinished (interrupted: it is resumed, and measured when it ends)."""
+    data = trainer.data
+    if not data.has_test or state.status == "interrupted":
+        return None
+    loss, acc = trainer.measure(data.x_test, data.y_test)
+    return {"loss": loss, "acc": acc}
 
 
 LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch

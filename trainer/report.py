@@ -43,7 +43,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 HIGHER_IS_BETTER = ("best_val_acc", "final_val_acc", "test_acc", "samples_per_s")
 OK = ("completed", "early_stopped")
 SEED = "seed"
-NOT_JOBS = {"previous", ".hydra", ".submitit"}  # set-aside attempts and tool folders hold no jobs
+NOT_JOBS = {"previous", ".hydra", ".submitit", ".failed"}  # set-aside attempts and tool folders hold no jobs
 NOISE_RULE = ("a configuration differs from the best only when |mean difference| > the larger of the "
               "two standard deviations over seeds; `within noise` marks rows where it does not, "
               "`? (1 seed)` rows where a standard deviation cannot be estimated")

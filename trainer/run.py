@@ -124,6 +124,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "seed": cfg.seed,
         "signal": state.signal,
         "memory": peak_memory(parts.device),
+        "threads": parts.threads,
         "torch": torch.__version__,
     }
 

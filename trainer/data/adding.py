@@ -7,8 +7,8 @@ from trainer.data import DataSplits
 from trainer.errors import ConfigError
 
 
-def build(seq_len: int = 50, num_train: int = 10000, num_val: int = 1000, num_test: int = 1000,
-          seed: int = 0) -> DataSplits:
+def build(seq_len: int = 50, num_train: int = 10000, num_val: int = 1000, seed: int = 0,
+          num_test: int = 1000) -> DataSplits:
     """Generate sequences of shape (2, seq_len) whose target is the sum of the two marked values.
 
     Channel 0 holds values uniform in [0, 1]; channel 1 is 0 except for exactly two 1s, one in
@@ -20,8 +20,8 @@ def build(seq_len: int = 50, num_train: int = 10000, num_val: int = 1000, num_te
         seq_len: sequence length; the distance between markers, and so the memory needed, grows with it.
         num_train: training sequences.
         num_val: validation sequences.
-        num_test: test sequences, evaluated once at the end (0: none).
         seed: seed of the `torch.Generator` used; the global RNG is untouched.
+        num_test: test sequences, evaluated once at the end (0: none).
     """
     if seq_len < 2:
         raise ConfigError(f"data.seq_len={seq_len} must be at least 2 (one marker in each half)")

@@ -18,12 +18,12 @@ NOISE_STD = 1.0  # relative to the unit-std templates: examples overlap visibly 
 def build(
     num_train: int = 512,
     num_val: int = 256,
-    num_test: int = 256,
     num_classes: int = 4,
     length: int = 40,
     channels: int = 1,
     seed: int = 0,
     image_size: int | None = None,
+    num_test: int = 256,
 ) -> DataSplits:
     """Generate signals of shape (channels, length), or images (channels, image_size, image_size).
 
@@ -33,12 +33,12 @@ def build(
     Args:
         num_train: training examples.
         num_val: validation examples.
-        num_test: test examples, evaluated once at the end (0: none).
         num_classes: number of classes, each with its own template.
         length: signal length (ignored when image_size is set).
         channels: input channels.
         seed: seed of the generator.
         image_size: when set, generate square images of this side instead of 1-D signals.
+        num_test: test examples, evaluated once at the end (0: none).
     """
     for key, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
                             ("num_classes", num_classes, 2), ("length", length, 1), ("channels", channels, 1)):

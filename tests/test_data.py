@@ -195,3 +195,58 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         imagefolder.build(str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match=r"data.val_fraction=1.5 must be in \(0, 1\)"):
         imagefolder.build(str(tmp_path / "one"), val_fraction=1.5)
+
+
+# ---- data options (any data=): standardise, and the planted faults -------------------------------
+
+def test_label_noise_replaces_that_fraction_of_training_labels_only() -> None:
+    from trainer.data import options
+
+    d = synthetic.build(num_train=2000, num_val=100, num_classes=4)
+    noisy = options.apply(d, label_noise=0.5)
+    changed = float((noisy.y_train != d.y_train).float().mean())
+    assert abs(changed - 0.5 * 3 / 4) < 0.05  # a replaced label keeps its class 1 time in 4
+    assert torch.equal(noisy.y_val, d.y_val) and torch.equal(noisy.x_train, d.x_train)
+    assert torch.equal(noisy.y_test, d.y_test) and torch.equal(noisy.x_test, d.x_test)  # the test split stays true
+    assert torch.equal(options.apply(d, label_noise=0.5).y_train, noisy.y_train)  # the same labels each time
+    shuffled = options.apply(d, label_noise=1.0)
+    assert abs(float((shuffled.y_train == d.y_train).float().mean()) - 0.25) < 0.05  # chance agreement
+    assert options.apply(d) is d  # neutral options leave the data as built
+
+
+def test_input_scale_offset_and_standardise_repairs_them() -> None:
+    from trainer.data import options
+
+    d = synthetic.build(num_train=256, num_val=64, channels=2)
+    planted = options.apply(d, input_scale=1000.0, input_offset=100.0)
+    assert abs(float(planted.x_train.mean()) - 100) < 30 and 500 < float(planted.x_train.std()) < 2000
+    repaired = options.apply(d, input_scale=1000.0, input_offset=100.0, standardise=True)
+    per_channel = repaired.x_train.transpose(0, 1).reshape(2, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(2), atol=1e-3)
+    assert torch.allclose(per_channel.std(1), torch.ones(2), atol=1e-3)
+    # Validation is standardised with the training statistics, so it is close to but not exactly (0, 1).
+    assert abs(float(repaired.x_val.mean())) < 0.2 and torch.allclose(repaired.x_val, (d.x_val - d.x_train.mean(dim=(0, 2), keepdim=True)) / d.x_train.std(dim=(0, 2), keepdim=True), atol=1e-3)
+    # The test split gets the same treatment as validation.
+    assert torch.allclose(repaired.x_test, (d.x_test - d.x_train.mean(dim=(0, 2), keepdim=True)) / d.x_train.std(dim=(0, 2), keepdim=True), atol=1e-3)
+    assert torch.allclose(planted.x_test, d.x_test * 1000 + 100) and torch.equal(planted.y_test, d.y_test)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.label_noise=1.5", "data.label_noise=1.5 must be in [0, 1]"),
+    ("data.input_scale=0", "data.input_scale=0 must be a finite non-zero number"),
+    ("data.standardise=maybe", "data.standardise='maybe' must be true or false"),
+    ("data.input_offset=abc", "data.input_offset='abc' must be a number"),
+])
+def test_data_options_bad_values(make_cfg, override: str, message: str) -> None:
+    from trainer.parts import build_parts
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_parts(make_cfg(override))
+
+
+def test_label_noise_needs_classification(make_cfg) -> None:
+    from trainer.parts import build_parts
+
+    with pytest.raises(ConfigError, match="data.label_noise=0.2 needs a classification task"):
+        build_parts(make_cfg("data=adding", "data.num_train=64", "data.num_val=16", "data.seq_len=10",
+                             "model=rnn", "data.label_noise=0.2"))

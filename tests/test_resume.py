@@ -167,3 +167,18 @@ def test_resume_refuses_a_config_that_matters_and_allows_more_epochs(
         run(make_cfg("max_steps=null", "epochs=2", "model.channels=16", "resume=auto"), run_dir)
     longer = run(make_cfg("max_steps=null", "epochs=2", "resume=auto"), run_dir)
     assert longer["epochs_run"] == 2 and longer["steps"] == 2 * first["steps"]
+
+
+def test_resume_from_an_epoch_end_checkpoint_continues_the_data_order(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """An epoch-end checkpoint carries the shuffling generator forward: resumed epochs see the
+    order an uninterrupted run sees, not the first epoch's again."""
+    common = ("max_steps=null", "sched=constant", "deterministic=true", "data.num_train=128")
+    full = run(make_cfg(*common, "epochs=3"), tmp_path / "full")
+    run(make_cfg(*common, "epochs=1"), tmp_path / "cut")  # stops exactly where a kill after epoch 1's checkpoint would
+    (tmp_path / "cut" / "summary.json").unlink()
+    resumed = run(make_cfg(*common, "epochs=3", "resume=auto"), tmp_path / "cut")
+    assert resumed["final"] == full["final"]
+    expected, got = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)

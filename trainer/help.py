@@ -72,8 +72,11 @@ def catalogue(conf_dir: Path) -> str:
             settings = _settings(path)
             if settings:
                 parts.append(f"    {'':<{NAME_WIDTH}}{settings}")
+    parts.append("\nData options, for any data= (data.KEY=VALUE):")
+    parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top["data"].items()))
     parts.append("\nTop-level keys (KEY=VALUE):")
-    parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top.items() if key not in ("defaults", "hydra")))
+    parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top.items()
+                                 if key not in ("defaults", "hydra", "data")))
     parts.append("")
     parts.append(FOOTER)
     return "\n".join(parts)

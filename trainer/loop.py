@@ -25,6 +25,7 @@ from trainer.loggers import Logger
 from trainer.parts import Parts
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
+DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrainState:
     interval: Interval = field(default_factory=Interval)
     last_grad_norm: float | None = None
     skipped_steps: int = 0
-    order_state: torch.Tensor | None = None  # the shuffling generator's state at the epoch's start
+    order_state: torch.Tensor | None = None  # the shuffling generator's state at the epoch's start (None: not started)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     train_s: float = 0.0          # training seconds before the current process
     status: str = "completed"     # completed | early_stopped | diverged | interrupted
@@ -195,7 +196,9 @@ class Trainer:
         stop = self.parts.early_stopping.eval_end(metrics, self.model)
         best = self._is_best(metrics)
         finished_epoch = state.epoch
-        state.epoch, state.batch, state.order_state = state.epoch + 1, 0, None
+        # The generator now stands where this epoch's shuffle left it: the next epoch's order
+        # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
+        state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()
         state.epoch_loss_sum, state.epoch_steps = 0.0, 0
         if self.checkpoint and (self.due_at_epoch(finished_epoch) or stop or best):
             self.checkpoint(self, best)
@@ -271,10 +274,22 @@ class Trainer:
             before = [f"{n:.3g}" for n in norms[max(offset - 3, 0) : offset]]
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             message = f"non-finite {what} at step {step}" + (f" after gradient norms {', '.join(before)}" if before else "")
+            self._emit_divergence(step, losses[:offset], norms[:offset])
             if self.last_good is not None:
                 self.model.load_state_dict(self.last_good)
                 message += "; the weights are the last finite ones"
             self._stop("diverged", message)
+
+    def _emit_divergence(self, step: int, losses_before: list[float], norms_before: list[float]) -> None:
+        """The evidence of a divergence for the diagnosis, which may come before any step or epoch
+        line: where it happened, the LR, and the last finite losses and gradient norms before it."""
+        interval = self.state.interval
+        self._emit({
+            "kind": "diverged", "epoch": self.state.epoch, "step": step, "lr": self.lr,
+            "losses_before": losses_before[-DIVERGENCE_HISTORY:], "grad_norms_before": norms_before[-DIVERGENCE_HISTORY:],
+            # The mean of the unlogged steps before those: the loss the run had reached.
+            "interval_loss": interval.loss_sum / interval.steps if interval.steps else None,
+        })
 
     def _log_interval(self) -> None:
         self._flush()

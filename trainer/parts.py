@@ -12,13 +12,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
 from trainer.clipping import Clipping
 from trainer.config import build
 from trainer.data import DataSplits
+from trainer.data import options as data_options
 from trainer.early_stopping import EarlyStopping, NoEarlyStopping
 from trainer.errors import ConfigError, DataError
 from trainer.precision import Precision
@@ -154,6 +155,15 @@ class Parts:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def build_data(node: DictConfig) -> DataSplits:
+    """The chosen data set, then the options every data set takes (data/options.py)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    builder_keys, options = data_options.split(container)
+    data_options.check(options)  # a bad option fails before a data set is generated or read
+    return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
+
+
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
@@ -169,7 +179,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
-    data: DataSplits = build("data", cfg.data)
+    data = build_data(cfg.data)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
     check_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import checkpoint, diagnosis, layer_stats
@@ -174,6 +175,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tricks = choices(cfg)
     display.start(parts.total_steps, cfg.epochs, _header(tricks, parts))
     try:
+        if payload is None:  # what the diagnosis needs from before the first step (a resumed run has it)
+            metrics_log.log(start_record(parts))
+            metrics_log.log({**layers_probe(trainer), "epoch": 0})
         state = trainer.fit()
     finally:
         display.close()
@@ -205,6 +209,36 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
     return {"loss": loss, "acc": acc}
+
+
+START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
+
+
+@torch.no_grad()
+def start_record(parts: Parts) -> dict[str, Any]:
+    """Facts from before training, for the diagnosis: the training inputs' mean and std (are they
+    standardised?), the chance-level loss and the fresh model's loss on training samples (does
+    the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
+    data, model = parts.data, parts.model
+    x = data.x_train.float()
+    classification = data.task == "classification"
+    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
+        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
+        p = counts[counts > 0] / counts.sum()
+        chance = float(-(p * p.log()).sum())
+    else:  # predicting the mean target
+        chance = float(data.y_train.float().var(dim=0, unbiased=False).mean())
+    sample_x, sample_y = data.x_train[:START_SAMPLES], data.y_train[:START_SAMPLES]
+    model.eval()
+    try:
+        with parts.precision.autocast():
+            out = model(sample_x).float()
+        loss = F.cross_entropy(out, sample_y) if classification else F.mse_loss(out, sample_y)
+    finally:
+        model.train()
+    return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
+            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
+            "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 
 LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch

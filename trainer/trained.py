@@ -18,6 +18,7 @@ from trainer import checkpoint
 from trainer.config import build
 from trainer.data import DataSplits
 from trainer.errors import ConfigError
+from trainer.parts import build_data
 
 
 @dataclass
@@ -52,7 +53,7 @@ def load_run(resume: str | None, task: str) -> TrainedRun:
     payload, path, _ = checkpoint.resolve(str(resume), Path("."))
     assert payload is not None and path is not None  # resolve raises for anything but resume=auto
     config = payload["config"]
-    data: DataSplits = build("data", OmegaConf.create(config["data"]))
+    data = build_data(OmegaConf.create(config["data"]))  # with the run's data options, as it trained
     model = build_untrained(config, data.input_shape, data.num_outputs)
     model.load_state_dict(payload["model"])
     return TrainedRun(model=model.eval(), config=config, path=path, data=data)

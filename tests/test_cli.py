@@ -24,6 +24,7 @@ def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
     result = train(*FAST, "init=he", "sched=cosine", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stdout  # plain per-epoch lines when stdout is a pipe
+    assert re.search(r"best epoch \d \(lowest val_loss\): val_acc 0\.\d{4}", result.stdout)  # says what "best" is
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert set(summary["final"]) == set(summary["best"]) - {"epoch"} == {"train_loss", "val_loss", "val_acc"}
@@ -36,7 +37,10 @@ def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
     assert [line["epoch"] for line in epochs] == [1, 2]
     assert all({"train_loss", "val_loss", "val_acc", "lr", "grad_norm", "elapsed"} <= set(line) for line in epochs)
     assert any(line["kind"] == "step" and line["grad_norm"] > 0 for line in lines)
-    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+    record = tmp_path / "run" / ".hydra"
+    assert (record / "config.yaml").exists() and (record / "hydra.yaml").exists()
+    assert (record / "overrides.yaml").read_text().splitlines() == [f"- {arg}" for arg in (*FAST, "init=he", "sched=cosine")]
+    assert not (tmp_path / "run" / "cli.log").exists()  # Hydra's job log goes to stdout
 
 
 def test_multirun_runs_every_combination(tmp_path: Path) -> None:
@@ -65,3 +69,5 @@ def test_help_lists_every_choice_with_its_settings() -> None:
         names = set(re.findall(r"^   [ *](\w+)", listed[group], flags=re.MULTILINE))
         assert names == set(group_choices(group)), group
     assert "max_norm=1.0" in listed["clipping"] and "*cosine_warmup" in listed["sched"]
+    # Every name stands apart from its description, the longest preset's too.
+    assert re.search(r"^    evidence_early_stopping \S", result.stdout, flags=re.MULTILINE)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
+from omegaconf import DictConfig
 
 from trainer.curves import PlotError, draw_curves, plot_curves
 
@@ -67,3 +68,13 @@ def test_empty_and_missing_metrics(tmp_path: Path) -> None:
         plot_curves(tmp_path / "absent.jsonl", tmp_path / "other.png")
     with pytest.raises(PlotError, match="cannot write"):
         plot_curves(tmp_path / "metrics.jsonl", tmp_path / "no" / "such" / "dir.png")
+
+
+def test_a_run_titles_its_curves_with_its_configuration(make_cfg: Callable[..., DictConfig], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.run
+
+    titles: list[str] = []
+    monkeypatch.setattr(trainer.run, "plot_curves", lambda metrics, out, title="": titles.append(title))
+    trainer.run.run(make_cfg("init=he", "seed=3"), tmp_path / "run")
+    assert "init=he" in titles[0] and "seed=3" in titles[0] and "run" not in titles[0].split()

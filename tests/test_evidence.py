@@ -20,6 +20,7 @@ SMALL_DATA = {
     "mnist1d": ["data.num_samples=300"],
     "adding": ["data.num_train=256", "data.num_val=16", "data.seq_len=10"],
     "synthetic": [],
+    "timing": ["data.num_train=256", "data.num_val=16"],
 }
 FEW_STEPS = ["epochs=1", "max_steps=2", "log_every=1", "device=cpu", "checkpoint.every_epochs=0"]
 

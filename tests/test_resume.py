@@ -13,13 +13,13 @@ from typing import Callable
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fakes import PlantsMarker
 
 from trainer import checkpoint
 from trainer.errors import ConfigError
-from trainer.run import run
+from trainer.run import check_resumable, run
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 # Deterministic, with dropout (so the RNG state matters) and a checkpoint every 4 steps:
@@ -67,8 +67,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-# Early, mid-epoch, just past the epoch boundary, late; two of them in the default run for time.
-@pytest.mark.parametrize("kill_after", [3, pytest.param(40, marks=pytest.mark.slow), 64,
+# Early, mid-epoch, just past the epoch boundary, late; one of them in the default run for time
+# (tests/test_kill_resume.py kills the default, epoch-end checkpointing at every kind of point.)
+@pytest.mark.parametrize("kill_after", [3, pytest.param(40, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow),
                                         pytest.param(100, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path, kill_after: int) -> None:
     run_dir = tmp_path / "run"
@@ -158,6 +159,22 @@ def test_keeps_last_k_and_best(tmp_path: Path) -> None:
     assert checkpoint.resolve(str(tmp_path / checkpoint.FOLDER / "best.pt"), tmp_path)[0]["train_state"]["epoch"] == 2
 
 
+def test_best_is_a_second_name_for_the_checkpoint_not_a_second_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
+    saver.save({"train_state": {"epoch": 2}}, step=1, best=True)
+    folder = tmp_path / checkpoint.FOLDER
+    assert (folder / "best.pt").samefile(folder / "step_00000001.pt")
+
+    def no_hard_links(source: Path, target: Path) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)  # a file system without hard links: a copy instead
+    saver.save({"train_state": {"epoch": 3}}, step=2, best=True)
+    assert not (folder / "best.pt").samefile(folder / "step_00000002.pt")
+    assert (folder / "best.pt").read_bytes() == (folder / "step_00000002.pt").read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "index.json", "step_00000001.pt", "step_00000002.pt"]
+
+
 def test_resume_refuses_a_config_that_matters_and_allows_more_epochs(
     make_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
@@ -169,16 +186,12 @@ def test_resume_refuses_a_config_that_matters_and_allows_more_epochs(
     assert longer["epochs_run"] == 2 and longer["steps"] == 2 * first["steps"]
 
 
-def test_resume_from_an_epoch_end_checkpoint_continues_the_data_order(
-    make_cfg: Callable[..., DictConfig], tmp_path: Path
-) -> None:
-    """An epoch-end checkpoint carries the shuffling generator forward: resumed epochs see the
-    order an uninterrupted run sees, not the first epoch's again."""
-    common = ("max_steps=null", "sched=constant", "deterministic=true", "data.num_train=128")
-    full = run(make_cfg(*common, "epochs=3"), tmp_path / "full")
-    run(make_cfg(*common, "epochs=1"), tmp_path / "cut")  # stops exactly where a kill after epoch 1's checkpoint would
-    (tmp_path / "cut" / "summary.json").unlink()
-    resumed = run(make_cfg(*common, "epochs=3", "resume=auto"), tmp_path / "cut")
-    assert resumed["final"] == full["final"]
-    expected, got = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
-    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+def test_resume_ignores_target_a_builders_import_address(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg()
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["model"]["_target_"] = "trainer.models.old_place.build"  # the code moved since the checkpoint
+    check_resumable(saved, cfg)
+    saved["model"]["channels"] = 16
+    with pytest.raises(ConfigError, match=r"model.channels \(16 -> 32\)"):
+        check_resumable(saved, cfg)

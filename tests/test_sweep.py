@@ -107,6 +107,37 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
     assert record["config"] == sweep.fingerprint(cfg) and record["objective"] == 0.5
 
 
+def test_interrupted_attempt_with_a_checkpoint_continues_from_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, job = OmegaConf.create({"seed": 0, "resume": None}), tmp_path / "job"
+    finished_job(job, cfg, status="interrupted")
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "index.json").write_text(json.dumps({"checkpoints": [{"file": "step_00000004.pt"}], "best": None}))
+
+    def task(job_cfg: DictConfig) -> float:
+        assert job_cfg.resume == "auto"  # run() then continues from the latest good checkpoint
+        assert (job / "checkpoints").exists() and (job / "metrics.jsonl").exists()
+        return 0.5
+
+    assert sweep.resume_job(job, cfg, task, []) == 0.5
+    assert not (job / "previous").exists() and cfg.resume is None
+    assert "continuing job from its latest checkpoint" in capsys.readouterr().out
+
+
+def test_target_is_not_part_of_the_configuration(tmp_path: Path) -> None:
+    """`_target_` is where a builder lives, not what the job is: moving it orphans no finished job,
+    also one recorded while `_target_` still counted (its fingerprint then differs)."""
+    before = OmegaConf.create({"seed": 0, "data": {"_target_": "trainer.data.old_place.build", "num_train": 8}})
+    moved = OmegaConf.create({"seed": 0, "data": {"_target_": "trainer.data.new_place.build", "num_train": 8}})
+    assert sweep.fingerprint(before) == sweep.fingerprint(moved)
+    finished_job(tmp_path / "job", before)
+    old_record = {"config": "0123456789abcdef", "objective": 0.75,
+                  "settings": {**sweep.settings(before), "data._target_": '"trainer.data.old_place.build"'}}
+    (tmp_path / "job" / sweep.RESUME_RECORD).write_text(json.dumps(old_record))
+    failed: list[str] = []
+    assert sweep.resume_job(tmp_path / "job", moved, lambda _: pytest.fail("must not train"), failed) == 0.75
+    assert not failed
+
+
 def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "job").mkdir()
     failed: list[str] = []
@@ -196,10 +227,11 @@ def test_sweep_reports_and_resumes(tmp_path: Path) -> None:
     again = train("-m", *FAST, "seed=0,1", "norm=none,layernorm", cwd=tmp_path)  # same command, reordered
     assert again.returncode == 0, again.stderr
     assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep_dir.name]
-    assert again.stdout.count("skipped ") == 3 and "rerunning norm=none,seed=1" in again.stdout
+    # Killed after its last checkpoint: it continues from there (tests/test_kill_resume.py: exactly).
+    assert again.stdout.count("skipped ") == 3 and "continuing norm=none,seed=1" in again.stdout
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items() if "norm=none,seed=1" not in str(path))
     assert json.loads((sweep_dir / "norm=none,seed=1" / "summary.json").read_text())["status"] == "completed"
-    assert (sweep_dir / "norm=none,seed=1" / "previous" / "1" / "metrics.jsonl").exists()
+    assert not (sweep_dir / "norm=none,seed=1" / "previous").exists()
 
 
 def test_preset_runs_end_to_end(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 
-def rendered(renderable: Any) -> str:
-    console = Console(record=True, width=160)
+def rendered(renderable: Any, width: int = 160) -> str:
+    console = Console(record=True, width=width)
     console.print(renderable)
     return console.export_text()
 
@@ -84,6 +84,8 @@ def test_check_init_flags_exploding_layers_for_naive_normal_init(make_cfg: Calla
     assert deepest["act_ratio"] > 1e10  # std grows ~sqrt(256/2) = 11x per layer
     assert (tmp_path / "init_check.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "exploding activations" in rendered(check_init_module.render(result))
+    narrow = rendered(check_init_module.render(result), width=80)  # a plain terminal, or a log
+    assert "…" not in narrow and check_init_module._number(deepest["act_std"]) in narrow  # no number cut short
 
 
 def test_check_init_flags_nothing_for_he_init(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
@@ -124,7 +126,8 @@ def test_plan_turns_config_errors_into_errors(make_cfg: Callable[..., DictConfig
     report = plan(make_cfg("data=adding", "data.num_train=64", "data.num_val=16", "model=rnn", "norm=none",
                            "early_stopping=val_acc"))
     assert "early_stopping=val_acc needs a classification task" in report.errors[0]
-    assert "error: early_stopping=val_acc" in rendered(plan_module.render(report))
+    assert plan_module.error_lines(report) == [f"error: {report.errors[0]}"]
+    assert "error" not in rendered(plan_module.render(report))  # errors go to stderr, not into the table
 
 
 def test_plan_warnings(make_cfg: Callable[..., DictConfig]) -> None:

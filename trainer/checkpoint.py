@@ -38,7 +38,27 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {error.strerror or error}; earlier checkpoints are intact") from None
-    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    _fsync_directory(path.parent)
+
+
+def _link_atomic(source: Path, path: Path, data: bytes) -> None:
+    """Make `path` the same file as `source` (a hard link: no second copy of the bytes), atomically:
+    link to a temporary name, then rename over `path`. Where hard links are not supported, write
+    `data` (source's bytes) instead."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # a file system without hard links (some network and FAT mounts)
+        _write_atomic(path, data)
+        return
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
@@ -97,8 +117,8 @@ class Checkpointer:
         entries = [e for e in index["checkpoints"] if e["file"] != name]
         entries.append({"file": name, "sha256": digest, "step": step, "epoch": payload["train_state"]["epoch"]})
         index["checkpoints"], stale = entries[-self.keep_last :], entries[: -self.keep_last]
-        if best:
-            _write_atomic(self.folder / BEST, data)
+        if best:  # the same bytes: a second name for the file, not a second write
+            _link_atomic(self.folder / name, self.folder / BEST, data)
             index["best"] = {"file": BEST, "sha256": digest, "step": step}
         _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
         for entry in stale:  # deleted only once the index no longer lists them

@@ -2,13 +2,13 @@
 
 Errors a user can fix (a bad value, an unknown option, a missing file) are printed as one
 line on stderr with exit code 2 and no traceback; the run folder Hydra made for a job that
-failed that way is removed again, so no half-written run is left behind.
+failed that way is removed again (only if this command made it: trainer.run_folder), so no
+half-written run is left behind and no folder of the user's is ever removed.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,13 +21,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer import sweep  # registers the resolvers that name sweep folders (also for --cfg)
 from trainer.errors import TrainerError
+from trainer.run_folder import discard_if_unused
 
 CONF_DIR = str(Path(__file__).parent / "conf")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
-HYDRA_FILES = {".hydra", "cli.log", "train.log"}
 # Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
 failed_jobs: list[str] = []
+# Jobs smoke-run (smoke=true) and those that passed, for a smoke sweep's closing line.
+smoke_jobs: list[str] = []
+smoke_passed: list[str] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -40,6 +43,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level
+            from trainer.smoke import smoke_run
+
+            smoke_jobs.append(run_dir.name)
+            print(smoke_run(cfg), flush=True)
+            smoke_passed.append(run_dir.name)
+            discard_if_unused(run_dir)  # the smoke run's files lived in a temporary folder
+            return None
         if cfg.task != "train":
             code = run_task(cfg, run_dir)
             discard_if_unused(run_dir)  # plan writes nothing
@@ -47,6 +58,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 sys.exit(code)
             return None
         summary = run(cfg, run_dir)
+        discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         discard_if_unused(run_dir)
@@ -61,12 +73,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
 
 
-def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but Hydra's record of this job; anything more stays."""
-    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= HYDRA_FILES:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def one_line(error: BaseException) -> str:
     """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
     fold them into one."""
@@ -75,7 +81,36 @@ def one_line(error: BaseException) -> str:
     head, rest = lines[0], lines[1:]
     if rest and rest[0].startswith("Available options"):
         return f"{head.rstrip('.')}; {rest[0].rstrip(':').lower()}: {', '.join(rest[1:])}"
-    return re.sub(r"\s+", " ", " ".join(lines))
+    folded = re.sub(r"\s+", " ", " ".join(lines))
+    if "override_grammar" in folded:  # a path with '=' or ',' (a sweep job's folder) reads as more overrides
+        folded += " (a value holding '=' or ',' must be quoted: \"hydra.run.dir='multirun/x/norm=none,seed=0'\")"
+    return folded
+
+
+# Groups a run may go without: they add to the config when chosen and are null by default.
+OPTIONAL_GROUPS = ("experiment", "hparams_search")
+OVERRIDE = re.compile(r"^\+{0,2}(?P<remove>~?)(?P<key>[\w.@/]+?)(?:=(?P<value>.*))?$")
+
+
+def check_removals(overrides: list[str]) -> None:
+    """`norm=null`, `~norm`, `~epochs`: an override that takes away a group or a setting every run
+    needs. Hydra would stop on them with a traceback deep in its defaults list, or the run would
+    with a missing key; say what is missing instead. (`~group.key` of a builder's argument is
+    the builder's to report, trainer.config.build.)"""
+    conf = Path(CONF_DIR)
+    groups = sorted(path.name for path in conf.iterdir() if path.is_dir() and path.name != "hydra")
+    for override in overrides:
+        match = OVERRIDE.match(override)
+        if match is None or match["key"].startswith("hydra"):
+            continue
+        key, values = match["key"], (match["value"] or "").split(",")
+        if key in groups and (match["remove"] or "null" in values):
+            options = ", ".join(sorted(path.stem for path in (conf / key).glob("*.yaml")))
+            if key in OPTIONAL_GROUPS:  # Hydra cannot take null for a group on the command line
+                raise TrainerError(f"{override}: {key} is off unless chosen; leave {key}= out, or choose one of: {options}")
+            raise TrainerError(f"{override} removes the {key} group, which every run needs; choose one of: {options}")
+        if match["remove"] and "." not in key:
+            raise TrainerError(f"{override} removes {key}, which every run needs; set it ({key}=...) instead")
 
 
 def main() -> None:
@@ -86,8 +121,12 @@ def main() -> None:
         return
     # Let exceptions reach us instead of Hydra's own multi-line report, so we can shorten them.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    failed_jobs.clear()
     try:
+        check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
+        if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it
+            print(f"smoke: {len(smoke_passed)} of {len(smoke_jobs)} jobs passed", flush=True)
         if failed_jobs:
             print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)

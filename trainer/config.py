@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -17,6 +18,42 @@ from trainer.errors import ConfigError
 # The trick groups, in the order the summary lists them.
 GROUPS = ("data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping",
           "precision", "early_stopping", "augment")
+
+
+# Training computes in float32 (or narrower): a larger number becomes inf in the first multiplication.
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1  # the largest step count or size a tensor index can hold
+SEED_MAX = 2**32 - 1  # NumPy's seed range, the narrowest of Python's, NumPy's and torch's
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """One rule for every number in the config, whatever key holds it: finite, and within float32's
+    range (floats) or int64's (integers); the seed within NumPy's range. Each key's own range
+    (lr > 0, dropout in [0, 1)) is its builder's to check."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key, value in _leaves(container, ""):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise ConfigError(f"{key}={value} must be a finite number of magnitude at most 3.4e38 "
+                              "(float32's range, which training computes in)")
+        if isinstance(value, int) and abs(value) > INT64_MAX:
+            raise ConfigError(f"{key}={value} is too large: integers must be at most 2**63-1")
+    seed = cfg.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed} must be an integer from 0 to {SEED_MAX} (2**32-1, NumPy's seed range)")
+
+
+def _leaves(node: Any, key: str) -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf: `optim.lr`, `optim.betas[0]`."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _leaves(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _leaves(value, f"{key}[{index}]")
+    else:
+        yield key, node
 
 
 def builder(target: str) -> Callable[..., Any]:
@@ -43,6 +80,11 @@ def build(group: str, node: DictConfig, **runtime: Any) -> Any:
     if unknown:
         valid = sorted(set(accepted) - set(runtime))
         raise ConfigError(f"{group}.{unknown[0]} is not a setting of {group}={node.get('name')}; valid: {', '.join(valid)}")
+    required = [key for key, parameter in accepted.items() if parameter.default is parameter.empty
+                 and parameter.kind is not parameter.VAR_KEYWORD and key not in kwargs and key not in runtime]
+    if required:  # removed with `~group.key`, or a YAML that lacks it
+        raise ConfigError(f"{group}.{required[0]} is missing: {group}={node.get('name')} needs it; "
+                          f"set it ({group}.{required[0]}=...) instead of removing it")
     hints = _type_hints(fn)
     for key, value in kwargs.items():
         if key in hints and not _fits(value, hints[key]):

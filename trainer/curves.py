@@ -92,8 +92,9 @@ def draw_curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]], title
     return figure
 
 
-def plot_curves(metrics_path: Path, out_path: Path) -> None:
-    """Read `metrics_path` (metrics.jsonl) and write the curves PNG to `out_path`.
+def plot_curves(metrics_path: Path, out_path: Path, title: str = "") -> None:
+    """Read `metrics_path` (metrics.jsonl) and write the curves PNG to `out_path`, titled `title`
+    (the run's configuration), or by the run folder's name when none is given.
 
     Raises:
         PlotError: the metrics file cannot be read, or the PNG cannot be written.
@@ -102,7 +103,7 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
         records = read_metrics(metrics_path)
     except OSError as error:
         raise PlotError(f"cannot read {metrics_path}: {error.strerror or error}") from None
-    figure = draw_curves(records["step"], records["epoch"], title=Path(metrics_path).parent.name)
+    figure = draw_curves(records["step"], records["epoch"], title=title or Path(metrics_path).parent.name)
     save_figure(figure, out_path)
 
 

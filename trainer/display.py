@@ -59,7 +59,9 @@ class PlainDisplay:
         best = summary["best"]
         print(
             f"{summary['status']}: {summary['epochs_run']} epochs, {summary['steps']} steps in "
-            f"{summary['wall_s']:.1f}s ({summary['samples_per_s']:.0f} samples/s); best val_acc "
+            f"{summary['wall_s']:.1f}s ({summary['samples_per_s']:.0f} samples/s); "
+            # "best" is one epoch, the one early stopping would keep: its val_acc need not be the highest.
+            f"best epoch {best.get('epoch', '-')} (lowest val_loss): val_acc "
             f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}; "
             f"run folder {run_dir}",
             flush=True,

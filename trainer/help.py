@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from trainer.config import GROUPS
+from trainer.tasks import TASKS
 
 NAME_WIDTH = 23  # the longest choice name (ablate_regularisation) and a space
 
@@ -50,6 +51,8 @@ def _value(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list):  # as typed on the command line, without spaces
+        return f"[{','.join(_value(item) for item in value)}]"
     return str(value)
 
 
@@ -68,15 +71,21 @@ def catalogue(conf_dir: Path) -> str:
         parts.append(f"\n  {group}")
         for path in sorted((conf_dir / group).glob("*.yaml")):
             mark = "*" if defaults.get(group) == path.stem else " "
-            parts.append(f"   {mark}{path.stem:<{NAME_WIDTH}}{_description(path)}")
+            # At least one space: a name longer than the column (evidence_early_stopping) must not run into its text.
+            parts.append(f"   {mark}{path.stem:<{NAME_WIDTH - 1}} {_description(path)}")
             settings = _settings(path)
             if settings:
                 parts.append(f"    {'':<{NAME_WIDTH}}{settings}")
     parts.append("\nData options, for any data= (data.KEY=VALUE):")
     parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top["data"].items()))
+    parts.append("\nTasks (task=NAME):")
+    for name, text in TASKS.items():
+        parts.append(f"    {name:<{NAME_WIDTH}}{text}")
+        if isinstance(top.get(name), dict):  # the task's own settings node
+            parts.append(f"    {'':<{NAME_WIDTH}}" + " ".join(f"{name}.{key}={_value(value)}" for key, value in top[name].items()))
     parts.append("\nTop-level keys (KEY=VALUE):")
     parts.append("  " + " ".join(f"{key}={_value(value)}" for key, value in top.items()
-                                 if key not in ("defaults", "hydra", "data")))
+                                 if key not in ("defaults", "hydra", "data", *TASKS)))
     parts.append("")
     parts.append(FOOTER)
     return "\n".join(parts)

@@ -17,14 +17,16 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainer.clipping import Clipping
-from trainer.config import build
+from trainer.config import build, check_numbers
 from trainer.data import DataSplits
 from trainer.data import options as data_options
+from trainer.data.checks import check_splits
 from trainer.early_stopping import EarlyStopping, NoEarlyStopping
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError
 from trainer.precision import Precision
 from trainer.regularisation import Penalty, Regularisation
 from trainer.sched import Schedule
+from trainer.smoke import slice_data
 from trainer.threads import resolve as resolve_threads
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,7 +75,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 
@@ -90,8 +92,9 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
-    if not isinstance(cfg.deterministic, bool):
-        raise ConfigError(f"deterministic={cfg.deterministic} must be true or false")
+    for key in ("deterministic", "smoke"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key}={cfg[key]} must be true or false")
     if cfg.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy={cfg.nan_policy!r} is unknown; valid: {', '.join(NAN_POLICIES)}")
     performance = cfg.trainer
@@ -105,20 +108,6 @@ def check_top_level(cfg: DictConfig) -> None:
             f"batch_size={cfg.batch_size} with norm=batchnorm: batch statistics need at least 2 samples; "
             "use norm=layernorm or a larger batch"
         )
-
-
-def check_data(data: DataSplits, batch_size: int) -> None:
-    if len(data.x_train) == 0 or len(data.x_val) == 0:
-        raise DataError("the data set has an empty training or validation split")
-    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        values = getattr(data, name)
-        if values is None:  # no test split
-            continue
-        if values.is_floating_point() and not torch.isfinite(values).all():
-            bad = int((~torch.isfinite(values)).sum())
-            raise DataError(f"the data's {name} holds {bad} non-finite values (NaN or inf); clean or impute them first")
-    if len(data.x_train) < batch_size:
-        raise ConfigError(f"batch_size={batch_size} is larger than the training set ({len(data.x_train)} samples)")
 
 
 @dataclass
@@ -175,18 +164,21 @@ def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisatio
 def build_parts(cfg: DictConfig) -> Parts:
     """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
     check_top_level(cfg)
+    check_numbers(cfg)
     device = resolve_device(cfg.device)
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     data = build_data(cfg.data)
+    check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
-    check_data(data, effective_batch)
+    if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
+        data = slice_data(data, effective_batch)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
     regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = [determinism_notice] if determinism_notice else []
+    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.

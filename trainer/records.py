@@ -2,13 +2,20 @@
 `summary.json` (written atomically, so a reader never sees half of it)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-RUN_FILES = ("metrics.jsonl", "summary.json")
+from trainer.errors import ConfigError
+
+# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json).
+RUN_FILES = ("metrics.jsonl", "summary.json", "lr_find.json", "check_init.json", "export.json", "tsne.json")
+CLAIM = ".claimed"
 
 
 def json_safe(value: Any) -> Any:
@@ -55,8 +62,45 @@ def previous_run(run_dir: Path) -> Path | None:
     return None
 
 
+def check_unused(run_dir: Path) -> None:
+    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are."""
+    if (existing := previous_run(run_dir)) is not None:
+        raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder "
+                          "(hydra.run.dir=...) or continue it with resume=auto")
+
+
 def write_lines_atomic(path: Path, lines: list[str]) -> None:
     """Replace `path` with `lines` through a temporary file and a rename: never half-written."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("".join(line + "\n" for line in lines))
     temporary.replace(path)
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while the block runs: a second process that tries to claim
+    it (two `train` commands on one hydra.run.dir, two `resume=auto` of one run) is refused.
+
+    An exclusive, non-blocking flock on `run_dir/.claimed`: the kernel drops it when this process
+    ends, however it ends, so a killed run never leaves its folder locked. If the block wrote no
+    run (it stopped on a config error), the claim file and a folder made here are removed again."""
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLAIM
+    created = not path.exists()
+    file = path.open("a")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise ConfigError(f"{run_dir} is in use by another train process; wait for it to end, "
+                          "or choose another folder (hydra.run.dir=...)") from None
+    try:
+        yield
+    finally:
+        if previous_run(run_dir) is None:  # nothing of a run written: leave the folder as it was
+            if created:
+                path.unlink(missing_ok=True)
+            if made and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        file.close()

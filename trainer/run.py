@@ -10,6 +10,7 @@ import json
 import platform
 import random
 import resource
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from trainer.errors import ConfigError
 from trainer.loggers import LoggerGroup, build_loggers
 from trainer.loop import Trainer, TrainState
 from trainer.parts import Parts, build_parts
-from trainer.records import MetricsLog, previous_run, write_json_atomic, write_lines_atomic
+from trainer.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
+from trainer.run_folder import write_record
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
-# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change.
+# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
+# `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
               "batch_size", "trainer.accumulate")
 
@@ -49,6 +52,7 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
+        and not key.endswith("._target_")
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
@@ -130,6 +134,12 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
     }
 
 
+def curves_title(tricks: dict[str, str], cfg: DictConfig) -> str:
+    """What was trained, for the figure: every group's choice and the seed, on as many lines as it takes."""
+    chosen = " ".join(f"{group}={choice}" for group, choice in tricks.items())
+    return textwrap.fill(f"{chosen} seed={cfg.seed}", width=100)
+
+
 def _header(tricks: dict[str, str], parts: Parts) -> str:
     chosen = " ".join(f"{group}={choice}" for group, choice in tricks.items())
     return (f"{chosen}\n{parts.num_params:,} parameters, {parts.total_steps} steps on {parts.device} "
@@ -138,23 +148,33 @@ def _header(tricks: dict[str, str], parts: Parts) -> str:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as `cfg` says, writing metrics.jsonl, checkpoints/ and summary.json to the run folder;
-    return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder."""
+    return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder; this
+    process holds it (records.claim) from the check that it holds no other run to the summary."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    payload, notices = None, []
-    if cfg.resume:
-        payload, found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
-        if payload is not None and found is not None:
-            check_resumable(payload["config"], cfg)
-            run_dir = found.parent.parent
-    if payload is None and (existing := previous_run(run_dir)) is not None:
-        raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder (hydra.run.dir=...) "
-                          "or continue it with resume=auto")
+    if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
+        _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
+        assert found is not None  # resolve raises for a file or folder it cannot use
+        run_dir = found.parent.parent
+    with claim(run_dir):
+        payload, notices = None, []
+        if cfg.resume:  # the latest checkpoint, read now that no other process can write one
+            payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
+            if payload is not None:
+                check_resumable(payload["config"], cfg)
+        if payload is None:
+            check_unused(run_dir)
+        return _train(cfg, run_dir, payload, notices, started)
+
+
+def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notices: list[str],
+           started: float) -> dict[str, Any]:
     checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
     parts = build_parts(cfg)
     display = make_display()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if payload is not None:
+    if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
+        write_record(run_dir, cfg)
+    else:
         _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
@@ -191,10 +211,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
-    try:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    except PlotError as error:
-        display.notice(f"curves.png not written: {error}")
+    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+        try:
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
+        except PlotError as error:
+            display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
     display.finish(summary, str(run_dir))
     return summary

@@ -9,9 +9,11 @@ command again therefore finds the same folders:
   of the same configuration (its composed config, recorded in .hydra/resume.json) is skipped and
   returns its saved objective; a folder holding a finished run of another configuration is never
   touched: that job fails with a one-line error naming the keys that differ;
-- a job whose folder holds an unfinished attempt (interrupted, crashed, killed) has that attempt
-  (metrics.jsonl, summary.json, error.txt, checkpoints/) moved to previous/N/ and runs again from
-  the start;
+- a job whose folder holds an interrupted or killed attempt of the same configuration with a
+  checkpoint continues from its latest good checkpoint (as `resume=auto` does);
+- a job whose folder holds another unfinished attempt (crashed, or without a checkpoint) has that
+  attempt (metrics.jsonl, summary.json, error.txt, checkpoints/) moved to previous/N/ and runs
+  again from the start;
 - a job that crashes (an unexpected exception) has its traceback written to error.txt and
   printed, and the sweep goes on;
 - a job that fails (a crash, a config error, a foreign finished run) leaves a mark in the sweep
@@ -24,6 +26,7 @@ report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -40,6 +43,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.history import read_json
+from trainer.run_folder import write_record
 
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
 # folder again when the job stops on a config error.
@@ -115,7 +119,8 @@ _register_resolvers()
 def settings(cfg: DictConfig) -> dict[str, str]:
     """The job's configuration as {dotted key: value as JSON}, interpolations unresolved:
     `${oc.env:TRAINER_DATA_DIR}` names where the data lives, not what the job is, so it must not
-    make a job look new."""
+    make a job look new. Nor does `_target_`, the import address of a builder: moving the code
+    changes no experiment."""
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -126,7 +131,12 @@ def settings(cfg: DictConfig) -> dict[str, str]:
             flat[prefix.rstrip(".")] = json.dumps(node)
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return {key: value for key, value in flat.items() if key not in NOT_CONFIGURATION}
+    return without_targets({key: value for key, value in flat.items() if key not in NOT_CONFIGURATION})
+
+
+def without_targets(flat: dict[str, str]) -> dict[str, str]:
+    """`flat` less its `_target_` keys (records written before they were left out still have them)."""
+    return {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] != "_target_"}
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -201,18 +211,26 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     digest, current = fingerprint(cfg), settings(cfg)
     summary = read_json(job_dir / "summary.json")
     record = read_json(job_dir / RESUME_RECORD) or {}
+    same = _same_configuration(record, digest, current)
     if summary is not None and summary.get("status") in FINISHED:
-        if record.get("config") != digest:
-            why = differences(record["settings"], current) if "settings" in record else "not recorded"
+        if not same:
+            recorded = record.get("settings")
+            why = differences(without_targets(recorded), current) if recorded is not None else "not recorded"
             print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
                   "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
             record_failure(job_dir, failed_jobs)
             return None
         print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
         return record.get("objective", objective(summary))
-    moved = set_aside(job_dir)
-    if moved is not None:
-        print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+    if same and _continuable(job_dir) and not cfg.get("resume"):
+        print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
+        cfg = copy.deepcopy(cfg)
+        cfg.resume = "auto"
+    else:
+        moved = set_aside(job_dir)
+        if moved is not None:
+            print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+        write_record(job_dir, cfg)  # a new attempt's record, so the report lists even a job that crashes before training
     _write_record(job_dir, {"config": digest, "settings": current})
     _in_job = True
     try:
@@ -230,6 +248,21 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     if (job_dir / "summary.json").exists():
         _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
     return result
+
+
+def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, str]) -> bool:
+    """Whether the job folder's record is of this configuration (a record written while `_target_`
+    still counted matches on its settings)."""
+    recorded = record.get("settings")
+    return record.get("config") == digest or (recorded is not None and without_targets(recorded) == current)
+
+
+def _continuable(job_dir: Path) -> bool:
+    """An attempt that was interrupted or killed (not one that crashed: that one starts afresh)
+    and left a checkpoint: the job continues from it, exactly as `train resume=auto` would."""
+    from trainer import checkpoint  # torch: only a job that runs needs it
+
+    return not (job_dir / "error.txt").exists() and bool(checkpoint.read_index(job_dir / checkpoint.FOLDER)["checkpoints"])
 
 
 def _write_record(job_dir: Path, record: dict[str, Any]) -> None:
@@ -266,7 +299,7 @@ class ReportCallback(Callback):
         from trainer.cli import failed_jobs
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if not sweep_dir.is_dir():
+        if config.get("smoke") or not sweep_dir.is_dir():  # smoke jobs keep no runs to report on
             return
         # Jobs run by a launcher's worker processes listed their failures there, not here: read the marks.
         failed_jobs.extend(name for name in marked_failures(sweep_dir) if name not in failed_jobs)

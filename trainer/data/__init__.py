@@ -1,7 +1,7 @@
 """Data set builders. Each module builds one `data=` choice and returns a `DataSplits`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -24,6 +24,7 @@ class DataSplits:
         y_val: validation targets, same layout as y_train.
         task: "classification" or "regression"; decides the loss and whether accuracy exists.
         num_outputs: number of classes, or of regression targets.
+        notices: one-line remarks on the data for the user (a class seen only in validation).
         x_test: test inputs, evaluated once, on the weights the run ends with; None when the
             data set has no test split.
         y_test: test targets.
@@ -35,6 +36,7 @@ class DataSplits:
     y_val: torch.Tensor
     task: Task
     num_outputs: int
+    notices: list[str] = field(default_factory=list)
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
 
@@ -51,7 +53,7 @@ class DataSplits:
         return DataSplits(
             self.x_train.to(device), self.y_train.to(device),
             self.x_val.to(device), self.y_val.to(device),
-            self.task, self.num_outputs, *test,
+            self.task, self.num_outputs, self.notices, *test,
         )
 
 

@@ -84,7 +84,7 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
         x_test = (x_test - mean) / std if x_test is not None else None
     if x_train is data.x_train and y_train is data.y_train:
         return data
-    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, x_test, data.y_test)
+    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, data.notices, x_test, data.y_test)
 
 
 def noisy_labels(labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Recurrent classifier: an (C, L) input is read as L steps of C features by an LSTM, GRU or
-plain (Elman) RNN; the last step's output -> norm -> dropout -> linear head."""
+"""Recurrent classifier: an (C, L) input is read as L steps of C features by an LSTM (optionally
+with peepholes), GRU or plain (Elman) RNN; the last step's output -> norm -> dropout -> linear head."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +7,7 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models import check_args, check_at_least, dropout_layers
+from trainer.models.peephole import PeepholeLSTM
 from trainer.norm import NormFactory
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -49,8 +50,10 @@ def build(
     cell: str = "lstm",
     hidden: int = 128,
     layers: int = 1,
+    peephole: bool = False,
 ) -> RecurrentNet:
-    """Args: cell: lstm, gru or rnn; hidden: state size; layers: stacked recurrent layers.
+    """Args: cell: lstm, gru or rnn; hidden: state size; layers: stacked recurrent layers;
+    peephole: for the LSTM, connections from the cell state to its gates (Gers et al.; models/peephole.py).
 
     The only hidden non-linearity is inside the cell, so `activation` names it and is what init
     uses for the recurrent weights' gain: LSTM and GRU cells are fixed to tanh (their sigmoid
@@ -66,13 +69,17 @@ def build(
             f"model.activation={activation!r} is not available with model.cell={cell}; "
             f"valid: {', '.join(valid)}"
         )
+    if peephole and cell != "lstm":
+        raise ConfigError(f"model.peephole=true needs model.cell=lstm (peepholes look into an LSTM's cell); got model.cell={cell}")
     check_at_least("model.hidden", hidden, 1)
     check_at_least("model.layers", layers, 1)
     # Between stacked layers `dropout` also applies (non-recurrent connections only, Zaremba et al. 2014).
     options = {"nonlinearity": activation} if cell == "rnn" else {}
-    rnn = CELLS[cell](
-        input_shape[0], hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, **options
-    )
+    between = dropout if layers > 1 else 0.0
+    if peephole:
+        rnn: nn.RNNBase = PeepholeLSTM(input_shape[0], hidden, layers, dropout=between)
+    else:
+        rnn = CELLS[cell](input_shape[0], hidden, layers, batch_first=True, dropout=between, **options)
     post = nn.Sequential(norm(hidden, 0), *dropout_layers(dropout))
     head = nn.Linear(hidden, num_outputs)
     return RecurrentNet(nn.Sequential(*dropout_layers(input_dropout)), rnn, post, head, activation)

@@ -6,49 +6,70 @@ trained run (`resume=RUN_DIR`): `task=export` (an inference file, batch norm fol
 task function and a `render` that turns its result into a rich renderable for the console."""
 from __future__ import annotations
 
-TASKS = ("train", "lr_find", "check_init", "plan", "export", "tsne")
+# task=NAME, with the one line `train --help` shows; export and tsne take their settings from the
+# config node of the same name (`export.fold_bn`, `tsne.perplexity`).
+TASKS = {
+    "train": "train (the default)",
+    "lr_find": "LR range test: lr_find.png and a suggested optim.lr",
+    "check_init": "one batch through the fresh model: per-layer statistics, vanishing/exploding layers flagged",
+    "plan": "check a config and estimate its cost without training (exit 2 on errors)",
+    "export": "resume=RUN_DIR: inference.pt (weights_only) with conv/linear + batch norm folded, checked and timed",
+    "tsne": "resume=RUN_DIR: tsne.png, t-SNE of the penultimate-layer validation features per perplexity (extra: tsne)",
+}
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
 from trainer.errors import ConfigError
 
 
-def run_task(cfg: DictConfig, run_dir: Path) -> int:
+def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -> int:
     """Run `cfg.task` (not train) and return the exit code: plan exits 2 when the config has errors.
+
+    `lr_find_steps` shortens the LR range test (smoke=true); None keeps its default.
 
     lr_find, check_init, export and tsne write their picture or file and a JSON result into the
     run folder; plan writes nothing."""
+    from rich.console import Console
+
     from trainer.parts import build_parts  # torch loads here
+    from trainer.config import check_numbers
+    from trainer.records import check_unused, claim
+    from trainer.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
+    check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
     console = Console()
     if cfg.task == "plan":
-        from trainer.tasks.plan import plan, render
+        from trainer.tasks.plan import error_lines, plan, render
 
         report = plan(cfg)
         console.print(render(report))
+        for line in error_lines(report):
+            print(line, file=sys.stderr)
         return 0 if report.ok else 2
-    if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
-        result, render = _on_trained_run(cfg, run_dir)
-    else:
-        parts = build_parts(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.task == "lr_find":
-            from trainer.tasks.lr_find import lr_find, render
-
-            result = lr_find(parts, run_dir)
+    with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
+        check_unused(run_dir)
+        if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
+            result, render = _on_trained_run(cfg, run_dir)
         else:
-            from trainer.tasks.check_init import check_init, render
+            parts = build_parts(cfg)
+            if cfg.task == "lr_find":
+                from trainer.tasks.lr_find import lr_find, render
 
-            result = check_init(parts, run_dir)
-    console.print(render(result))
-    (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+                result = lr_find(parts, run_dir, **({"num_steps": lr_find_steps} if lr_find_steps else {}))
+            else:
+                from trainer.tasks.check_init import check_init, render
+
+                result = check_init(parts, run_dir)
+        write_record(run_dir, cfg)
+        console.print(render(result))
+        (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"written to {run_dir}")
     return 0
 

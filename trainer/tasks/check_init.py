@@ -109,6 +109,9 @@ def _figure(rows: list[dict[str, Any]], samples: dict[str, Any], input_std: floa
     return figure
 
 
+NUMBER_WIDTH = 9
+
+
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
@@ -117,7 +120,10 @@ def render(result: dict[str, Any]) -> RenderableType:
     """A rich table of every layer's activation mean/std and gradient std, flagged rows in red."""
     table = Table(title=f"initialisation check (input std {result['input_std']:.3g})")
     for column in ("layer", "kind", "act mean", "act std", "x input", "grad std", "x output", "flag"):
-        table.add_column(column, justify="left" if column in ("layer", "kind", "flag") else "right")
+        if column in ("layer", "kind", "flag"):  # names fold onto a second line in a narrow terminal ...
+            table.add_column(column, justify="left", overflow="fold")
+        else:  # ... numbers never lose digits ("-1.23e+22": 9 characters)
+            table.add_column(column, justify="right", no_wrap=True, min_width=NUMBER_WIDTH)
     for row in result["layers"]:
         table.add_row(row["name"], row["kind"], _number(row["act_mean"]), _number(row["act_std"]),
                       _number(row["act_ratio"], 2), _number(row["grad_std"]), _number(row["grad_ratio"], 2),

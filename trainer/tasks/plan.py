@@ -210,7 +210,7 @@ def _size(count: int) -> str:
 
 
 def render(report: PlanReport) -> RenderableType:
-    """Tricks, size, steps and memory as a table; warnings in yellow, errors in red."""
+    """Tricks, size, steps and memory as a table; warnings in yellow (errors: `error_lines`)."""
     table = Table(title="plan", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -228,7 +228,12 @@ def render(report: PlanReport) -> RenderableType:
                       f"{_size(m['optimizer'])} + activations {_size(m['activations'])}; data {_size(m['data'])}")
     lines: list[RenderableType] = [table]
     lines += [Text(f"warning: {w}", style="yellow") for w in report.warnings]
-    lines += [Text(f"error: {e}", style="bold red") for e in report.errors]
+    # Errors are not drawn here: the CLI prints them as it prints every error, one line each on stderr.
     if report.ok and not report.warnings:
         lines.append(Text("no problems found", style="green"))
     return Group(*lines)
+
+
+def error_lines(report: PlanReport) -> list[str]:
+    """The errors as the CLI prints every error: `error: ...`, one line each, unwrapped."""
+    return [f"error: {' '.join(error.split())}" for error in report.errors]

@@ -1,0 +1,1 @@
+"""trainer's Hydra sweepers; Hydra finds them through the `hydra_plugins` namespace package."""

@@ -1,0 +1,86 @@
+"""`train`, killed with SIGKILL at a chosen point: `python tests/killing_train.py OVERRIDES...`.
+
+KILL_AT (environment) names the point, counted within this process (1-based):
+
+- `step:N`        right after the N-th optimizer step (mid-epoch unless N ends an epoch);
+- `checkpoint:N`  right after the N-th checkpoint is complete (file, best.pt, index written);
+- `best:N`        right after the N-th best.pt is in place, before the index lists it;
+- `writing:N`     during the N-th checkpoint file's write: half its bytes are in the temporary
+                  file when the process dies.
+
+SIGKILL is sent by the process to itself, so no handler runs and nothing is flushed, exactly as
+when the kernel or a scheduler kills it; the point is exact instead of a race with a poller.
+Without KILL_AT this is plain `train` (tests/test_kill_resume.py resumes with it too).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer import checkpoint, cli
+from trainer.loop import Trainer
+
+POINTS = ("step", "checkpoint", "best", "writing")
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def parse(spec: str) -> tuple[str, int]:
+    point, _, count = spec.partition(":")
+    if point not in POINTS or not count.isdigit() or int(count) < 1:
+        raise SystemExit(f"KILL_AT={spec} must be POINT:N with POINT one of {', '.join(POINTS)} and N >= 1")
+    return point, int(count)
+
+
+def counting(function: Callable[..., Any], is_event: Callable[..., bool], count: int,
+             before: Callable[..., None] | None = None) -> Callable[..., Any]:
+    """`function`, dying after (or, with `before`, instead of) its `count`-th call that `is_event`."""
+    seen = 0
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal seen
+        if is_event(*args, **kwargs):
+            seen += 1
+            if seen == count and before is not None:
+                before(*args, **kwargs)
+                die()
+        result = function(*args, **kwargs)
+        if seen == count and is_event(*args, **kwargs):
+            die()
+        return result
+
+    return wrapper
+
+
+def half_written(path: Path, data: bytes) -> None:
+    """What a kill in the middle of a write leaves: a temporary file holding the first half."""
+    with path.with_name(f".{path.name}.tmp").open("wb") as file:
+        file.write(data[: len(data) // 2])
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def install(point: str, count: int) -> None:
+    if point == "step":
+        Trainer.train_step = counting(Trainer.train_step, lambda *a, **k: True, count)
+    elif point == "checkpoint":
+        is_index = lambda path, *a, **k: Path(path).name == checkpoint.INDEX
+        checkpoint._write_atomic = counting(checkpoint._write_atomic, is_index, count)
+    elif point == "best":
+        is_best = lambda source, path, *a, **k: Path(path).name == checkpoint.BEST
+        checkpoint._link_atomic = counting(checkpoint._link_atomic, is_best, count)
+    else:
+        is_step_file = lambda path, *a, **k: Path(path).name.startswith("step_")
+        checkpoint._write_atomic = counting(checkpoint._write_atomic, is_step_file, count, before=half_written)
+
+
+if __name__ == "__main__":
+    if os.environ.get("KILL_AT"):
+        install(*parse(os.environ["KILL_AT"]))
+    sys.argv[0] = "train"
+    cli.main()

@@ -57,7 +57,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             if code:
                 sys.exit(code)
             return None
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.

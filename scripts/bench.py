@@ -8,12 +8,15 @@ Lightning. Prints the median seconds of each and the ratios; writes them as JSON
 Each way runs `steps` optimizer steps and then one evaluation of the validation set, timed from
 the first step to the end of that evaluation (process start, data generation and model
 building are outside the timing, for all three). Checkpointing and logging are off in all
-three, so the figures compare the training loops themselves.
+three, so the figures compare the training loops themselves; a fourth way, `train_ckpt`, is
+`train` with its default checkpointing (a checkpoint at every epoch end, best.pt), to show what
+that costs (its timing includes waiting for the last checkpoint's write).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import platform
@@ -112,6 +115,13 @@ def trainer_way(cfg, steps: int) -> float:
     return summary["wall_s"]
 
 
+def trainer_checkpointing_way(cfg, steps: int) -> float:
+    """`train` as a user runs it: a checkpoint at every epoch end (the default), best.pt on improvement."""
+    cfg = copy.deepcopy(cfg)
+    cfg.checkpoint.every_epochs = 1
+    return trainer_way(cfg, steps)
+
+
 def lightning_way(cfg, steps: int) -> float:
     import lightning as L  # a benchmark extra: pip install -e .[bench]
     from torch.utils.data import DataLoader, TensorDataset
@@ -151,7 +161,8 @@ def lightning_way(cfg, steps: int) -> float:
     return time.perf_counter() - start
 
 
-WAYS: dict[str, Callable] = {"raw": raw_loop, "train": trainer_way, "lightning": lightning_way}
+WAYS: dict[str, Callable] = {"raw": raw_loop, "train": trainer_way, "train_ckpt": trainer_checkpointing_way,
+                             "lightning": lightning_way}
 
 
 def main() -> None:
@@ -180,11 +191,13 @@ def main() -> None:
             "steps": case.steps, "batch_size": case.batch_size, "times_s": times, "median_s": medians,
             "samples_per_s": {way: samples / m for way, m in medians.items()},
             "train_over_raw": medians["train"] / medians["raw"] if {"train", "raw"} <= set(medians) else None,
+            "train_ckpt_over_raw": medians["train_ckpt"] / medians["raw"] if {"train_ckpt", "raw"} <= set(medians) else None,
             "lightning_over_train": medians["lightning"] / medians["train"] if {"train", "lightning"} <= set(medians) else None,
         }
         row = results[case.name]
         print(f"{case.name:9s} " + "  ".join(f"{w} {m:.3f}s" for w, m in medians.items())
               + (f"  train/raw {row['train_over_raw']:.3f}" if row["train_over_raw"] else "")
+              + (f"  train_ckpt/raw {row['train_ckpt_over_raw']:.3f}" if row["train_ckpt_over_raw"] else "")
               + (f"  lightning/train {row['lightning_over_train']:.2f}" if row["lightning_over_train"] else ""),
               flush=True)
     machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,

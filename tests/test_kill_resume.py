@@ -35,7 +35,7 @@ CONFIGS = {
     "augment_shift": ["augment=shift"],
     "dropout": ["regularisation=dropout"],
     "nan_skip": ["nan_policy=skip"],
-    "accumulate": ["trainer.accumulate=2"],
+    "accumulate": ["trainer.accumulate=2", "batch_size=16"],  # 2 x 16: still 6 steps an epoch
     "bf16": ["precision=bf16"],
 }
 # Kill points, one KILL_AT per process (counted within that process; see killing_train.py); the

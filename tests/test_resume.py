@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -138,13 +139,15 @@ def test_failing_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path: P
     saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
     payload = {"train_state": {"epoch": 1}, "model": {"w": torch.ones(3)}}
     saver.save(payload, step=1)
+    saver.wait()
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(checkpoint.CheckpointError, match="No space left on device; earlier checkpoints are intact"):
-        saver.save(payload, step=2)
+        saver.save(payload, step=2)  # written in the background: its error comes with the wait
+        saver.wait()
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / checkpoint.FOLDER).iterdir()) == ["index.json", "step_00000001.pt"]
     assert checkpoint.resolve("auto", tmp_path)[0]["model"]["w"].sum() == 3
@@ -154,6 +157,7 @@ def test_keeps_last_k_and_best(tmp_path: Path) -> None:
     saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
     for step in range(1, 6):
         saver.save({"train_state": {"epoch": step}}, step=step, best=step == 2)
+    saver.close()
     names = sorted(p.name for p in (tmp_path / checkpoint.FOLDER).iterdir())
     assert names == ["best.pt", "index.json", "step_00000004.pt", "step_00000005.pt"]
     assert checkpoint.resolve(str(tmp_path / checkpoint.FOLDER / "best.pt"), tmp_path)[0]["train_state"]["epoch"] == 2
@@ -161,7 +165,7 @@ def test_keeps_last_k_and_best(tmp_path: Path) -> None:
 
 def test_best_is_a_second_name_for_the_checkpoint_not_a_second_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
-    saver.save({"train_state": {"epoch": 2}}, step=1, best=True)
+    saver.write({"train_state": {"epoch": 2}}, step=1, best=True)
     folder = tmp_path / checkpoint.FOLDER
     assert (folder / "best.pt").samefile(folder / "step_00000001.pt")
 
@@ -169,7 +173,7 @@ def test_best_is_a_second_name_for_the_checkpoint_not_a_second_copy(tmp_path: Pa
         raise OSError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_hard_links)  # a file system without hard links: a copy instead
-    saver.save({"train_state": {"epoch": 3}}, step=2, best=True)
+    saver.write({"train_state": {"epoch": 3}}, step=2, best=True)
     assert not (folder / "best.pt").samefile(folder / "step_00000002.pt")
     assert (folder / "best.pt").read_bytes() == (folder / "step_00000002.pt").read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "index.json", "step_00000001.pt", "step_00000002.pt"]
@@ -195,3 +199,33 @@ def test_resume_ignores_target_a_builders_import_address(make_cfg: Callable[...,
     saved["model"]["channels"] = 16
     with pytest.raises(ConfigError, match=r"model.channels \(16 -> 32\)"):
         check_resumable(saved, cfg)
+
+
+def test_save_copies_the_state_and_writes_it_off_the_training_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save() returns while the write is still held up; the checkpoint holds the state as it was at
+    save(), though training went on changing its tensors in place meanwhile."""
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
+    release, writers = threading.Event(), []
+    write_atomic = checkpoint._write_atomic
+
+    def held_up(path: Path, data: bytes) -> None:
+        writers.append(threading.current_thread())
+        release.wait(timeout=60)
+        write_atomic(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_atomic", held_up)
+    weights = {"w": torch.ones(3)}
+    saver.save({"train_state": {"epoch": 2}, "model": weights}, step=1)
+    weights["w"].add_(1.0)  # the next training step
+    assert not (tmp_path / checkpoint.FOLDER / "step_00000001.pt").exists()
+    release.set()
+    saver.wait()
+    assert writers and threading.main_thread() not in writers
+    assert torch.equal(checkpoint.resolve("auto", tmp_path)[0]["model"]["w"], torch.ones(3))
+
+
+def test_to_host_keeps_a_state_dicts_metadata() -> None:
+    state = torch.nn.BatchNorm1d(2).state_dict()
+    copied = checkpoint.to_host(state)
+    assert copied._metadata == state._metadata and copied.keys() == state.keys()
+    assert all(copied[k].data_ptr() != state[k].data_ptr() and torch.equal(copied[k], state[k]) for k in state)

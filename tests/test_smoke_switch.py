@@ -146,6 +146,7 @@ def test_round_trip_catches_a_checkpoint_that_does_not_reproduce_its_run(
             tensor.mul_(3.0)  # other weights, written as a valid, hashed checkpoint
     writer = checkpoint.Checkpointer(run_dir, every_epochs=1, every_steps=0, keep_last=2)
     writer.save(payload, payload["train_state"]["step"])
+    writer.close()  # written in the background
     with pytest.raises(SmokeFailure, match="does not reproduce its run"):
         check_round_trip(small, run_dir)
     for path in (run_dir / "checkpoints").glob("step_*.pt"):

@@ -1,16 +1,23 @@
-"""Checkpoints: written atomically, verified on load, never loaded with pickled code.
+"""Checkpoints: written atomically, verified on load, never loaded with pickled code, and off the
+training thread.
 
-Each checkpoint is serialised in memory, hashed (SHA-256), written to a temporary file that is
-flushed and fsynced, then renamed into place; only then does `checkpoints/index.json` (itself
-written the same way) list it with its hash. A file the index does not vouch for, or whose
-bytes no longer match, is never resumed from: `resume=auto` falls back to the previous good one.
+`Checkpointer.save` copies the state to host memory (`to_host`: tensors cloned, so training may
+go on changing its own) and hands the copy to a background thread, which serialises it, hashes it
+(SHA-256), writes it to a temporary file that is flushed and fsynced, then renames it into place;
+only then does `checkpoints/index.json` (itself written the same way) list it with its hash.
+One write at a time: the next save, and `close` at the end of a run, wait for the one before.
+A file the index does not vouch for, or whose bytes no longer match, is never resumed from:
+`resume=auto` falls back to the previous good one, so a kill during a write loses only that write.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +83,53 @@ def read_index(folder: Path) -> dict[str, Any]:
         return {"checkpoints": [], "best": None}
 
 
+def to_host(value: Any) -> Any:
+    """A copy of `value` in host memory that shares nothing with the live training state: tensors
+    cloned to the CPU, containers rebuilt (a state_dict's `_metadata`, which versions its layers'
+    formats, kept)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copied = type(value)((key, to_host(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):
+            copied._metadata = copy.deepcopy(value._metadata)
+        return copied
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value  # numbers, strings, None: immutable
+
+
+class BackgroundWriter:
+    """Runs one piece of work at a time on a thread of its own; an error it raised is raised
+    again by the next `submit` or `wait`, on the caller's thread."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.wait()
+        # A daemon: should the process end without waiting (a crash elsewhere), an unfinished write
+        # leaves only a temporary file, never a half file under a checkpoint's name.
+        self._thread = threading.Thread(target=self._run, args=(work,), name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the training thread by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the work in flight is done; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class Checkpointer:
     """Writes `step_NNNNNNNN.pt` files under run_dir/checkpoints, keeping the last `keep_last` and `best.pt`.
 
@@ -93,6 +147,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint.keep_last={keep_last} must be an integer >= 1")
         self.folder = run_dir / FOLDER
         self.every_epochs, self.every_steps, self.keep_last = every_epochs, every_steps, keep_last
+        self.writer = BackgroundWriter()
 
     @property
     def enabled(self) -> bool:
@@ -105,7 +160,19 @@ class Checkpointer:
     def due_at_epoch(self, epoch: int) -> bool:
         return bool(self.every_epochs) and epoch % self.every_epochs == 0
 
-    def save(self, payload: dict[str, Any], step: int, best: bool = False) -> Path:
+    def save(self, payload: dict[str, Any], step: int, best: bool = False) -> None:
+        """Copy `payload` to host memory now and write it in the background (after the write before)."""
+        snapshot = to_host(payload)
+        self.writer.submit(lambda: self.write(snapshot, step, best))
+
+    def wait(self) -> None:
+        """Until the checkpoint in flight is on disk and listed; raises a failed write's CheckpointError."""
+        self.writer.wait()
+
+    close = wait  # at the end of a run: nothing may be left in flight
+
+    def write(self, payload: dict[str, Any], step: int, best: bool = False) -> Path:
+        """Serialise, hash and write `payload` as step `step`'s checkpoint, then list it (any thread)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(payload, buffer)

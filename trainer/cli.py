@@ -57,7 +57,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             if code:
                 sys.exit(code)
             return None
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
@@ -65,7 +65,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
-        failed_jobs.append(run_dir.name)
+        sweep.record_failure(run_dir, failed_jobs)
         return None
     if summary["status"] == "interrupted":
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -69,6 +69,20 @@ class TrainState:
         return cls(**{**state, "interval": Interval(**state["interval"])})
 
 
+# Param-group settings that choose the optimizer's implementation for this device, not the
+# maths: a checkpoint from another device (fused on a GPU, foreach elsewhere) must not impose its own.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def keep_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`saved` (an optimizer state_dict) with each param group's implementation settings as
+    `optimizer` was constructed with (load_state_dict would otherwise take the saved ones, and
+    places the `step` counters by them)."""
+    groups = [{**group, **{key: built[key] for key in IMPLEMENTATION_KEYS if key in built}}
+              for group, built in zip(saved["param_groups"], optimizer.param_groups)]
+    return {**saved, "param_groups": groups}
+
+
 class StopTraining(Exception):
     """Raised inside the loop to end it with the status already set on the state."""
 
@@ -80,6 +94,8 @@ class Trainer:
         parts: what build_parts made of the config.
         generator: the data order's own generator, independent of the model's RNG.
         checkpoint: called as checkpoint(trainer, best) when a checkpoint is due; None for none.
+        wait_for_checkpoints: returns once the checkpoints handed to a background writer are on
+            disk; called as training ends, so that the last write counts in the training time.
     """
 
     def __init__(
@@ -88,6 +104,7 @@ class Trainer:
         due_at_step: Callable[[int], bool] = lambda step: False,
         due_at_epoch: Callable[[int], bool] = lambda epoch: False,
         probes: list[Callable[["Trainer"], dict[str, Any] | None]] | None = None,
+        wait_for_checkpoints: Callable[[], None] = lambda: None,
     ) -> None:
         cfg = parts.cfg
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
@@ -98,6 +115,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoint, self.due_at_step, self.due_at_epoch = checkpoint, due_at_step, due_at_epoch
         self.probes = probes or []
+        self.wait_for_checkpoints = wait_for_checkpoints
         self.state = TrainState()
         self.best_score: float | None = None
         device = self.data.x_train.device
@@ -142,6 +160,7 @@ class Trainer:
             self.state.status, self.state.message = "interrupted", f"interrupted at step {self.state.step}"
         finally:
             self._restore_signal_handlers(previous)
+            self.wait_for_checkpoints()
             self.state.train_s = self.elapsed
         return self.state
 
@@ -319,16 +338,20 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float | None]:
         """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode."""
+        loss, acc = self.measure(self.data.x_val, self.data.y_val)
+        return {"val_loss": loss, "val_acc": acc}
+
+    @torch.no_grad()
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode."""
         self.model.eval()
-        x_val, y_val = self.data.x_val, self.data.y_val
         classification = self.data.task == "classification"
-        loss_sum = torch.zeros((), device=x_val.device)
-        correct = torch.zeros((), device=x_val.device)
-        for start in range(0, len(x_val), EVAL_BATCH_SIZE):
-            x, y = x_val[start : start + EVAL_BATCH_SIZE], y_val[start : start + EVAL_BATCH_SIZE]
+        loss_sum = torch.zeros((), device=inputs.device)
+        correct = torch.zeros((), device=inputs.device)
+        for start in range(0, len(inputs), EVAL_BATCH_SIZE):
+            x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:
@@ -337,10 +360,7 @@ class Trainer:
             else:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
         self.model.train()
-        return {
-            "val_loss": loss_sum.item() / len(x_val),
-            "val_acc": correct.item() / len(x_val) if classification else None,
-        }
+        return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
 
     # ---- signals --------------------------------------------------------------------------
 
@@ -379,7 +399,7 @@ class Trainer:
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.optimizer.load_state_dict(keep_implementation(payload["optimizer"], self.optimizer))
         self.parts.schedule.load_state_dict(payload["schedule"])
         self.parts.precision.load_state_dict(payload["scaler"])
         self.parts.early_stopping.load_state_dict(payload["early_stopping"])

@@ -78,7 +78,10 @@ class Precision:
         return self.scaler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.scaler.load_state_dict(state)
+        """A disabled scaler's state is empty (a checkpoint of an fp32 or bf16 run, say precision=auto
+        on the CPU): an enabled one then starts calibrating afresh, as in a new run."""
+        if state or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
 
 
 def build(name: str, device: torch.device) -> Precision:

@@ -28,6 +28,7 @@ from trainer.errors import ConfigError
 from trainer.loggers import LoggerGroup, build_loggers
 from trainer.loop import Trainer, TrainState
 from trainer.parts import Parts, build_parts
+from trainer.precision import Precision
 from trainer.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
 from trainer.run_folder import write_record
 
@@ -60,23 +61,42 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
                           "resume with the original values (only epochs, max_steps, logging and the like may change)")
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The random states a resumed run needs. Of CUDA's, only the generator of the device in use:
+    a checkpoint then resumes on the CPU, or where fewer GPUs are visible."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s states; a CUDA state only onto a CUDA device (a GPU checkpoint resumed
+    on the CPU has no use for it, a CPU one on a GPU has none: that generator starts from the seed)."""
     random.setstate(state["python"])
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, list):  # an older checkpoint: every visible GPU's state; ours is the one in use
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def precision_change(saved: str | None, precision: Precision, device: torch.device) -> str | None:
+    """The one line to print when a checkpoint resumes in another precision than it was trained in
+    (precision=auto on another device); None when it does not, or the checkpoint does not say."""
+    if saved is None or saved == precision.actual:
+        return None
+    return (f"precision: the checkpoint was trained in {saved}, this run continues in {precision.actual} "
+            f"(precision={precision.requested} on {device.type}), so it will not end exactly as an uninterrupted run")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -129,6 +149,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "seed": cfg.seed,
         "signal": state.signal,
         "memory": peak_memory(parts.device),
+        "threads": parts.threads,
         "torch": torch.__version__,
     }
 
@@ -145,10 +166,11 @@ def _header(tricks: dict[str, str], parts: Parts) -> str:
             f"({parts.precision.actual})")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says, writing metrics.jsonl, checkpoints/ and summary.json to the run folder;
     return the summary. The run folder is `run_dir`, or the resumed checkpoint's folder; this
-    process holds it (records.claim) from the check that it holds no other run to the summary."""
+    process holds it (records.claim) from the check that it holds no other run to the summary.
+    `overrides` (the command line's) make the diagnosis's `train ...` commands complete."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
@@ -163,11 +185,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 check_resumable(payload["config"], cfg)
         if payload is None:
             check_unused(run_dir)
-        return _train(cfg, run_dir, payload, notices, started)
+        return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
 def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notices: list[str],
-           started: float) -> dict[str, Any]:
+           started: float, overrides: list[str]) -> dict[str, Any]:
     checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
     parts = build_parts(cfg)
     display = make_display()
@@ -180,15 +202,18 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     config = OmegaConf.to_container(cfg, resolve=True)
 
     def save(trainer: Trainer, best: bool) -> None:
-        checkpointer.save({**trainer.state_dict(), "rng": rng_state(), "config": config}, trainer.state.step, best)
+        checkpointer.save({**trainer.state_dict(), "rng": rng_state(parts.device), "config": config,
+                           "precision": parts.precision.actual}, trainer.state.step, best)
 
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
                       checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
-                      probes=[layers_probe])
+                      probes=[layers_probe], wait_for_checkpoints=checkpointer.wait)
     if payload is not None:
         trainer.load_state_dict(payload)
-        set_rng_state(payload["rng"])
+        set_rng_state(payload["rng"], parts.device)
         notices.append(f"resuming {run_dir} from step {trainer.state.step} (epoch {trainer.state.epoch})")
+        if (change := precision_change(payload.get("precision"), parts.precision, parts.device)) is not None:
+            notices.append(change)
     for notice in parts.notices + notices:
         display.notice(notice)
     tricks = choices(cfg)
@@ -202,11 +227,14 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         display.close()
         metrics_log.close()
         extra_loggers.close()
+        checkpointer.close()  # also when fit raised: nothing is left in flight
     restored = parts.early_stopping.restore_best(parts.model)
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
-    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status)
+    summary["test"] = evaluate_test(trainer, state)
+    findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
+    diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
     if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
@@ -215,8 +243,21 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         except PlotError as error:
             display.notice(f"curves.png not written: {error}")
     display.show(diagnosis.panel(findings))
+    for line in diagnosis.command_lines(findings):
+        print(line, flush=True)
     display.finish(summary, str(run_dir))
     return summary
+
+
+def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None] | None:
+    """The test split's loss and accuracy, measured once, on the weights the run ends with (the
+    restored best under early stopping); None without a test split, or for a run that stopped
+    unfinished (interrupted: it is resumed, and measured when it ends)."""
+    data = trainer.data
+    if not data.has_test or state.status == "interrupted":
+        return None
+    loss, acc = trainer.measure(data.x_test, data.y_test)
+    return {"loss": loss, "acc": acc}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time

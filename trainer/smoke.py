@@ -26,7 +26,7 @@ from trainer.errors import ConfigError, TrainerError
 SMOKE_EPOCHS = 2           # two, so the schedule, early stopping and "best" see more than one evaluation
 SMOKE_STEPS_PER_EPOCH = 2  # training batches per epoch
 SMOKE_MAX_BATCH = 16       # a ResNet-18 step on a CPU costs about a second per 32 images
-SMOKE_VAL_SAMPLES = 64     # the same count the per-layer statistics read
+SMOKE_VAL_SAMPLES = 16     # evaluation and the per-layer statistics (a forward and backward) read these: one small batch
 SMOKE_LR_FIND_STEPS = 10   # task=lr_find: enough readings for its steepest-descent rule (>= 5)
 
 

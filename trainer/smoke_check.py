@@ -49,9 +49,10 @@ def check_round_trip(cfg: DictConfig, run_dir: Path) -> str:
     if payload is None or found is None:
         raise SmokeFailure(f"smoke run wrote no checkpoint that loads back ({'; '.join(notices) or 'none written'})")
     check_resumable(payload["config"], cfg)
-    trainer = Trainer(build_parts(cfg), PlainDisplay(Console()), [], torch.Generator())
+    parts = build_parts(cfg)
+    trainer = Trainer(parts, PlainDisplay(Console()), [], torch.Generator())
     trainer.load_state_dict(payload)
-    set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"], parts.device)
     recorded = trainer.state.history[-1]  # the evaluation that preceded the write
     again = trainer.evaluate()
     for key, value in again.items():

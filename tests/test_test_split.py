@@ -85,3 +85,13 @@ def test_report_without_test_figures_has_no_test_columns(tmp_path: Path) -> None
     write_job(tmp_path, "seed=0", ["seed=0"])
     header = next(line for line in report.markdown(report.build(tmp_path)).splitlines() if line.startswith("| rank"))
     assert "test_" not in header
+
+
+def test_smoke_run_reads_a_slice_of_the_test_split() -> None:
+    from trainer.data import synthetic
+    from trainer.smoke import SMOKE_VAL_SAMPLES, slice_data
+
+    data = synthetic.build(num_train=64, num_val=100, num_test=100)
+    small = slice_data(data, step_batch=8)
+    assert len(small.x_test) == len(small.y_test) == SMOKE_VAL_SAMPLES < 100
+    assert slice_data(synthetic.build(num_test=0), step_batch=8).x_test is None

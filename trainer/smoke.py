@@ -52,10 +52,12 @@ def shrink(cfg: DictConfig) -> DictConfig:
 
 
 def slice_data(data: DataSplits, step_batch: int) -> DataSplits:
-    """The first SMOKE_STEPS_PER_EPOCH batches of the training set and SMOKE_VAL_SAMPLES validation samples."""
+    """The first SMOKE_STEPS_PER_EPOCH batches of the training set, and SMOKE_VAL_SAMPLES validation
+    and test samples (the test split, evaluated once at the end, would otherwise be read whole)."""
     num_train = step_batch * SMOKE_STEPS_PER_EPOCH
+    test = {"x_test": data.x_test[:SMOKE_VAL_SAMPLES], "y_test": data.y_test[:SMOKE_VAL_SAMPLES]} if data.has_test else {}
     return dataclasses.replace(data, x_train=data.x_train[:num_train], y_train=data.y_train[:num_train],
-                               x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES])
+                               x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES], **test)
 
 
 def _where(error: BaseException) -> str:

@@ -14,7 +14,8 @@ import torch
 from fakes import make_images, write_mnist
 from torchvision import datasets
 
-from trainer.data import DataSplits, adding, imagefolder, mnist1d, synthetic, vision
+from trainer import data
+from trainer.data import DataSplits, adding, imagefolder, mnist1d, synthetic, tensors, vision
 from trainer.errors import ConfigError, DataError
 
 def check_classification(d: DataSplits, shape: tuple[int, ...], classes: int) -> None:
@@ -34,7 +35,8 @@ def test_mnist1d_sizes_cache_and_rng_untouched(tmp_path: Path) -> None:
     assert random.getstate() == py_state
     assert np.array_equal(np.random.get_state()[1], np_state[1])
     check_classification(first, (1, 40), 10)
-    assert len(first.x_train) == 4000 and len(first.x_val) == 1000
+    # Validation is a tenth of the package's 4000 training signals; its 1000 test signals are the test split.
+    assert (len(first.x_train), len(first.x_val), len(first.x_test)) == (3600, 400, 1000)
     assert abs(float(first.x_train.mean())) < 0.1 and abs(float(first.x_train.std()) - 1) < 0.1
 
     cached = list((tmp_path / "mnist1d").iterdir())
@@ -42,9 +44,59 @@ def test_mnist1d_sizes_cache_and_rng_untouched(tmp_path: Path) -> None:
     start = time.perf_counter()
     second = mnist1d.build(str(tmp_path))
     assert time.perf_counter() - start < 0.5
-    for a, b in zip((first.x_train, first.y_train, first.x_val, first.y_val),
-                    (second.x_train, second.y_train, second.x_val, second.y_val)):
+    for a, b in zip((first.x_train, first.y_train, first.x_val, first.y_val, first.x_test, first.y_test),
+                    (second.x_train, second.y_train, second.x_val, second.y_val, second.x_test, second.y_test)):
         assert torch.equal(a, b)
+
+
+def rows(x: torch.Tensor) -> set[bytes]:
+    return {sample.numpy().tobytes() for sample in x}
+
+
+def test_mnist1d_validation_is_carved_from_training_data_and_seeded(tmp_path: Path) -> None:
+    d = mnist1d.build(str(tmp_path))
+    train, val, test = rows(d.x_train), rows(d.x_val), rows(d.x_test)
+    assert len(train) == 3600 and len(val) == 400 and len(test) == 1000  # no duplicates inside a split
+    assert not train & val and not train & test and not val & test  # disjoint
+    other = mnist1d.build(str(tmp_path), val_fraction=0.2)
+    assert len(other.x_val) == 800 and rows(other.x_train) | rows(other.x_val) == train | val  # the same pool
+    assert torch.equal(other.x_test, d.x_test)  # the test split is never touched
+    numbers = torch.arange(100)
+    seed_1 = data.hold_out(numbers, numbers, 0.1, seed=1)[2]
+    assert torch.equal(seed_1, data.hold_out(numbers, numbers, 0.1, seed=1)[2])  # the same split every run
+    assert not torch.equal(seed_1, data.hold_out(numbers, numbers, 0.1, seed=2)[2])  # another seed, another split
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1])
+def test_bad_val_fraction_is_refused_before_anything_is_written(tmp_path: Path, fraction: float) -> None:
+    with pytest.raises(ConfigError, match=rf"data.val_fraction={fraction} must be in \(0, 1\)"):
+        mnist1d.build(str(tmp_path), val_fraction=fraction)
+    with pytest.raises(ConfigError, match=rf"data.val_fraction={fraction}"):
+        vision.mnist(str(tmp_path), download=True, val_fraction=fraction)  # refused before any download
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synthetic_and_adding_have_a_test_split_that_changes_nothing_else() -> None:
+    with_test = synthetic.build(num_train=64, num_val=32, num_test=16)
+    without = synthetic.build(num_train=64, num_val=32, num_test=0)
+    assert len(with_test.x_test) == 16 and without.x_test is None and not without.has_test
+    assert torch.equal(with_test.x_train, without.x_train) and torch.equal(with_test.x_val, without.x_val)
+    assert not rows(with_test.x_test) & (rows(with_test.x_train) | rows(with_test.x_val))
+    sums = adding.build(seq_len=10, num_train=20, num_val=5, num_test=7)
+    assert sums.x_test.shape == (7, 2, 10) and sums.y_test.shape == (7, 1)
+
+
+def test_tensors_take_an_optional_test_split(tmp_path: Path) -> None:
+    arrays = {"x_train": torch.randn(8, 3), "y_train": torch.tensor([0, 1] * 4), "x_val": torch.randn(4, 3),
+              "y_val": torch.tensor([0, 1, 0, 1])}
+    torch.save(arrays, tmp_path / "plain.pt")
+    assert not tensors.build(str(tmp_path / "plain.pt")).has_test
+    torch.save({**arrays, "x_test": torch.randn(5, 3), "y_test": torch.tensor([0, 1, 2, 0, 1])}, tmp_path / "test.pt")
+    d = tensors.build(str(tmp_path / "test.pt"))
+    assert len(d.x_test) == 5 and d.num_outputs == 3  # a class seen only in the test split still has an output
+    torch.save({**arrays, "x_test": torch.randn(5, 3)}, tmp_path / "half.pt")
+    with pytest.raises(DataError, match="has x_test but not y_test"):
+        tensors.build(str(tmp_path / "half.pt"))
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"train_split": 1.5}, "data.train_split=1.5 must be in (0, 1)"),
@@ -110,10 +162,11 @@ def test_mnist_reads_raw_files_and_normalises(tmp_path: Path) -> None:
     images = write_mnist(tmp_path)
     d = vision.mnist(str(tmp_path), download=False)
     check_classification(d, (1, 28, 28), 10)
-    assert len(d.x_train) == 6 and len(d.x_val) == 4
+    # The 4 official test images are the test split; validation is 1 of the 6 training images.
+    assert len(d.x_train) == 5 and len(d.x_val) == 1 and len(d.x_test) == 4
     expected = (torch.tensor(images["t10k"], dtype=torch.float32) / 255 - 0.1307) / 0.3081
-    assert torch.allclose(d.x_val[:, 0], expected)
-    assert d.y_train.tolist() == [0, 1, 2, 3, 4, 5]
+    assert torch.allclose(d.x_test[:, 0], expected)
+    assert sorted(d.y_train.tolist() + d.y_val.tolist()) == [0, 1, 2, 3, 4, 5]
 
 def test_imagefolder_split_and_standardise(tmp_path: Path) -> None:
     make_images(tmp_path / "train", {"cat": 5, "dog": 5, "eel": 5})
@@ -126,7 +179,9 @@ def test_imagefolder_split_and_standardise(tmp_path: Path) -> None:
     make_images(tmp_path / "val", {"cat": 1, "dog": 1, "eel": 2})
     g = imagefolder.build(str(tmp_path / "train"), image_size=4, val_path=str(tmp_path / "val"), grayscale=True)
     check_classification(g, (1, 4, 4), 3)
-    assert len(g.x_train) == 15 and g.y_val.tolist() == [0, 1, 2, 2]
+    assert len(g.x_train) == 15 and g.y_val.tolist() == [0, 1, 2, 2] and not g.has_test
+    t = imagefolder.build(str(tmp_path / "train"), image_size=4, test_path=str(tmp_path / "val"))
+    assert len(t.x_train) == 12 and len(t.x_val) == 3 and t.y_test.tolist() == [0, 1, 2, 2]
 
 def test_imagefolder_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
@@ -152,6 +207,7 @@ def test_label_noise_replaces_that_fraction_of_training_labels_only() -> None:
     changed = float((noisy.y_train != d.y_train).float().mean())
     assert abs(changed - 0.5 * 3 / 4) < 0.05  # a replaced label keeps its class 1 time in 4
     assert torch.equal(noisy.y_val, d.y_val) and torch.equal(noisy.x_train, d.x_train)
+    assert torch.equal(noisy.y_test, d.y_test) and torch.equal(noisy.x_test, d.x_test)  # the test split stays true
     assert torch.equal(options.apply(d, label_noise=0.5).y_train, noisy.y_train)  # the same labels each time
     shuffled = options.apply(d, label_noise=1.0)
     assert abs(float((shuffled.y_train == d.y_train).float().mean()) - 0.25) < 0.05  # chance agreement
@@ -170,6 +226,9 @@ def test_input_scale_offset_and_standardise_repairs_them() -> None:
     assert torch.allclose(per_channel.std(1), torch.ones(2), atol=1e-3)
     # Validation is standardised with the training statistics, so it is close to but not exactly (0, 1).
     assert abs(float(repaired.x_val.mean())) < 0.2 and torch.allclose(repaired.x_val, (d.x_val - d.x_train.mean(dim=(0, 2), keepdim=True)) / d.x_train.std(dim=(0, 2), keepdim=True), atol=1e-3)
+    # The test split gets the same treatment as validation.
+    assert torch.allclose(repaired.x_test, (d.x_test - d.x_train.mean(dim=(0, 2), keepdim=True)) / d.x_train.std(dim=(0, 2), keepdim=True), atol=1e-3)
+    assert torch.allclose(planted.x_test, d.x_test * 1000 + 100) and torch.equal(planted.y_test, d.y_test)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -73,8 +73,8 @@ def test_the_peepholes_get_gradients_from_the_loss() -> None:
 
 def test_timing_labels_are_the_delay_between_the_spikes() -> None:
     data = build_timing(seq_len=20, min_delay=3, num_classes=5, num_train=50, num_val=10)
-    assert data.input_shape == (1, 20) and data.num_outputs == 5
-    for x, label in zip(data.x_train, data.y_train):
+    assert data.input_shape == (1, 20) and data.num_outputs == 5 and len(data.x_test) == 500
+    for x, label in zip(torch.cat([data.x_train, data.x_test]), torch.cat([data.y_train, data.y_test])):
         spikes = torch.nonzero(x[0]).flatten().tolist()
         assert len(spikes) == 2 and spikes[1] == 19 and spikes[1] - spikes[0] == label.item() + 3
     with pytest.raises(ConfigError, match="data.seq_len=10 must exceed the longest delay"):

@@ -75,4 +75,6 @@ def test_choice_trains(group: str, choice: str, tmp_path: Path, make_cfg: Callab
     epochs = [line for line in lines if line["kind"] == "epoch"]
     assert len(epochs) == 1 and epochs[0]["val_loss"] is not None
     layers = [line for line in lines if line["kind"] == "layers"]
-    assert len(layers) == 1 and layers[0]["layers"] and (tmp_path / "run" / "curves.png").exists()
+    # One probe of the fresh model (epoch 0, for the diagnosis) and one per evaluation.
+    assert [line["epoch"] for line in layers] == [0, 1] and all(line["layers"] for line in layers)
+    assert (tmp_path / "run" / "curves.png").exists()

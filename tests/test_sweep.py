@@ -20,6 +20,8 @@ from trainer.report import METRICS
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 TESTS = Path(__file__).parent
+# tests/ first (for crashing_data), then whatever the caller set (a worktree running its own trainer).
+WITH_TESTS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 FAST = ["data=synthetic", "epochs=1", "log_every=5"]
 # Choices a preset leaves out, and why (the preset's header says so too).
 NOT_ABLATED = {"init": {"pretrained"}}  # needs a weights file
@@ -149,6 +151,32 @@ def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureF
     assert not sweep._in_job
 
 
+def test_failures_are_marked_for_the_process_that_ends_the_sweep(tmp_path: Path) -> None:
+    """Under the joblib launcher jobs run in worker processes: their failures reach the parent
+    through marks in the sweep folder, which the report callback reads, and a rerun clears them."""
+    from trainer.cli import failed_jobs
+
+    sweep_dir = tmp_path / "sweep"
+    crashing = sweep_dir / "seed=1"
+    (crashing / ".hydra").mkdir(parents=True)
+    (crashing / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    worker_failures: list[str] = []  # a worker's own list: the parent never sees it
+
+    def task(_: Any) -> float:
+        raise RuntimeError("boom")
+
+    assert sweep.resume_job(crashing, OmegaConf.create({}), task, worker_failures) is None
+    assert sweep.marked_failures(sweep_dir) == ["seed=1"]
+    before = list(failed_jobs)
+    try:
+        sweep.ReportCallback(plot=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+        assert failed_jobs == [*before, "seed=1"]
+    finally:
+        failed_jobs[:] = before
+    assert sweep.resume_job(crashing, OmegaConf.create({}), lambda _: 0.5, []) == 0.5  # the rerun succeeds
+    assert sweep.marked_failures(sweep_dir) == []
+
+
 # --- presets and plugins -----------------------------------------------------------------------
 
 # The one-group ablations; the evidence presets (tests/test_evidence.py) sweep across groups.
@@ -219,12 +247,26 @@ def test_preset_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_crashing_job_does_not_stop_the_others_or_the_report(tmp_path: Path) -> None:
     result = train("-m", *FAST, "max_steps=2", "data._target_=crashing_data.build", "data.seed=0,1", cwd=tmp_path,
-                   env={"PYTHONPATH": str(TESTS)})
+                   env=WITH_TESTS)
     assert result.returncode == 2 and "RuntimeError: crashing_data" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: 1 job(s) failed: data.seed=1"
     [sweep_dir] = (tmp_path / "multirun").iterdir()
     assert json.loads((sweep_dir / "data.seed=0" / "summary.json").read_text())["status"] == "completed"
     assert "| data.seed=1 | crashed |" in (sweep_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_failed_job_under_the_joblib_launcher_fails_the_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = train("-m", *FAST, "max_steps=2", "data._target_=crashing_data.build", "data.seed=0,1,2",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path,
+                   env=WITH_TESTS)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: 1 job(s) failed: data.seed=1"
+    [sweep_dir] = (tmp_path / "multirun").iterdir()
+    assert "| data.seed=1 | crashed |" in (sweep_dir / "report.md").read_text()
+    summaries = [json.loads((sweep_dir / f"data.seed={seed}" / "summary.json").read_text()) for seed in (0, 2)]
+    assert all(s["status"] == "completed" and s["threads"] == 1 for s in summaries)  # 2 cores / 2 jobs, or OMP's 1
 
 
 def test_bad_report_metric_stops_before_any_job(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
-        failed_jobs.append(run_dir.name)
+        sweep.record_failure(run_dir, failed_jobs)
         return None
     if summary["status"] == "interrupted":
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -338,16 +338,20 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float | None]:
         """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode."""
+        loss, acc = self.measure(self.data.x_val, self.data.y_val)
+        return {"val_loss": loss, "val_acc": acc}
+
+    @torch.no_grad()
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode."""
         self.model.eval()
-        x_val, y_val = self.data.x_val, self.data.y_val
         classification = self.data.task == "classification"
-        loss_sum = torch.zeros((), device=x_val.device)
-        correct = torch.zeros((), device=x_val.device)
-        for start in range(0, len(x_val), EVAL_BATCH_SIZE):
-            x, y = x_val[start : start + EVAL_BATCH_SIZE], y_val[start : start + EVAL_BATCH_SIZE]
+        loss_sum = torch.zeros((), device=inputs.device)
+        correct = torch.zeros((), device=inputs.device)
+        for start in range(0, len(inputs), EVAL_BATCH_SIZE):
+            x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:
@@ -356,10 +360,7 @@ class Trainer:
             else:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
         self.model.train()
-        return {
-            "val_loss": loss_sum.item() / len(x_val),
-            "val_acc": correct.item() / len(x_val) if classification else None,
-        }
+        return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
 
     # ---- signals --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from trainer.precision import Precision
 from trainer.regularisation import Penalty, Regularisation
 from trainer.sched import Schedule
 from trainer.smoke import slice_data
+from trainer.threads import resolve as resolve_threads
 
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
@@ -115,7 +116,8 @@ class Parts:
         model: the module whose state is saved and evaluated.
         net: what the training step calls: `model`, or its torch.compile'd wrapper.
         total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
-        notices: one-line explanations of fallbacks (fp16 on a CPU, say) for the user.
+        threads: torch's intra-op threads for this run (trainer.threads).
+        notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
     """
 
     cfg: DictConfig
@@ -134,6 +136,7 @@ class Parts:
     augment: Callable[[torch.Tensor], torch.Tensor]
     steps_per_epoch: int
     total_steps: int
+    threads: int = 1
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -163,6 +166,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     check_top_level(cfg)
     check_numbers(cfg)
     device = resolve_device(cfg.device)
+    threads = resolve_threads(cfg.trainer.threads)
+    torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     data = build_data(cfg.data)
     check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
@@ -197,5 +202,6 @@ def build_parts(cfg: DictConfig) -> Parts:
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
         regularisation=regularisation, criterion=regularisation.criterion(data.task),
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, notices=notices,
+        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
+        notices=notices,
     )

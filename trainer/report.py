@@ -34,14 +34,16 @@ METRICS: dict[str, tuple[str, ...]] = {
     "final_val_acc": ("final", "val_acc"),
     "final_val_loss": ("final", "val_loss"),
     "final_train_loss": ("final", "train_loss"),
+    "test_acc": ("test", "acc"),
+    "test_loss": ("test", "loss"),
     "epochs_to_best": ("best", "epoch"),
     "wall_s": ("wall_s",),
     "samples_per_s": ("samples_per_s",),
 }
-HIGHER_IS_BETTER = ("best_val_acc", "final_val_acc", "samples_per_s")
+HIGHER_IS_BETTER = ("best_val_acc", "final_val_acc", "test_acc", "samples_per_s")
 OK = ("completed", "early_stopped")
 SEED = "seed"
-NOT_JOBS = {"previous", ".hydra", ".submitit"}  # set-aside attempts and tool folders hold no jobs
+NOT_JOBS = {"previous", ".hydra", ".submitit", ".failed"}  # set-aside attempts and tool folders hold no jobs
 NOISE_RULE = ("a configuration differs from the best only when |mean difference| > the larger of the "
               "two standard deviations over seeds; `within noise` marks rows where it does not, "
               "`? (1 seed)` rows where a standard deviation cannot be estimated")
@@ -242,13 +244,14 @@ def _failed(row: Row) -> str:
 
 
 TABLE = ("best_val_acc", "best_val_loss", "final_val_acc", "final_val_loss", "final_train_loss",
-         "epochs_to_best", "wall_s", "samples_per_s")
+         "test_acc", "test_loss", "epochs_to_best", "wall_s", "samples_per_s")
 
 
 def _columns(report: Report) -> list[str]:
-    """The table's metric columns: the ranking metric first, accuracy only where a job has it."""
+    """The table's metric columns: the ranking metric first, accuracy and test figures only where a job has them."""
     has_acc = any(job.value("best_val_acc") is not None for job in report.jobs)
-    shown = [m for m in TABLE if has_acc or not m.endswith("val_acc")]
+    has_test = any(job.value("test_loss") is not None for job in report.jobs)
+    shown = [m for m in TABLE if (has_acc or not m.endswith("_acc")) and (has_test or not m.startswith("test_"))]
     return [report.metric] + [m for m in shown if m != report.metric]
 
 
@@ -342,7 +345,7 @@ def plot(report: Report, path: Path) -> None:
 def table(report: Report) -> Any:
     from rich.table import Table
 
-    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "epochs_to_best", "wall_s", "samples_per_s"]
+    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "test_acc", "epochs_to_best", "wall_s", "samples_per_s"]
     columns = [m for m in dict.fromkeys(columns) if m in _columns(report)]
     result = Table(title=f"{report.sweep_dir.name}: ranked by {report.metric}",
                    caption="vs best: within noise = |mean difference| <= the larger std over seeds")

@@ -149,6 +149,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "seed": cfg.seed,
         "signal": state.signal,
         "memory": peak_memory(parts.device),
+        "threads": parts.threads,
         "torch": torch.__version__,
     }
 
@@ -231,6 +232,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
+    summary["test"] = evaluate_test(trainer, state)
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
@@ -245,6 +247,17 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         print(line, flush=True)
     display.finish(summary, str(run_dir))
     return summary
+
+
+def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None] | None:
+    """The test split's loss and accuracy, measured once, on the weights the run ends with (the
+    restored best under early stopping); None without a test split, or for a run that stopped
+    unfinished (interrupted: it is resumed, and measured when it ends)."""
+    data = trainer.data
+    if not data.has_test or state.status == "interrupted":
+        return None
+    loss, acc = trainer.measure(data.x_test, data.y_test)
+    return {"loss": loss, "acc": acc}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time

@@ -26,7 +26,7 @@ from trainer.errors import ConfigError, TrainerError
 SMOKE_EPOCHS = 2           # two, so the schedule, early stopping and "best" see more than one evaluation
 SMOKE_STEPS_PER_EPOCH = 2  # training batches per epoch
 SMOKE_MAX_BATCH = 16       # a ResNet-18 step on a CPU costs about a second per 32 images
-SMOKE_VAL_SAMPLES = 64     # the same count the per-layer statistics read
+SMOKE_VAL_SAMPLES = 16     # evaluation and the per-layer statistics (a forward and backward) read these: one small batch
 SMOKE_LR_FIND_STEPS = 10   # task=lr_find: enough readings for its steepest-descent rule (>= 5)
 
 
@@ -52,10 +52,12 @@ def shrink(cfg: DictConfig) -> DictConfig:
 
 
 def slice_data(data: DataSplits, step_batch: int) -> DataSplits:
-    """The first SMOKE_STEPS_PER_EPOCH batches of the training set and SMOKE_VAL_SAMPLES validation samples."""
+    """The first SMOKE_STEPS_PER_EPOCH batches of the training set, and SMOKE_VAL_SAMPLES validation
+    and test samples (the test split, evaluated once at the end, would otherwise be read whole)."""
     num_train = step_batch * SMOKE_STEPS_PER_EPOCH
+    test = {"x_test": data.x_test[:SMOKE_VAL_SAMPLES], "y_test": data.y_test[:SMOKE_VAL_SAMPLES]} if data.has_test else {}
     return dataclasses.replace(data, x_train=data.x_train[:num_train], y_train=data.y_train[:num_train],
-                               x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES])
+                               x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES], **test)
 
 
 def _where(error: BaseException) -> str:

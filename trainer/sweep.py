@@ -15,7 +15,11 @@ command again therefore finds the same folders:
   attempt (metrics.jsonl, summary.json, error.txt, checkpoints/) moved to previous/N/ and runs
   again from the start;
 - a job that crashes (an unexpected exception) has its traceback written to error.txt and
-  printed, and the sweep goes on.
+  printed, and the sweep goes on;
+- a job that fails (a crash, a config error, a foreign finished run) leaves a mark in the sweep
+  folder's `.failed/`, which the report callback reads when the sweep ends, so the sweep exits
+  non-zero also when the jobs ran in other processes (the joblib launcher's workers). A job
+  clears its mark when it starts again.
 
 The resolvers are registered when this module is imported, which Hydra does when it builds the
 report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
@@ -50,6 +54,9 @@ FINISHED = ("completed", "early_stopped", "diverged")
 # together before a rerun, so the new attempt starts clean and the old one stays readable.
 ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
 PREVIOUS = "previous"
+FAILED_MARKS = ".failed"  # in the sweep folder: one empty file per failed job, named after it
+# Not part of what a job is: how many threads it used changes its speed, not its result.
+NOT_CONFIGURATION = ("trainer.threads",)
 MAX_NAME = 150  # well under the 255 bytes a folder name may have
 SAFE_NAME = re.compile(r"[^A-Za-z0-9=,._+@-]")
 
@@ -124,7 +131,7 @@ def settings(cfg: DictConfig) -> dict[str, str]:
             flat[prefix.rstrip(".")] = json.dumps(node)
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return without_targets(flat)
+    return without_targets({key: value for key, value in flat.items() if key not in NOT_CONFIGURATION})
 
 
 def without_targets(flat: dict[str, str]) -> dict[str, str]:
@@ -171,6 +178,24 @@ def takes_over() -> bool:
 Task = Callable[[DictConfig], float | None]
 
 
+def _mark(job_dir: Path) -> Path:
+    return job_dir.parent / FAILED_MARKS / job_dir.name
+
+
+def record_failure(job_dir: Path, failed_jobs: list[str]) -> None:
+    """A job failed: list it for this process, and mark it for the process that ends the sweep."""
+    failed_jobs.append(job_dir.name)
+    mark = _mark(job_dir)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+
+
+def marked_failures(sweep_dir: Path) -> list[str]:
+    """The jobs of the sweep in `sweep_dir` that failed in their latest attempt, whichever process ran them."""
+    folder = sweep_dir / FAILED_MARKS
+    return sorted(mark.name for mark in folder.iterdir()) if folder.is_dir() else []
+
+
 def run_job(cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
     """Run the current Hydra job through `task` unless its folder already holds its finished run."""
     return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
@@ -182,6 +207,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     Returns the job's objective (saved, for a skipped job), or None for a job that failed; a
     failed job's folder name goes to `failed_jobs`, which the CLI reports at the end."""
     global _in_job
+    _mark(job_dir).unlink(missing_ok=True)  # this attempt decides whether the job failed
     digest, current = fingerprint(cfg), settings(cfg)
     summary = read_json(job_dir / "summary.json")
     record = read_json(job_dir / RESUME_RECORD) or {}
@@ -192,7 +218,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
             why = differences(without_targets(recorded), current) if recorded is not None else "not recorded"
             print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
                   "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
-            failed_jobs.append(job_dir.name)
+            record_failure(job_dir, failed_jobs)
             return None
         print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
         return record.get("objective", objective(summary))
@@ -215,7 +241,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
             (job_dir / "error.txt").write_text(text)
         print(text, file=sys.stderr)
         print(f"error: job {job_dir.name} crashed; traceback in {job_dir / 'error.txt'}", file=sys.stderr)
-        failed_jobs.append(job_dir.name)
+        record_failure(job_dir, failed_jobs)
         return None
     finally:
         _in_job = False
@@ -275,6 +301,8 @@ class ReportCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if config.get("smoke") or not sweep_dir.is_dir():  # smoke jobs keep no runs to report on
             return
+        # Jobs run by a launcher's worker processes listed their failures there, not here: read the marks.
+        failed_jobs.extend(name for name in marked_failures(sweep_dir) if name not in failed_jobs)
         # Jobs that stopped on a config error leave no folder behind; list them by name.
         missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]
         report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

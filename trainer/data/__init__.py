@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from trainer.errors import ConfigError
+
 Task = Literal["classification", "regression"]
 
 
@@ -17,11 +19,15 @@ class DataSplits:
         x_train: inputs, float32, shape (N, *input_shape).
         y_train: int64 class labels of shape (N,) for classification, float32 targets of
             shape (N, num_outputs) for regression.
-        x_val: validation inputs, same layout as x_train.
+        x_val: validation inputs, same layout as x_train: what early stopping, best.pt and a
+            sweep's ranking select on. Never the test split.
         y_val: validation targets, same layout as y_train.
         task: "classification" or "regression"; decides the loss and whether accuracy exists.
         num_outputs: number of classes, or of regression targets.
         notices: one-line remarks on the data for the user (a class seen only in validation).
+        x_test: test inputs, evaluated once, on the weights the run ends with; None when the
+            data set has no test split.
+        y_test: test targets.
     """
 
     x_train: torch.Tensor
@@ -31,14 +37,45 @@ class DataSplits:
     task: Task
     num_outputs: int
     notices: list[str] = field(default_factory=list)
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def has_test(self) -> bool:
+        return self.x_test is not None and self.y_test is not None
+
     def to(self, device: torch.device) -> "DataSplits":
+        test = (self.x_test.to(device), self.y_test.to(device)) if self.has_test else (None, None)
         return DataSplits(
             self.x_train.to(device), self.y_train.to(device),
             self.x_val.to(device), self.y_val.to(device),
-            self.task, self.num_outputs, self.notices,
+            self.task, self.num_outputs, self.notices, *test,
         )
+
+
+def check_fraction(fraction: float) -> None:
+    """Called by builders before any download or generation, so a bad value changes nothing."""
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"data.val_fraction={fraction} must be in (0, 1)")
+
+
+def hold_out(
+    x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split (x, y) into training and validation parts: a random `fraction` (drawn from its own
+    generator seeded with `seed`, so the split is the same every run and the global RNG is
+    untouched) is the validation set, for data sets whose only held-out split is the test split.
+
+    Returns x_train, y_train, x_val, y_val."""
+    check_fraction(fraction)
+    n_val = round(len(x) * fraction)
+    if not 0 < n_val < len(x):
+        raise ConfigError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split; "
+                          f"use a value between {1 / len(x):.3g} and {1 - 1 / len(x):.3g}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    train, val = order[n_val:], order[:n_val]
+    return x[train], y[train], x[val], y[val]

@@ -87,7 +87,8 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             raise DataError(f"the data set's {name} split is empty; both the training and validation splits need samples")
         if len(x) != len(y):
             raise DataError(f"the data set's x_{name} has {len(x)} samples but y_{name} has {len(y)}")
-    for name in ("x_train", "y_train", "x_val", "y_val"):
+    test_split = ("x_test", "y_test") if data.has_test else ()
+    for name in ("x_train", "y_train", "x_val", "y_val", *test_split):
         values = getattr(data, name)
         if values.is_floating_point() and not torch.isfinite(values).all():
             bad = int((~torch.isfinite(values)).sum())
@@ -96,8 +97,10 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
         raise DataError(f"x_train's samples are {tuple(data.x_train.shape[1:])} but x_val's are "
                         f"{tuple(data.x_val.shape[1:])}; every sample must have the same shape")
     if data.task == "classification":
-        for name in ("y_train", "y_val"):
+        for name in ("y_train", "y_val", *test_split[1:]):
             labels = getattr(data, name)
+            if len(labels) == 0:
+                continue  # an empty test split (num_test=0 gives none at all)
             if labels.dim() != 1 or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
                                 f"(shape {tuple(labels.shape)}, min {int(labels.min())}, max {int(labels.max())})")

@@ -19,6 +19,7 @@ def build(
     val_fraction: float = 0.2,
     seed: int = 0,
     grayscale: bool = False,
+    test_path: str | None = None,
 ) -> DataSplits:
     """Load every image, resized to a square, into memory; standardised per channel with training stats.
 
@@ -30,6 +31,8 @@ def build(
         val_fraction: fraction of `path` used for validation when val_path is null.
         seed: seed of the generator for the random split.
         grayscale: load one channel instead of RGB.
+        test_path: folder with the same class sub-folders for the test split, evaluated once at
+            the end of a run; null for none.
     """
     if image_size < 1:
         raise ConfigError(f"data.image_size={image_size} must be at least 1")
@@ -58,12 +61,20 @@ def build(
             raise DataError(f"data.val_path={val_path} has class folders {val_classes} but data.path={path} "
                             f"has {classes}; they must match")
 
+    x_test = y_test = None
+    if test_path is not None:
+        x_test, y_test, test_classes = _load("test_path", test_path, tf)
+        if test_classes != classes:
+            raise DataError(f"data.test_path={test_path} has class folders {test_classes} but data.path={path} "
+                            f"has {classes}; they must match")
+
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)  # a constant channel stays finite
     return DataSplits(
         x_train=(x_train - mean) / std, y_train=y_train,
         x_val=(x_val - mean) / std, y_val=y_val,
         task="classification", num_outputs=len(classes),
+        x_test=(x_test - mean) / std if x_test is not None else None, y_test=y_test,
     )
 
 

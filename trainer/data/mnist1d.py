@@ -8,14 +8,18 @@ import tempfile
 import numpy as np
 import torch
 
-from trainer.data import DataSplits
+from trainer.data import DataSplits, check_fraction, hold_out
 from trainer.errors import ConfigError, DataError
 
 NUM_CLASSES = 10
 
 
-def build(root: str, num_samples: int = 5000, train_split: float = 0.8, seed: int = 42) -> DataSplits:
+def build(root: str, num_samples: int = 5000, train_split: float = 0.8, seed: int = 42,
+          val_fraction: float = 0.1) -> DataSplits:
     """Generate MNIST-1D (or load it from the cache under `root`) as (N, 1, 40) signals.
+
+    The package's test split is the test split; the validation split is a seeded `val_fraction`
+    of its training split, so early stopping and model selection never see test data.
 
     The package already centres the signals and scales them to unit std, so no further
     standardisation is applied.
@@ -23,13 +27,16 @@ def build(root: str, num_samples: int = 5000, train_split: float = 0.8, seed: in
     Args:
         root: data directory; the arrays are cached in `root/mnist1d/<key>.npz`.
         num_samples: total examples before the split (rounded down to a multiple of 10).
-        train_split: fraction of examples used for training, the rest for validation.
-        seed: seed of the generator; the caller's global RNG states are left untouched.
+        train_split: fraction of examples used for training and validation, the rest for test.
+        seed: seed of the generator and of the validation split; the caller's global RNG states
+            are left untouched.
+        val_fraction: fraction of the training split held out for validation.
     """
     if num_samples < 2 * NUM_CLASSES:
         raise ConfigError(f"data.num_samples={num_samples} must be at least {2 * NUM_CLASSES} (2 per class)")
     if not 0 < train_split < 1:
         raise ConfigError(f"data.train_split={train_split} must be in (0, 1)")
+    check_fraction(val_fraction)
     total = num_samples // NUM_CLASSES * NUM_CLASSES  # make_dataset draws the same count per class
     num_train = int(total * train_split)
     if not 0 < num_train < total:
@@ -50,13 +57,13 @@ def build(root: str, num_samples: int = 5000, train_split: float = 0.8, seed: in
         arrays = _generate(num_samples, train_split, seed)
         _save_atomically(path, arrays)
 
+    x, y = torch.from_numpy(arrays["x"]).float().unsqueeze(1), torch.from_numpy(arrays["y"]).long()
+    x_train, y_train, x_val, y_val = hold_out(x, y, val_fraction, seed)
     return DataSplits(
-        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
-        y_train=torch.from_numpy(arrays["y"]).long(),
-        x_val=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
-        y_val=torch.from_numpy(arrays["y_test"]).long(),
-        task="classification",
-        num_outputs=NUM_CLASSES,
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+        task="classification", num_outputs=NUM_CLASSES,
+        x_test=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
+        y_test=torch.from_numpy(arrays["y_test"]).long(),
     )
 
 

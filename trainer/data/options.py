@@ -61,18 +61,19 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
     Args:
         label_noise: fraction of training labels replaced by a class drawn uniformly at random
             (it may equal the true one); 1 makes the training labels unrelated to the inputs.
-            Validation labels stay true, so validation measures what was learnt about the inputs.
+            Validation and test labels stay true, so they measure what was learnt about the inputs.
             Classification only.
-        standardise: subtract the training set's per-channel mean and divide by its std (both
-            splits, training statistics only, as for real data).
-        input_scale: multiply every input (both splits) by this.
-        input_offset: then add this to every input (both splits).
+        standardise: subtract the training set's per-channel mean and divide by its std (every
+            split, training statistics only, as for real data).
+        input_scale: multiply every input (every split) by this.
+        input_offset: then add this to every input (every split).
     """
     check({"label_noise": label_noise, "standardise": standardise, "input_scale": input_scale,
            "input_offset": input_offset})
-    x_train, x_val, y_train = data.x_train, data.x_val, data.y_train
+    x_train, x_val, x_test, y_train = data.x_train, data.x_val, data.x_test, data.y_train
     if input_scale != 1 or input_offset != 0:
         x_train, x_val = x_train * input_scale + input_offset, x_val * input_scale + input_offset
+        x_test = x_test * input_scale + input_offset if x_test is not None else None
     if label_noise > 0:
         if data.task != "classification":
             raise ConfigError(f"data.label_noise={label_noise} needs a classification task; this data is {data.task}")
@@ -80,9 +81,10 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
     if standardise:
         mean, std = channel_stats(x_train)
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+        x_test = (x_test - mean) / std if x_test is not None else None
     if x_train is data.x_train and y_train is data.y_train:
         return data
-    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, data.notices)
+    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, data.notices, x_test, data.y_test)
 
 
 def noisy_labels(labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:

@@ -23,6 +23,7 @@ def build(
     channels: int = 1,
     seed: int = 0,
     image_size: int | None = None,
+    num_test: int = 256,
 ) -> DataSplits:
     """Generate signals of shape (channels, length), or images (channels, image_size, image_size).
 
@@ -37,11 +38,14 @@ def build(
         channels: input channels.
         seed: seed of the generator.
         image_size: when set, generate square images of this side instead of 1-D signals.
+        num_test: test examples, evaluated once at the end (0: none).
     """
     for key, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
                             ("num_classes", num_classes, 2), ("length", length, 1), ("channels", channels, 1)):
         if value < low:
             raise ConfigError(f"data.{key}={value} must be at least {low}")
+    if num_test < 0:
+        raise ConfigError(f"data.num_test={num_test} must be at least 0")
     if image_size is not None and image_size < 1:
         raise ConfigError(f"data.image_size={image_size} must be at least 1, or null for 1-D signals")
 
@@ -61,10 +65,12 @@ def build(
 
     x_train, y_train = sample(num_train)
     x_val, y_val = sample(num_val)
+    x_test, y_test = sample(num_test)  # drawn last: train and val are the same with or without it
     # Standardise with training statistics, as for real data, so inputs are ~zero mean, unit std.
     mean, std = x_train.mean(), x_train.std().clamp_min(1e-6)
     return DataSplits(
         x_train=(x_train - mean) / std, y_train=y_train,
         x_val=(x_val - mean) / std, y_val=y_val,
         task="classification", num_outputs=num_classes,
+        x_test=(x_test - mean) / std if num_test else None, y_test=y_test if num_test else None,
     )

@@ -16,7 +16,7 @@ from trainer.errors import ConfigError
 
 
 def build(seq_len: int = 40, min_delay: int = 5, num_classes: int = 20, num_train: int = 2000, num_val: int = 500,
-          noise_std: float = 0.0, seed: int = 0) -> DataSplits:
+          noise_std: float = 0.0, seed: int = 0, num_test: int = 500) -> DataSplits:
     """Sequences of shape (1, seq_len), int64 labels in [0, num_classes): the delay minus `min_delay`.
 
     Args:
@@ -27,6 +27,7 @@ def build(seq_len: int = 40, min_delay: int = 5, num_classes: int = 20, num_trai
         num_val: validation sequences.
         noise_std: Gaussian noise added to every step (0: clean spikes).
         seed: seed of the `torch.Generator` used; the global RNG is untouched.
+        num_test: test sequences, evaluated once at the end (0: none).
     """
     for key, value, minimum in (("min_delay", min_delay, 1), ("num_classes", num_classes, 2),
                                 ("num_train", num_train, 1), ("num_val", num_val, 1)):
@@ -35,6 +36,8 @@ def build(seq_len: int = 40, min_delay: int = 5, num_classes: int = 20, num_trai
     longest = min_delay + num_classes - 1
     if longest >= seq_len:
         raise ConfigError(f"data.seq_len={seq_len} must exceed the longest delay min_delay + num_classes - 1 = {longest}")
+    if num_test < 0:
+        raise ConfigError(f"data.num_test={num_test} must be at least 0")
     if noise_std < 0:
         raise ConfigError(f"data.noise_std={noise_std} must be >= 0")
     g = torch.Generator().manual_seed(seed)
@@ -49,4 +52,6 @@ def build(seq_len: int = 40, min_delay: int = 5, num_classes: int = 20, num_trai
 
     x_train, y_train = sample(num_train)
     x_val, y_val = sample(num_val)
-    return DataSplits(x_train, y_train, x_val, y_val, task="classification", num_outputs=num_classes)
+    x_test, y_test = sample(num_test) if num_test else (None, None)  # drawn last: train and val stay the same
+    return DataSplits(x_train, y_train, x_val, y_val, task="classification", num_outputs=num_classes,
+                      x_test=x_test, y_test=y_test)

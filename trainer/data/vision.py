@@ -1,6 +1,7 @@
 """torchvision image sets (MNIST, FashionMNIST, CIFAR10), held whole in memory.
 
-The official test split is the validation split. Files use torchvision's own layout under `root`
+The official test split is the test split; the validation split is a seeded `val_fraction` of
+the training split. Files use torchvision's own layout under `root`
 (root/MNIST/raw, root/FashionMNIST/raw, root/cifar-10-batches-py), so an existing torchvision
 download can be reused by pointing data.root at it.
 """
@@ -13,56 +14,61 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from trainer.data import DataSplits
+from trainer.data import DataSplits, check_fraction, hold_out
 from trainer.errors import DataError
 
 
-def mnist(root: str, download: bool = True) -> DataSplits:
-    """MNIST digits, (N, 1, 28, 28), 60000 train / 10000 validation, 10 classes.
+def mnist(root: str, download: bool = True, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """MNIST digits, (N, 1, 28, 28), 60000 train (validation carved from it) / 10000 test, 10 classes.
 
     Args:
         root: data directory; files go to root/MNIST/raw.
         download: fetch the files when they are missing.
+        val_fraction: fraction of the training images held out for validation.
+        seed: seed of the validation split.
     """
     return _build(
-        datasets.MNIST, "mnist", root, download, mean=(0.1307,), std=(0.3081,),
+        datasets.MNIST, "mnist", root, download, val_fraction, seed, mean=(0.1307,), std=(0.3081,),
         where="MNIST/raw", files="train-images-idx3-ubyte.gz and the other 3 .gz files from "
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
     )
 
 
-def fashion_mnist(root: str, download: bool = True) -> DataSplits:
-    """FashionMNIST clothing images, (N, 1, 28, 28), 60000 train / 10000 validation, 10 classes.
+def fashion_mnist(root: str, download: bool = True, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """FashionMNIST clothing images, (N, 1, 28, 28), 60000 train (validation carved from it) / 10000 test, 10 classes.
 
     Args:
         root: data directory; files go to root/FashionMNIST/raw.
         download: fetch the files when they are missing.
+        val_fraction: fraction of the training images held out for validation.
+        seed: seed of the validation split.
     """
     return _build(
-        datasets.FashionMNIST, "fashion_mnist", root, download, mean=(0.2860,), std=(0.3530,),
+        datasets.FashionMNIST, "fashion_mnist", root, download, val_fraction, seed, mean=(0.2860,), std=(0.3530,),
         where="FashionMNIST/raw", files="train-images-idx3-ubyte.gz and the other 3 .gz files from "
         "https://github.com/zalandoresearch/fashion-mnist",
     )
 
 
-def cifar10(root: str, download: bool = True) -> DataSplits:
-    """CIFAR10 colour images, (N, 3, 32, 32), 50000 train / 10000 validation, 10 classes.
+def cifar10(root: str, download: bool = True, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """CIFAR10 colour images, (N, 3, 32, 32), 50000 train (validation carved from it) / 10000 test, 10 classes.
 
     Args:
         root: data directory; the archive is unpacked to root/cifar-10-batches-py.
         download: fetch the archive when it is missing.
     """
     return _build(
-        datasets.CIFAR10, "cifar10", root, download,
+        datasets.CIFAR10, "cifar10", root, download, val_fraction, seed,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
         where="", files="cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/",
     )
 
 
 def _build(
-    cls: type[datasets.VisionDataset], name: str, root: str, download: bool,
+    cls: type[datasets.VisionDataset], name: str, root: str, download: bool, val_fraction: float, seed: int,
     mean: Sequence[float], std: Sequence[float], where: str, files: str,
 ) -> DataSplits:
+    check_fraction(val_fraction)
     root = os.path.expanduser(root)
     folder = os.path.join(root, where) if where else root
     # With download=True torchvision skips files that are present (and, for an archive placed by
@@ -76,17 +82,19 @@ def _build(
         raise DataError(f"data={name}: could not download to {folder} ({_short(e)}); place the files there "
                         f"offline (e.g. {files}) or set data.root=DIR") from e
     try:
-        val = cls(root, train=False)
+        test = cls(root, train=False)
     except Exception as e:
         raise DataError(f"data={name}: cannot read the test split in {folder} ({_short(e)}); "
                         f"delete the folder to download again, or place {files} there") from e
 
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
+    x_train, y_train, x_val, y_val = hold_out(
+        (_images(train.data) - m) / s, torch.as_tensor(train.targets, dtype=torch.int64), val_fraction, seed)
     return DataSplits(
-        x_train=(_images(train.data) - m) / s, y_train=torch.as_tensor(train.targets, dtype=torch.int64),
-        x_val=(_images(val.data) - m) / s, y_val=torch.as_tensor(val.targets, dtype=torch.int64),
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
         task="classification", num_outputs=len(train.classes),
+        x_test=(_images(test.data) - m) / s, y_test=torch.as_tensor(test.targets, dtype=torch.int64),
     )
 
 

@@ -117,8 +117,9 @@ def memory(parts: Parts) -> dict[str, int]:
     batch = parts.data.x_train[: parts.cfg.batch_size]
     activations = activation_bytes(parts.model, batch, parts) + batch.numel() * batch.element_size()
     optimizer = optimizer_slots(parts.optimizer) * trainable
-    splits = (parts.data.x_train, parts.data.y_train, parts.data.x_val, parts.data.y_val)
-    data = sum(t.numel() * t.element_size() for t in splits)
+    splits = (parts.data.x_train, parts.data.y_train, parts.data.x_val, parts.data.y_val,
+              parts.data.x_test, parts.data.y_test)
+    data = sum(t.numel() * t.element_size() for t in splits if t is not None)
     return {"params": param_bytes, "grads": trainable, "optimizer": optimizer, "activations": activations,
             "total": param_bytes + trainable + optimizer + activations, "data": data}
 

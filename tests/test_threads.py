@@ -1,0 +1,79 @@
+"""trainer.threads: torch's intra-op threads, shared among the jobs that run at once (auto), set
+for every run, recorded in summary.json, and not part of what a sweep job is."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from trainer import sweep, threads
+from trainer.cli import CONF_DIR
+from trainer.errors import ConfigError
+from trainer.parts import build_parts
+from trainer.run import run
+
+
+@pytest.fixture(autouse=True)
+def one_thread_after() -> Iterator[None]:
+    yield
+    torch.set_num_threads(1)  # as conftest set it for the rest of the tests
+
+
+@pytest.fixture
+def eight_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+
+
+def in_sweep(*overrides: str) -> None:
+    """Make HydraConfig what a job of `train -m ... overrides` sees."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        HydraConfig.instance().set_config(compose("config", overrides=list(overrides), return_hydra_config=True))
+
+
+@pytest.fixture
+def clean_hydra() -> Iterator[None]:
+    yield
+    HydraConfig.instance().cfg = None
+
+
+@pytest.mark.usefixtures("eight_cores", "clean_hydra")
+@pytest.mark.parametrize(("launcher", "expected"), [
+    ([], 8),                                                                  # one run, or the basic launcher: all cores
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"], 2),                # four jobs at once share 8 cores
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], 1),               # joblib's -1: one job per core
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=16"], 1),               # more jobs than cores: at least 1
+])
+def test_auto_shares_the_cores_among_parallel_jobs(launcher: list[str], expected: int) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    in_sweep(*launcher)
+    assert threads.resolve("auto") == expected
+
+
+def test_auto_takes_omp_num_threads_when_set(eight_cores: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.resolve("auto") == 3
+    assert threads.resolve(5) == 5  # a count wins over everything
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", 1.5, True])
+def test_bad_values_are_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match=f"trainer.threads={bad} must be an integer >= 1, or auto"):
+        threads.resolve(bad)  # type: ignore[arg-type]
+
+
+def test_each_run_sets_and_records_its_threads(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    build_parts(make_cfg("trainer.threads=2"))
+    assert torch.get_num_threads() == 2
+    summary = run(make_cfg("trainer.threads=1"), tmp_path)  # the next job in the same process
+    assert torch.get_num_threads() == 1 and summary["threads"] == 1
+
+
+def test_threads_are_not_part_of_a_jobs_fingerprint(make_cfg: Callable[..., DictConfig]) -> None:
+    assert sweep.fingerprint(make_cfg("trainer.threads=1")) == sweep.fingerprint(make_cfg("trainer.threads=auto"))
+    assert sweep.fingerprint(make_cfg("seed=1")) != sweep.fingerprint(make_cfg("seed=2"))

@@ -386,7 +386,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, tmp_path: P
 SUBPROCESS_CASES = ["config error in a user's folder", "another model into a finished run", "norm=null is refused"]
 
 
-@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+@pytest.mark.parametrize("name", [pytest.param(SUBPROCESS_CASES[0], marks=pytest.mark.slow), *SUBPROCESS_CASES[1:]])
 def test_the_console_script_behaves_the_same(name: str, tmp_path: Path) -> None:
     """The same promise through the real `train` script: its exit code and stderr, not main()'s."""
     case = next(case for case in CASES if case.name == name)

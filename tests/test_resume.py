@@ -70,7 +70,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Early, mid-epoch, just past the epoch boundary, late; one of them in the default run for time
 # (tests/test_kill_resume.py kills the default, epoch-end checkpointing at every kind of point.)
-@pytest.mark.parametrize("kill_after", [3, pytest.param(40, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow),
+@pytest.mark.parametrize("kill_after", [pytest.param(3, marks=pytest.mark.slow), pytest.param(40, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow),
                                         pytest.param(100, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path: Path, kill_after: int) -> None:
     run_dir = tmp_path / "run"
@@ -89,7 +89,7 @@ def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path
         (uninterrupted / "summary.json").read_text())["final"]
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_signal_checkpoints_and_exits_with_convention(uninterrupted: Path, tmp_path: Path, signum: int, code: int) -> None:
     run_dir = tmp_path / "run"
     process = start_and_wait(run_dir, 10)

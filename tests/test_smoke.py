@@ -62,7 +62,9 @@ def save_weights(tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("group, choice", RUNNABLE)
+# Every data and model choice is smoke-run in the default run by tests/test_smoke_switch.py; here they are slow.
+@pytest.mark.parametrize("group, choice", [(g, c) if g not in ("data", "model") else pytest.param(g, c, marks=pytest.mark.slow)
+                                           for g, c in RUNNABLE])
 def test_choice_trains(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> None:
     cfg = make_cfg(f"{group}={choice}", *prepare(group, choice, tmp_path, make_cfg))
     summary = run(cfg, tmp_path / "run")

@@ -185,6 +185,7 @@ def train(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
 
 
+@pytest.mark.slow  # a real subprocess; the in-process planted-NaN tests stay in the default run
 def test_cli_planted_nan_exits_2_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     result = train("smoke=true", "data=synthetic", "optim.lr=1e30", cwd=tmp_path)
     assert result.returncode == 2

@@ -234,6 +234,7 @@ def test_sweep_reports_and_resumes(tmp_path: Path) -> None:
     assert not (sweep_dir / "norm=none,seed=1" / "previous").exists()
 
 
+@pytest.mark.slow  # two real sweeps; test_sweep_reports_and_resumes covers the path in the default run
 def test_preset_runs_end_to_end(tmp_path: Path) -> None:
     result = train("-m", "experiment=ablate_clipping", "data=synthetic", "epochs=1", "max_steps=2", "seed=0",
                    "hydra.callbacks.report.metric=best_val_loss", cwd=tmp_path)

@@ -6,10 +6,10 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from trainer.errors import ConfigError
 
@@ -43,15 +43,19 @@ class MetricsLog:
         self.file.close()
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`: a kill
+    leaves the old file or the new one under the final name, never half of one."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as file:
-        json.dump(json_safe(payload), file, indent=2)
-        file.write("\n")
+    with temporary.open("wb") as file:
+        write(file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    write_atomic(path, lambda file: file.write((json.dumps(json_safe(payload), indent=2) + "\n").encode()))
 
 
 def previous_run(run_dir: Path) -> Path | None:

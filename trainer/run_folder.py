@@ -22,6 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.records import write_atomic
+
 RECORD = ".hydra"
 # What this project itself puts in a run folder before a run writes anything of its own.
 OWN_FILES = {RECORD, ".claimed"}
@@ -98,6 +100,5 @@ def write_record(run_dir: Path, cfg: DictConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                        ("overrides.yaml", hydra_cfg.overrides.task)):
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(OmegaConf.to_yaml(node))
-        temporary.replace(folder / name)
+        text = OmegaConf.to_yaml(node)
+        write_atomic(folder / name, lambda file: file.write(text.encode()))

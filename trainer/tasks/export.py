@@ -13,7 +13,6 @@ and loads the state dict.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from trainer.errors import ConfigError, TrainerError
+from trainer.records import write_atomic
 from trainer.trained import build_untrained, load_run
 
 FILE = "inference.pt"
@@ -132,9 +132,7 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
                "input_shape": list(run.data.input_shape), "num_outputs": run.data.num_outputs}
     path = run_dir / FILE
     run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{FILE}.tmp")  # never a half-written file under the final name
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    write_atomic(path, lambda file: torch.save(payload, file))
     return {
         "checkpoint": str(run.path), "file": str(path), "folded": folded, "samples": len(x),
         "before": {**count_layers(original), "inference_s": before_s},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import group_choices
+from helpers import group_choices
 from trainer.config import GROUPS
 
 TRAIN = str(Path(sys.executable).with_name("train"))
@@ -46,7 +46,7 @@ def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
 def test_multirun_runs_every_combination(tmp_path: Path) -> None:
     result = train("-m", *FAST, "epochs=1", "init=xavier,he", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
-    # One folder per configuration, named by its overrides (trainer/sweep.py), not by job number.
+    # One folder per configuration, named by its overrides (trainer/sweep/jobs.py), not by job number.
     inits = {json.loads(path.read_text())["tricks"]["init"] for path in (tmp_path / "sweep").glob("*/summary.json")}
     assert inits == {"xavier", "he"}
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 from omegaconf import DictConfig
 
-from trainer.curves import PlotError, draw_curves, plot_curves
+from trainer.observe.curves import PlotError, draw_curves, plot_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer import report
 from trainer.errors import ConfigError
+from trainer.sweep import report
 
 TRAIN_REPORT = str(Path(sys.executable).with_name("train-report"))
 

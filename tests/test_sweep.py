@@ -13,10 +13,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import group_choices
-from trainer import sweep
-from trainer.cli import CONF_DIR
-from trainer.report import METRICS
+from helpers import CONF_DIR
+from helpers import group_choices
+from trainer.sweep import jobs as sweep
+from trainer.sweep.report import METRICS
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 TESTS = Path(__file__).parent

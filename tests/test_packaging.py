@@ -70,3 +70,6 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_from_another_folder(tmp_path: 
                              "hydra.run.dir=run"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (elsewhere / "run" / "summary.json").is_file()
+    report = subprocess.run([str(venv / "bin" / "train-report"), "--help"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True)  # the second console script: trainer.sweep.report:main
+    assert report.returncode == 0 and "sweep folder" in report.stdout, report.stderr

@@ -148,13 +148,21 @@ def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureF
     assert sweep.resume_job(tmp_path / "job", OmegaConf.create({}), task, failed) is None
     assert failed == ["job"] and "RuntimeError: boom" in (tmp_path / "job" / "error.txt").read_text()
     assert "error: job job crashed" in capsys.readouterr().err
-    assert not sweep._in_job
+
+
+def test_outside_a_multirun_the_job_function_runs_as_is() -> None:
+    """The sweep wraps the job function (no call back into the CLI): a single run reaches it
+    directly, once, with its config, and gets its result."""
+    calls: list[Any] = []
+    cfg = OmegaConf.create({"seed": 0})
+    assert sweep.resumable(lambda c: calls.append(c) or 0.25)(cfg) == 0.25
+    assert calls == [cfg]
 
 
 def test_failures_are_marked_for_the_process_that_ends_the_sweep(tmp_path: Path) -> None:
     """Under the joblib launcher jobs run in worker processes: their failures reach the parent
     through marks in the sweep folder, which the report callback reads, and a rerun clears them."""
-    from trainer.cli import failed_jobs
+    failed_jobs = sweep.failed_jobs
 
     sweep_dir = tmp_path / "sweep"
     crashing = sweep_dir / "seed=1"

@@ -19,25 +19,23 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer.sweep import jobs as sweep  # registers the resolvers that name sweep folders (also for --cfg)
 from trainer.config import config_root
 from trainer.errors import TrainerError
+from trainer.observe.metrics import objective
 from trainer.observe.run_folder import discard_if_unused
+from trainer.sweep import jobs as sweep  # registers the resolvers that name sweep folders (also for --cfg)
 
 CONF_DIR = str(config_root())
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
-# Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
-failed_jobs: list[str] = []
 # Jobs smoke-run (smoke=true) and those that passed, for a smoke sweep's closing line.
 smoke_jobs: list[str] = []
 smoke_passed: list[str] = []
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    if sweep.takes_over():  # a sweep job is skipped if done, rerun if not, contained if it crashes
-        return sweep.run_job(cfg, _hydra_main.__wrapped__, failed_jobs)
+def train_job(cfg: DictConfig) -> float | None:
+    """One job: train (or smoke-run, or run a task) as `cfg` says; return the objective a sweeper
+    reads. In a multirun, `sweep.resumable` wraps it: this function never sees a finished job."""
     from trainer.run import run  # torch loads here, not for --help
     from trainer.tasks import run_task
 
@@ -66,12 +64,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
-        sweep.record_failure(run_dir, failed_jobs)
+        sweep.record_failure(run_dir)
         return None
     if summary["status"] == "interrupted":
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-    best = summary["best"].get("val_acc")
-    return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
+    return objective(summary["best"])
+
+
+# In a multirun each job is skipped if finished, continued or rerun if not, and contained if it crashes.
+_hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(sweep.resumable(train_job))
 
 
 def one_line(error: BaseException) -> str:
@@ -122,14 +123,14 @@ def main() -> None:
         return
     # Let exceptions reach us instead of Hydra's own multi-line report, so we can shorten them.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    failed_jobs.clear()
+    sweep.failed_jobs.clear()
     try:
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it
             print(f"smoke: {len(smoke_passed)} of {len(smoke_jobs)} jobs passed", flush=True)
-        if failed_jobs:
-            print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
+        if sweep.failed_jobs:
+            print(f"error: {len(sweep.failed_jobs)} job(s) failed: {', '.join(sweep.failed_jobs)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

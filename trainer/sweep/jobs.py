@@ -27,6 +27,7 @@ report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -43,6 +44,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.observe.history import read_json
+from trainer.observe.metrics import objective
 from trainer.observe.run_folder import write_record
 
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
@@ -59,8 +61,9 @@ FAILED_MARKS = ".failed"  # in the sweep folder: one empty file per failed job, 
 NOT_CONFIGURATION = ("trainer.threads",)
 MAX_NAME = 150  # well under the 255 bytes a folder name may have
 SAFE_NAME = re.compile(r"[^A-Za-z0-9=,._+@-]")
-
-_in_job = False  # set while run_job calls the task function, which calls takes_over() again
+# Jobs of this process that failed (a user error, a crash, a foreign finished run): the sweep runs
+# the rest, then the CLI lists them and exits non-zero.
+failed_jobs: list[str] = []
 
 
 # --- folder names ---------------------------------------------------------------------------
@@ -151,12 +154,6 @@ def differences(before: dict[str, str], now: dict[str, str], shown: int = 3) -> 
     return ", ".join(parts) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def objective(summary: dict[str, Any]) -> float | None:
-    """What the task function returns for a finished run: best val_acc, else best val_loss."""
-    best = summary.get("best") or {}
-    return best.get("val_acc") if best.get("val_acc") is not None else best.get("val_loss")
-
-
 def set_aside(job_dir: Path) -> Path | None:
     """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the job can run again."""
     present = [job_dir / name for name in ATTEMPT_FILES if (job_dir / name).exists()]
@@ -170,21 +167,29 @@ def set_aside(job_dir: Path) -> Path | None:
     return target
 
 
-def takes_over() -> bool:
-    """Whether the task function should hand this job to run_job: in a multirun, the first time."""
-    return not _in_job and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 Task = Callable[[DictConfig], float | None]
+
+
+def resumable(task: Task) -> Task:
+    """`task` as a sweep runs it: in a multirun each job goes through `resume_job` (skipped if
+    finished, continued or rerun if not, contained if it crashes); a single run calls `task` as is."""
+
+    @functools.wraps(task)
+    def job(cfg: DictConfig) -> float | None:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
+        return task(cfg)
+
+    return job
 
 
 def _mark(job_dir: Path) -> Path:
     return job_dir.parent / FAILED_MARKS / job_dir.name
 
 
-def record_failure(job_dir: Path, failed_jobs: list[str]) -> None:
+def record_failure(job_dir: Path, failed: list[str] = failed_jobs) -> None:
     """A job failed: list it for this process, and mark it for the process that ends the sweep."""
-    failed_jobs.append(job_dir.name)
+    failed.append(job_dir.name)
     mark = _mark(job_dir)
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.touch()
@@ -196,17 +201,11 @@ def marked_failures(sweep_dir: Path) -> list[str]:
     return sorted(mark.name for mark in folder.iterdir()) if folder.is_dir() else []
 
 
-def run_job(cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
-    """Run the current Hydra job through `task` unless its folder already holds its finished run."""
-    return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
-
-
-def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
+def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) -> float | None:
     """Skip, refuse, or run (after setting aside an unfinished attempt) the job in `job_dir`.
 
     Returns the job's objective (saved, for a skipped job), or None for a job that failed; a
-    failed job's folder name goes to `failed_jobs`, which the CLI reports at the end."""
-    global _in_job
+    failed job's folder name goes to `failed`, which the CLI reports at the end."""
     _mark(job_dir).unlink(missing_ok=True)  # this attempt decides whether the job failed
     digest, current = fingerprint(cfg), settings(cfg)
     summary = read_json(job_dir / "summary.json")
@@ -218,10 +217,10 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
             why = differences(without_targets(recorded), current) if recorded is not None else "not recorded"
             print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
                   "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
-            record_failure(job_dir, failed_jobs)
+            record_failure(job_dir, failed)
             return None
         print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
-        return record.get("objective", objective(summary))
+        return record.get("objective", objective(summary.get("best") or {}))
     if same and _continuable(job_dir) and not cfg.get("resume"):
         print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
         cfg = copy.deepcopy(cfg)
@@ -232,7 +231,6 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
             print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
         write_record(job_dir, cfg)  # a new attempt's record, so the report lists even a job that crashes before training
     _write_record(job_dir, {"config": digest, "settings": current})
-    _in_job = True
     try:
         result = task(cfg)
     except Exception:  # a bug in one job: keep its traceback, let the other jobs and the report run
@@ -241,10 +239,8 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
             (job_dir / "error.txt").write_text(text)
         print(text, file=sys.stderr)
         print(f"error: job {job_dir.name} crashed; traceback in {job_dir / 'error.txt'}", file=sys.stderr)
-        record_failure(job_dir, failed_jobs)
+        record_failure(job_dir, failed)
         return None
-    finally:
-        _in_job = False
     if (job_dir / "summary.json").exists():
         _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
     return result
@@ -295,7 +291,6 @@ class ReportCallback(Callback):
         self.plot = plot
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from trainer.cli import failed_jobs
         from trainer.sweep import report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -25,6 +25,7 @@ import yaml
 
 from trainer.errors import ConfigError
 from trainer.observe.history import read_json, read_metrics
+from trainer.observe.metrics import PREFERRED, higher_is_better
 
 # name -> where it sits in summary.json.
 METRICS: dict[str, tuple[str, ...]] = {
@@ -40,7 +41,6 @@ METRICS: dict[str, tuple[str, ...]] = {
     "wall_s": ("wall_s",),
     "samples_per_s": ("samples_per_s",),
 }
-HIGHER_IS_BETTER = ("best_val_acc", "final_val_acc", "test_acc", "samples_per_s")
 OK = ("completed", "early_stopped")
 SEED = "seed"
 NOT_JOBS = {"previous", ".hydra", ".submitit", ".failed"}  # set-aside attempts and tool folders hold no jobs
@@ -180,14 +180,15 @@ def group(jobs: list[Job], varying: list[str]) -> list[Row]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """best_val_acc when any job has it (classification), else best_val_loss."""
-    return "best_val_acc" if any(job.value("best_val_acc") is not None for job in jobs) else "best_val_loss"
+    """best_val_acc when any job has it (classification), else best_val_loss (metrics.PREFERRED)."""
+    present = [f"best_{metric}" for metric in PREFERRED if any(job.value(f"best_{metric}") is not None for job in jobs)]
+    return present[0] if present else f"best_{PREFERRED[-1]}"
 
 
 def rank(rows: list[Row], metric: str) -> list[Row]:
     """Best first by the metric's mean; configurations without a result last. Marks each row
     against the best by the noise rule."""
-    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
     scored = sorted((row for row in rows if row.stats[metric][0] is not None),
                     key=lambda row: (sign * row.stats[metric][0], row.label))
     unscored = sorted((row for row in rows if row.stats[metric][0] is None), key=lambda row: row.label)
@@ -256,7 +257,7 @@ def _columns(report: Report) -> list[str]:
 
 
 def markdown(report: Report) -> str:
-    direction = "higher" if report.metric in HIGHER_IS_BETTER else "lower"
+    direction = "higher" if higher_is_better(report.metric) else "lower"
     failed = [job for job in report.jobs if not job.ok]
     columns = _columns(report)
     lines = [

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.observe.metrics import improves
 
-MONITORS = {"val_loss": "min", "val_acc": "max"}
+MONITORS = ("val_loss", "val_acc")  # which way each improves: trainer.observe.metrics
 
 
 class NoEarlyStopping:
@@ -48,7 +49,6 @@ class EarlyStopping:
         self.patience = patience
         self.min_delta = min_delta
         self.restore_best_weights = restore_best_weights
-        self.sign = 1.0 if MONITORS[monitor] == "min" else -1.0
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.evaluations = 0
@@ -61,7 +61,7 @@ class EarlyStopping:
         if score is None:
             raise ConfigError(f"early_stopping.monitor={self.monitor} is not produced by this task; use val_loss")
         self.evaluations += 1
-        if self.best is None or self.sign * (self.best - score) > self.min_delta:
+        if improves(self.monitor, score, self.best, self.min_delta):
             self.best, self.best_epoch, self.bad_evaluations = score, self.evaluations, 0
             if self.restore_best_weights:
                 self.best_state = copy.deepcopy(model.state_dict())

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from trainer.engine import checkpoint
 from trainer.engine.loop import keep_implementation
-from trainer.run import rng_state, run, set_rng_state
+from trainer.engine.resume import rng_state, set_rng_state
+from trainer.run import run
 from trainer.tricks.precision import Precision
 
 CPU, GPU0, GPU1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from fakes import PlantsMarker
 
 from trainer.engine import checkpoint
+from trainer.engine.resume import check_resumable
 from trainer.errors import ConfigError
-from trainer.run import check_resumable, run
+from trainer.run import run
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 # Deterministic, with dropout (so the RNG state matters) and a checkpoint every 4 steps:

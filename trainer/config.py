@@ -41,8 +41,7 @@ def check_numbers(cfg: DictConfig) -> None:
     """One rule for every number in the config, whatever key holds it: finite, and within float32's
     range (floats) or int64's (integers); the seed within NumPy's range. Each key's own range
     (lr > 0, dropout in [0, 1)) is its builder's to check."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key, value in _leaves(container, ""):
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True), into_lists=True).items():
         if isinstance(value, bool):
             continue
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
@@ -55,16 +54,24 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed} must be an integer from 0 to {SEED_MAX} (2**32-1, NumPy's seed range)")
 
 
-def _leaves(node: Any, key: str) -> typing.Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf: `optim.lr`, `optim.betas[0]`."""
-    if isinstance(node, dict):
-        for name, value in node.items():
-            yield from _leaves(value, f"{key}.{name}" if key else str(name))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _leaves(value, f"{key}[{index}]")
-    else:
-        yield key, node
+def flatten(node: Any, into_lists: bool = False) -> dict[str, Any]:
+    """{dotted key: leaf} of a plain container (OmegaConf.to_container's): `optim.lr`; with
+    `into_lists`, each list item too (`optim.betas[0]`), else a list is one leaf. An empty mapping
+    is a leaf of its own. The sweep's job fingerprint is computed from this: keep it stable."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        elif into_lists and isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{key}[{index}]")
+        else:
+            flat[key] = value
+
+    walk(node, "")
+    return flat
 
 
 def builder(target: str) -> Callable[..., Any]:

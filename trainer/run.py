@@ -2,158 +2,34 @@
 
 The Hydra entry point (`trainer.cli`) only calls this; tests call it directly with a composed
 config and a temporary folder. With `resume=...` the run continues in the folder that holds
-the checkpoint, from exactly where the checkpoint left it.
+the checkpoint, from exactly where the checkpoint left it. It reads as the recipe: claim the
+folder, (read the checkpoint), build, fit, summarise and diagnose; each step lives in engine/
+or observe/.
 """
 from __future__ import annotations
 
-import json
-import platform
-import random
-import resource
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import choices
 from trainer.engine import checkpoint
-from trainer.engine.loop import Trainer, TrainState
+from trainer.engine.checkpoint import NoCheckpoints
+from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
-from trainer.errors import ConfigError
+from trainer.engine.resume import RunCheckpoints, check_resumable, precision_change, set_rng_state, truncate_metrics
+from trainer.engine.summary import evaluate_test, summarise
 from trainer.observe import diagnosis
-from trainer.observe import layer_stats
 from trainer.observe.curves import PlotError, plot_curves
 from trainer.observe.display import make_display
 from trainer.observe.loggers import LoggerGroup, build_loggers
-from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
+from trainer.observe.probes import layers_probe, start_record
+from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic
 from trainer.observe.run_folder import write_record
-from trainer.tricks.precision import Precision
-
-# Config keys that must match to resume: they shape the model, its data or the optimizer state.
-# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
-# `_target_`, a builder's import address: moving the code changes no experiment.
-MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
-
-
-def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
-    old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
-    differing = sorted(
-        key for key in set(old) | set(new)
-        if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
-        and not key.endswith("._target_")
-    )
-    if differing:
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
-        raise ConfigError(f"cannot resume: the config differs in keys that matter: {shown}; "
-                          "resume with the original values (only epochs, max_steps, logging and the like may change)")
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """The random states a resumed run needs. Of CUDA's, only the generator of the device in use:
-    a checkpoint then resumes on the CPU, or where fewer GPUs are visible."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore `rng_state`'s states; a CUDA state only onto a CUDA device (a GPU checkpoint resumed
-    on the CPU has no use for it, a CPU one on a GPU has none: that generator starts from the seed)."""
-    random.setstate(state["python"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if device.type != "cuda" or cuda is None:
-        return
-    if isinstance(cuda, list):  # an older checkpoint: every visible GPU's state; ours is the one in use
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        cuda = cuda[index] if index < len(cuda) else None
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def precision_change(saved: str | None, precision: Precision, device: torch.device) -> str | None:
-    """The one line to print when a checkpoint resumes in another precision than it was trained in
-    (precision=auto on another device); None when it does not, or the checkpoint does not say."""
-    if saved is None or saved == precision.actual:
-        return None
-    return (f"precision: the checkpoint was trained in {saved}, this run continues in {precision.actual} "
-            f"(precision={precision.requested} on {device.type}), so it will not end exactly as an uninterrupted run")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records written up to the checkpoint's step; the rest is trained again."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    write_lines_atomic(path, kept)
-
-
-def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch with the lowest validation loss (it exists for every task, accuracy does not)."""
-    finite = [row for row in history if row["val_loss"] is not None and np.isfinite(row["val_loss"])]
-    if not finite:
-        return {}
-    row = min(finite, key=lambda r: r["val_loss"])
-    return {key: row[key] for key in ("epoch", "train_loss", "val_loss", "val_acc")}
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
-def peak_memory(device: torch.device) -> dict[str, int | None]:
-    """Peak resident memory of this process and, on CUDA, the peak bytes the allocator handed out."""
-    return {
-        "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
-        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-    }
-
-
-def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: bool, started: float) -> dict[str, Any]:
-    last = state.history[-1] if state.history else {}
-    return {
-        "status": state.status,
-        "message": state.message,
-        "final": {key: last.get(key) for key in ("train_loss", "val_loss", "val_acc")},
-        "best": _best(state.history),
-        "restored_best_weights": restored_best,
-        "epochs_run": len(state.history),
-        "steps": state.step,
-        "skipped_steps": state.skipped_steps + state.interval.skipped,  # the last, unlogged interval too
-        "wall_s": round(state.train_s, 3),
-        "total_wall_s": round(time.perf_counter() - started, 3),
-        "samples_per_s": round(state.samples_seen / max(state.train_s, 1e-9), 1),
-        "device": {"requested": cfg.device, "actual": str(parts.device), "name": _device_name(parts.device)},
-        "precision": {"requested": parts.precision.requested, "actual": parts.precision.actual},
-        "tricks": choices(cfg),
-        "params": parts.num_params,
-        "seed": cfg.seed,
-        "signal": state.signal,
-        "memory": peak_memory(parts.device),
-        "threads": parts.threads,
-        "torch": torch.__version__,
-    }
 
 
 def curves_title(tricks: dict[str, str], cfg: DictConfig) -> str:
@@ -198,18 +74,14 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
         write_record(run_dir, cfg)
     else:
-        _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
+        truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
     config = OmegaConf.to_container(cfg, resolve=True)
-
-    def save(trainer: Trainer, best: bool) -> None:
-        checkpointer.save({**trainer.state_dict(), "rng": rng_state(parts.device), "config": config,
-                           "precision": parts.precision.actual}, trainer.state.step, best)
-
+    policy = (RunCheckpoints(checkpointer, config, parts.precision, parts.device) if checkpointer.enabled
+              else NoCheckpoints())  # both intervals 0: not even best.pt
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
-                      checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
-                      probes=[layers_probe], wait_for_checkpoints=checkpointer.wait)
+                      checkpoints=policy, probes=[layers_probe])
     if payload is not None:
         trainer.load_state_dict(payload)
         set_rng_state(payload["rng"], parts.device)
@@ -249,58 +121,3 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         print(line, flush=True)
     display.finish(summary, str(run_dir))
     return summary
-
-
-def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None] | None:
-    """The test split's loss and accuracy, measured once, on the weights the run ends with (the
-    restored best under early stopping); None without a test split, or for a run that stopped
-    unfinished (interrupted: it is resumed, and measured when it ends)."""
-    data = trainer.data
-    if not data.has_test or state.status == "interrupted":
-        return None
-    loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc}
-
-
-START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
-
-
-@torch.no_grad()
-def start_record(parts: Parts) -> dict[str, Any]:
-    """Facts from before training, for the diagnosis: the training inputs' mean and std (are they
-    standardised?), the chance-level loss and the fresh model's loss on training samples (does
-    the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
-    data, model = parts.data, parts.model
-    x = data.x_train.float()
-    classification = data.task == "classification"
-    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
-        p = counts[counts > 0] / counts.sum()
-        chance = float(-(p * p.log()).sum())
-    else:  # predicting the mean target
-        chance = float(data.y_train.float().var(dim=0, unbiased=False).mean())
-    sample_x, sample_y = data.x_train[:START_SAMPLES], data.y_train[:START_SAMPLES]
-    model.eval()
-    try:
-        with parts.precision.autocast():
-            out = model(sample_x).float()
-        loss = F.cross_entropy(out, sample_y) if classification else F.mse_loss(out, sample_y)
-    finally:
-        model.train()
-    return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
-            "initial_loss": float(loss), "train_samples": len(data.x_train)}
-
-
-LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch
-
-
-def layers_probe(trainer: Trainer) -> dict[str, Any]:
-    """Per-layer activation, weight and gradient statistics at an evaluation (one extra
-    forward and backward on validation samples; no step, and the model is left as it was)."""
-    parts, state = trainer.parts, trainer.state
-    x, y = parts.data.x_val[:LAYER_STATS_BATCH], parts.data.y_val[:LAYER_STATS_BATCH]
-    rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
-    return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}
-
-

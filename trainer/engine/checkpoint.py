@@ -19,11 +19,14 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from trainer.errors import TrainerError
+
+if TYPE_CHECKING:
+    from trainer.engine.loop import Trainer
 
 FOLDER = "checkpoints"
 INDEX = "index.json"
@@ -128,6 +131,36 @@ class BackgroundWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+class CheckpointPolicy(Protocol):
+    """What the loop asks of checkpointing: whether one is due, to save one, and to wait for the
+    writes in flight (as training ends, so that the last write counts in the training time)."""
+
+    def due_at_step(self, step: int) -> bool: ...
+
+    def due_at_epoch(self, epoch: int) -> bool: ...
+
+    def save(self, trainer: "Trainer", best: bool) -> None: ...
+
+    def wait(self) -> None: ...
+
+
+class NoCheckpoints:
+    """The policy when nothing is checkpointed (checkpoint.every_epochs=0 and every_steps=0, or a
+    trainer built for a check): never due, and a best or interrupted state is not saved either."""
+
+    def due_at_step(self, step: int) -> bool:
+        return False
+
+    def due_at_epoch(self, epoch: int) -> bool:
+        return False
+
+    def save(self, trainer: "Trainer", best: bool) -> None:
+        pass
+
+    def wait(self) -> None:
+        pass
 
 
 class Checkpointer:

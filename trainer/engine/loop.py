@@ -6,13 +6,14 @@
     each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
 
 Nothing in the per-step path waits on the device: each step's loss and gradient norm go into
-small device buffers that are read in one transfer at log intervals and epoch ends. Everything
+the device-side meter (meter.py), read in one transfer at log intervals and epoch ends. Everything
 needed to continue a run lives in `TrainState`, which a checkpoint saves and restores exactly.
+The loop never asks which trick is on: it reads typed settings (parts.settings) and what each
+strategy exposes (clipping.max_norm, precision.skips_inf_steps, metrics.lower_is_better_score).
 """
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -20,9 +21,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.engine.checkpoint import CheckpointPolicy, NoCheckpoints
+from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
+from trainer.engine.signals import StopSignals
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
+from trainer.observe.metrics import lower_is_better_score
+from trainer.tricks.sched import current_lr
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
 DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
@@ -87,63 +93,54 @@ class StopTraining(Exception):
     """Raised inside the loop to end it with the status already set on the state."""
 
 
+Probe = Callable[["Trainer"], "dict[str, Any] | None"]
+
+
 class Trainer:
-    """Fits `parts` for `epochs` (or `max_steps`), reporting to the display and loggers.
+    """Fits `parts` for `parts.settings.epochs` (or `max_steps`), reporting to the display and loggers.
 
     Args:
-        parts: what build_parts made of the config.
+        parts: what build_parts made of the config, with the loop's typed settings.
         generator: the data order's own generator, independent of the model's RNG.
-        checkpoint: called as checkpoint(trainer, best) when a checkpoint is due; None for none.
-        wait_for_checkpoints: returns once the checkpoints handed to a background writer are on
-            disk; called as training ends, so that the last write counts in the training time.
+        checkpoints: when a checkpoint is due, and how one is saved and waited for.
+        probes: called at each epoch end; a record each returns goes to the loggers.
     """
 
     def __init__(
         self, parts: Parts, display: PlainDisplay, loggers: list[Logger], generator: torch.Generator,
-        checkpoint: Callable[["Trainer", bool], None] | None = None,
-        due_at_step: Callable[[int], bool] = lambda step: False,
-        due_at_epoch: Callable[[int], bool] = lambda epoch: False,
-        probes: list[Callable[["Trainer"], dict[str, Any] | None]] | None = None,
-        wait_for_checkpoints: Callable[[], None] = lambda: None,
+        checkpoints: CheckpointPolicy | None = None, probes: list[Probe] | None = None,
     ) -> None:
-        cfg = parts.cfg
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
+        self.settings = parts.settings
         self.model, self.net, self.optimizer, self.data = parts.model, parts.net, parts.optimizer, parts.data
-        self.batch_size, self.accumulate = cfg.batch_size, cfg.trainer.accumulate
-        self.epochs, self.max_steps, self.log_every = cfg.epochs, cfg.max_steps, cfg.log_every
-        self.skip_nonfinite = cfg.nan_policy == "skip"
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.checkpoint, self.due_at_step, self.due_at_epoch = checkpoint, due_at_step, due_at_epoch
+        self.checkpoints = checkpoints or NoCheckpoints()
         self.probes = probes or []
-        self.wait_for_checkpoints = wait_for_checkpoints
         self.state = TrainState()
-        self.best_score: float | None = None
-        device = self.data.x_train.device
-        self.loss_buffer = torch.zeros(self.log_every, device=device)
-        self.grad_buffer = torch.zeros(self.log_every, device=device)
-        self.pending = 0  # entries of the buffers not yet read
+        self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
+        self.meter = StepMeter(self.settings.log_every, self.data.x_train.device)
+        self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
         self.started = 0.0
-        self.stop_signal: int | None = None
 
     # ---- the step -------------------------------------------------------------------------
 
     def train_step(self, index: torch.Tensor) -> None:
         """One optimizer step over `accumulate` micro-batches of the shuffled training set."""
         x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
+        accumulate = self.settings.accumulate
         losses = []
-        for micro in index.chunk(self.accumulate):
+        for micro in index.chunk(accumulate):
             with parts.precision.autocast():
                 loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
             objective = parts.penalty(loss)
             # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
-            parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
+            parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
             losses.append(loss.detach())
-        grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)
+        grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params,
+                                                  self.settings.skip_nonfinite)
         parts.schedule.step_end()
-        self.loss_buffer[self.pending] = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
-        self.grad_buffer[self.pending] = grad_norm
-        self.pending += 1
+        self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)
         self.state.interval.skipped += skipped
 
     # ---- the loop -------------------------------------------------------------------------
@@ -151,16 +148,15 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train from `self.state` (fresh, or restored by `load_state_dict`) to the end."""
         self.started = time.perf_counter() - self.state.train_s
-        previous = self._install_signal_handlers()
         try:
-            self._epochs()
+            with self.signals:
+                self._epochs()
         except StopTraining:
             pass
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside our handler: stop now
             self.state.status, self.state.message = "interrupted", f"interrupted at step {self.state.step}"
         finally:
-            self._restore_signal_handlers(previous)
-            self.wait_for_checkpoints()
+            self.checkpoints.wait()
             self.state.train_s = self.elapsed
         return self.state
 
@@ -169,10 +165,10 @@ class Trainer:
         return time.perf_counter() - self.started
 
     def _epochs(self) -> None:
-        state, n = self.state, len(self.data.x_train)
-        per_epoch, step_batch = self.parts.steps_per_epoch, self.batch_size * self.accumulate
+        state, settings, n = self.state, self.settings, len(self.data.x_train)
+        per_epoch, step_batch = self.parts.steps_per_epoch, settings.batch_size * settings.accumulate
         self.model.train()
-        while state.epoch <= self.epochs:
+        while state.epoch <= settings.epochs:
             if state.order_state is None:
                 state.order_state = self.generator.get_state()
             self.generator.set_state(state.order_state)
@@ -182,17 +178,16 @@ class Trainer:
                 state.batch += 1
                 state.step += 1
                 state.samples_seen += min(step_batch, n)
-                if state.step % self.log_every == 0:
+                if state.step % settings.log_every == 0:
                     self._log_interval()
-                if self.stop_signal is not None:
+                if self.signals.received is not None:
                     self._interrupt()
-                if self.max_steps and state.step >= self.max_steps:
+                if settings.max_steps and state.step >= settings.max_steps:
                     break
-                if self.checkpoint and self.due_at_step(state.step):
-                    self._flush()
-                    self.checkpoint(self, False)
+                if self.checkpoints.due_at_step(state.step):
+                    self.checkpoints.save(self, False)
             self._end_epoch()
-            if self.max_steps and state.step >= self.max_steps:
+            if settings.max_steps and state.step >= settings.max_steps:
                 return
 
     def _end_epoch(self) -> None:
@@ -219,19 +214,19 @@ class Trainer:
         # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
         state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()
         state.epoch_loss_sum, state.epoch_steps = 0.0, 0
-        if self.checkpoint and (self.due_at_epoch(finished_epoch) or stop or best):
-            self.checkpoint(self, best)
+        if self.checkpoints.due_at_epoch(finished_epoch) or stop or best:
+            self.checkpoints.save(self, best)
         if stop:
             monitor = self.parts.early_stopping.monitor
             self._stop("early_stopped", f"{monitor} stopped improving; stopped after epoch {finished_epoch}")
 
     def _is_best(self, metrics: dict[str, float | None]) -> bool:
-        """Best by the early-stopping monitor when there is one, else by validation loss."""
-        monitor = self.parts.early_stopping.monitor or "val_loss"
-        score = metrics[monitor]
-        if score is None:
+        """Whether this evaluation is the best so far by settings.best_metric (best.pt's)."""
+        metric = self.settings.best_metric
+        value = metrics[metric]
+        if value is None:
             return False
-        score = -score if monitor == "val_acc" else score
+        score = lower_is_better_score(metric, value)
         if self.best_score is None or score < self.best_score:
             self.best_score = score
             return True
@@ -240,11 +235,9 @@ class Trainer:
     def _interrupt(self) -> None:
         """A signal arrived: the step is done; checkpoint and stop."""
         self._flush()
-        self.state.signal = self.stop_signal
-        if self.checkpoint:
-            self.checkpoint(self, False)
-        name = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
-        self._stop("interrupted", f"stopped by {name} at step {self.state.step}")
+        self.state.signal = self.signals.received
+        self.checkpoints.save(self, False)
+        self._stop("interrupted", f"stopped by {self.signals.name} at step {self.state.step}")
 
     def _stop(self, status: str, message: str) -> None:
         self.state.status, self.state.message = status, message
@@ -254,13 +247,11 @@ class Trainer:
 
     def _flush(self) -> None:
         """Read the pending per-step losses and grad norms (one host sync) into the host sums."""
-        if not self.pending:
+        if not self.meter.pending:
             return
         state, interval = self.state, self.state.interval
-        losses = self.loss_buffer[: self.pending].tolist()
-        norms = self.grad_buffer[: self.pending].tolist()
-        first_step = state.step - self.pending + 1
-        self.pending = 0
+        first_step = state.step - self.meter.pending + 1
+        losses, norms = self.meter.read()
         self._check_finite(losses, norms, first_step)
         # Non-finite entries are steps whose update was skipped (nan_policy=skip, or the fp16
         # scaler calibrating): they are counted there and kept out of the means.
@@ -270,7 +261,7 @@ class Trainer:
         interval.steps += len(finite_losses)
         interval.grad_sum += sum(finite_norms)
         interval.grad_max = max(interval.grad_max, *finite_norms, 0.0)
-        max_norm = getattr(self.parts.clipping, "max_norm", None)
+        max_norm = self.parts.clipping.max_norm
         if max_norm is not None:
             interval.clipped += sum(norm > max_norm for norm in finite_norms)
         state.epoch_loss_sum += sum(finite_losses)
@@ -282,11 +273,11 @@ class Trainer:
     def _check_finite(self, losses: list[float], norms: list[float], first_step: int) -> None:
         """Under nan_policy=stop, end the run at the first non-finite loss, or gradient norm
         (except under fp16, where the scaler skips inf steps while it finds its scale)."""
-        if self.skip_nonfinite:
+        if self.settings.skip_nonfinite:
             return  # precision.step skipped those updates and counted them
-        scaler_skips_inf = self.parts.precision.scaler.is_enabled()
+        skips_inf = self.parts.precision.skips_inf_steps
         for offset, (loss, norm) in enumerate(zip(losses, norms)):
-            bad_norm = not math.isfinite(norm) and not scaler_skips_inf
+            bad_norm = not math.isfinite(norm) and not skips_inf
             if math.isfinite(loss) and not bad_norm:
                 continue
             step = first_step + offset
@@ -318,9 +309,11 @@ class Trainer:
             "kind": "step", "epoch": state.epoch, "step": state.step,
             "train_loss": interval.loss_sum / max(interval.steps, 1), "lr": self.lr,
             "grad_norm": interval.grad_sum / max(interval.steps, 1), "grad_norm_max": interval.grad_max,
-            "clipped_fraction": interval.clipped / max(interval.steps, 1) if hasattr(self.parts.clipping, "max_norm") else None,
+            "clipped_fraction": (interval.clipped / max(interval.steps, 1)
+                                 if self.parts.clipping.max_norm is not None else None),
             "loss_scale": self.parts.precision.loss_scale, "skipped_steps": interval.skipped,
-            "samples_per_s": interval.steps * self.batch_size * self.accumulate / max(now - interval.started, 1e-9),
+            "samples_per_s": (interval.steps * self.settings.batch_size * self.settings.accumulate
+                              / max(now - interval.started, 1e-9)),
             "elapsed": now,
         }
         state.skipped_steps += interval.skipped
@@ -334,7 +327,7 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return current_lr(self.optimizer)
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -361,27 +354,6 @@ class Trainer:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
         self.model.train()
         return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
-
-    # ---- signals --------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:
-            raise KeyboardInterrupt  # a second signal: stop at once
-        self.stop_signal = signum  # the first: finish this step, checkpoint, stop
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, self._on_signal)
-        except ValueError:  # not the main thread (a launcher's worker): leave signals alone
-            pass
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
     # ---- checkpoint state -----------------------------------------------------------------
 

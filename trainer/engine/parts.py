@@ -110,12 +110,32 @@ def check_top_level(cfg: DictConfig) -> None:
         )
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the training loop reads of the config, typed (check_top_level has checked the values).
+
+    Args:
+        accumulate: micro-batches of `batch_size` per optimizer step (trainer.accumulate).
+        skip_nonfinite: nan_policy=skip (else stop at the first non-finite loss or gradient).
+        best_metric: the metric that picks best.pt: the early-stopping monitor, else val_loss.
+    """
+
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    accumulate: int
+    log_every: int
+    skip_nonfinite: bool
+    best_metric: str
+
+
 @dataclass
 class Parts:
     """Args:
         model: the module whose state is saved and evaluated.
         net: what the training step calls: `model`, or its torch.compile'd wrapper.
         total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
+        settings: the loop's typed settings.
         threads: torch's intra-op threads for this run (trainer.threads).
         notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
     """
@@ -136,6 +156,7 @@ class Parts:
     augment: Callable[[torch.Tensor], torch.Tensor]
     steps_per_epoch: int
     total_steps: int
+    settings: LoopSettings
     threads: int = 1
     notices: list[str] = field(default_factory=list)
 
@@ -203,5 +224,9 @@ def build_parts(cfg: DictConfig) -> Parts:
         regularisation=regularisation, criterion=regularisation.criterion(data.task),
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
         augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
+        settings=LoopSettings(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+                              accumulate=cfg.trainer.accumulate, log_every=cfg.log_every,
+                              skip_nonfinite=cfg.nan_policy == "skip",
+                              best_metric=early_stopping.monitor or "val_loss"),
         notices=notices,
     )

@@ -14,10 +14,10 @@ from rich.console import Console
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import build_parts
+from trainer.engine.resume import check_resumable, set_rng_state
 from trainer.engine.smoke import SmokeFailure
 from trainer.observe.display import PlainDisplay
 from trainer.observe.history import read_json
-from trainer.run import check_resumable, set_rng_state
 
 PASSING = ("completed", "early_stopped")
 # Evaluating the same weights on the same samples on the same device repeats the same float

@@ -43,6 +43,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.config import flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.run_folder import write_record
@@ -124,17 +125,8 @@ def settings(cfg: DictConfig) -> dict[str, str]:
     `${oc.env:TRAINER_DATA_DIR}` names where the data lives, not what the job is, so it must not
     make a job look new. Nor does `_target_`, the import address of a builder: moving the code
     changes no experiment."""
-    flat: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix.rstrip(".")] = json.dumps(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return without_targets({key: value for key, value in flat.items() if key not in NOT_CONFIGURATION})
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    return without_targets({key: json.dumps(value) for key, value in flat.items() if key not in NOT_CONFIGURATION})
 
 
 def without_targets(flat: dict[str, str]) -> dict[str, str]:

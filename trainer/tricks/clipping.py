@@ -2,7 +2,9 @@
 
 A strategy is called after backward (and after the gradient scaler's unscale) with the
 parameters; it clips their gradients in place and returns the global L2 norm measured
-before clipping when asked to (`measure`), or always where it computes it anyway.
+before clipping when asked to (`measure`), or always where it computes it anyway. Each exposes
+`max_norm`, the norm threshold (None where there is none), so the loop can count clipped steps
+without asking which strategy it has.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 class NoClipping:
     name = "none"
+    max_norm: float | None = None  # no norm threshold: the loop counts no clipped steps
 
     def __call__(self, params: list[torch.Tensor], measure: bool) -> torch.Tensor | None:
         return grad_norm(params) if measure else None
@@ -44,6 +47,7 @@ class ValueClipping:
     """Clamp every gradient element to [-clip_value, clip_value]."""
 
     name = "value"
+    max_norm: float | None = None  # clips elements, not the norm: no clipped-step count
 
     def __init__(self, clip_value: float) -> None:
         self.clip_value = clip_value

@@ -70,9 +70,15 @@ class Precision:
         return norm, skipped
 
     @property
+    def skips_inf_steps(self) -> bool:
+        """Whether the gradient scaler skips steps with inf gradients itself (fp16, while it finds
+        its scale): such a gradient norm is no divergence."""
+        return self.scaler.is_enabled()
+
+    @property
     def loss_scale(self) -> float | None:
         """The fp16 loss scale (a host sync: read it at log intervals only), None when not scaling."""
-        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+        return self.scaler.get_scale() if self.skips_inf_steps else None
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict()

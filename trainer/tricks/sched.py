@@ -174,5 +174,7 @@ def plateau(
                                       threshold=threshold, min_lr=min_lr), per_step=False)
 
 def current_lr(optimizer: Optimizer) -> float:
+    """The LR the next step takes: the first param group's (the groups differ in weight decay only,
+    trainer.tricks.optim.param_groups). The one place the LR is read."""
     return float(optimizer.param_groups[0]["lr"])
 

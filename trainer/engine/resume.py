@@ -1,0 +1,111 @@
+"""Continuing a run from a checkpoint: what a checkpoint holds besides the trainer's own state
+(the random states, the config, the precision it trained in), the checks that a config may
+continue it, and the checkpoint policy a training run hands the loop."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config import flatten
+from trainer.engine.checkpoint import Checkpointer
+from trainer.errors import ConfigError
+from trainer.observe.records import write_lines_atomic
+from trainer.tricks.precision import Precision
+
+if TYPE_CHECKING:
+    from trainer.engine.loop import Trainer
+
+# Config keys that must match to resume: they shape the model, its data or the optimizer state.
+# Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
+# `_target_`, a builder's import address: moving the code changes no experiment.
+MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
+              "batch_size", "trainer.accumulate")
+
+
+def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
+    old, new = flatten(saved), flatten(OmegaConf.to_container(cfg, resolve=True))
+    differing = sorted(
+        key for key in set(old) | set(new)
+        if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
+        and not key.endswith("._target_")
+    )
+    if differing:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
+        raise ConfigError(f"cannot resume: the config differs in keys that matter: {shown}; "
+                          "resume with the original values (only epochs, max_steps, logging and the like may change)")
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The random states a resumed run needs. Of CUDA's, only the generator of the device in use:
+    a checkpoint then resumes on the CPU, or where fewer GPUs are visible."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s states; a CUDA state only onto a CUDA device (a GPU checkpoint resumed
+    on the CPU has no use for it, a CPU one on a GPU has none: that generator starts from the seed)."""
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, list):  # an older checkpoint: every visible GPU's state; ours is the one in use
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def precision_change(saved: str | None, precision: Precision, device: torch.device) -> str | None:
+    """The one line to print when a checkpoint resumes in another precision than it was trained in
+    (precision=auto on another device); None when it does not, or the checkpoint does not say."""
+    if saved is None or saved == precision.actual:
+        return None
+    return (f"precision: the checkpoint was trained in {saved}, this run continues in {precision.actual} "
+            f"(precision={precision.requested} on {device.type}), so it will not end exactly as an uninterrupted run")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records written up to the checkpoint's step; the rest is trained again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    write_lines_atomic(path, kept)
+
+
+class RunCheckpoints:
+    """The checkpoint policy of a training run: when a checkpoint is due (the `checkpoint:` config
+    node, through `checkpointer`), and what it holds: the trainer's state, the random states, the
+    resolved config (to check a resume against) and the precision trained in."""
+
+    def __init__(self, checkpointer: Checkpointer, config: dict[str, Any], precision: Precision,
+                 device: torch.device) -> None:
+        self.checkpointer, self.config, self.precision, self.device = checkpointer, config, precision, device
+
+    def due_at_step(self, step: int) -> bool:
+        return self.checkpointer.due_at_step(step)
+
+    def due_at_epoch(self, epoch: int) -> bool:
+        return self.checkpointer.due_at_epoch(epoch)
+
+    def save(self, trainer: "Trainer", best: bool) -> None:
+        payload = {**trainer.state_dict(), "rng": rng_state(self.device), "config": self.config,
+                   "precision": self.precision.actual}
+        self.checkpointer.save(payload, trainer.state.step, best)
+
+    def wait(self) -> None:
+        self.checkpointer.wait()

@@ -1,0 +1,55 @@
+"""What a run measures for the diagnosis besides its losses: facts from before the first step
+(`start_record`) and per-layer statistics at each evaluation (`layers_probe`)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.observe import layer_stats
+
+if TYPE_CHECKING:
+    from trainer.engine.loop import Trainer
+    from trainer.engine.parts import Parts
+
+START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
+
+
+@torch.no_grad()
+def start_record(parts: "Parts") -> dict[str, Any]:
+    """Facts from before training, for the diagnosis: the training inputs' mean and std (are they
+    standardised?), the chance-level loss and the fresh model's loss on training samples (does
+    the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
+    data, model = parts.data, parts.model
+    x = data.x_train.float()
+    classification = data.task == "classification"
+    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
+        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
+        p = counts[counts > 0] / counts.sum()
+        chance = float(-(p * p.log()).sum())
+    else:  # predicting the mean target
+        chance = float(data.y_train.float().var(dim=0, unbiased=False).mean())
+    sample_x, sample_y = data.x_train[:START_SAMPLES], data.y_train[:START_SAMPLES]
+    model.eval()
+    try:
+        with parts.precision.autocast():
+            out = model(sample_x).float()
+        loss = F.cross_entropy(out, sample_y) if classification else F.mse_loss(out, sample_y)
+    finally:
+        model.train()
+    return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
+            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
+            "initial_loss": float(loss), "train_samples": len(data.x_train)}
+
+
+LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch
+
+
+def layers_probe(trainer: "Trainer") -> dict[str, Any]:
+    """Per-layer activation, weight and gradient statistics at an evaluation (one extra
+    forward and backward on validation samples; no step, and the model is left as it was)."""
+    parts, state = trainer.parts, trainer.state
+    x, y = parts.data.x_val[:LAYER_STATS_BATCH], parts.data.y_val[:LAYER_STATS_BATCH]
+    rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
+    return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}

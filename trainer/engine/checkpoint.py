@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from trainer.errors import TrainerError
+from trainer.observe.records import fsync_directory, write_atomic
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Trainer
@@ -38,17 +39,11 @@ class CheckpointError(TrainerError):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
+    """records.write_atomic (fsynced file and folder), failing as a CheckpointError."""
     try:
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        write_atomic(path, data)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {error.strerror or error}; earlier checkpoints are intact") from None
-    _fsync_directory(path.parent)
 
 
 def _link_atomic(source: Path, path: Path, data: bytes) -> None:
@@ -63,16 +58,7 @@ def _link_atomic(source: Path, path: Path, data: bytes) -> None:
         _write_atomic(path, data)
         return
     os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(path.parent)
 
 
 def _digest(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """What a run leaves in its folder: `metrics.jsonl` (a line per log interval and per epoch) and
-`summary.json` (written atomically, so a reader never sees half of it)."""
+`summary.json` (written atomically, so a reader never sees half of it); `write_atomic`, the one
+way any file of the project is replaced (records, checkpoints, the .hydra record, exports)."""
 from __future__ import annotations
 
 import fcntl
@@ -43,19 +44,39 @@ class MetricsLog:
         self.file.close()
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`: a kill
-    leaves the old file or the new one under the final name, never half of one."""
+def write_atomic(path: Path, content: bytes | str | Callable[[IO[bytes]], Any]) -> None:
+    """Put `content` (bytes, text as UTF-8, or a function that writes to the open file) in a
+    temporary file beside `path`, fsync it, rename it over `path`, then fsync the folder so the
+    rename survives a power cut too: a kill leaves the old file or the new one under the final
+    name, never half of one. If the write fails the temporary file is removed and the error raised."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as file:
+            if callable(content):
+                content(file)
+            else:
+                file.write(content.encode() if isinstance(content, str) else content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    write_atomic(path, lambda file: file.write((json.dumps(json_safe(payload), indent=2) + "\n").encode()))
+    """`payload` as indented JSON (NaN and infinity as null; anything else JSON lacks as its str)."""
+    write_atomic(path, json.dumps(json_safe(payload), indent=2, default=str) + "\n")
 
 
 def previous_run(run_dir: Path) -> Path | None:
@@ -74,10 +95,8 @@ def check_unused(run_dir: Path) -> None:
 
 
 def write_lines_atomic(path: Path, lines: list[str]) -> None:
-    """Replace `path` with `lines` through a temporary file and a rename: never half-written."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(line + "\n" for line in lines))
-    temporary.replace(path)
+    """Replace `path` with `lines`, atomically."""
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 @contextmanager

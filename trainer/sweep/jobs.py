@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
+from trainer.observe.records import write_json_atomic
 from trainer.observe.run_folder import write_record
 
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
@@ -256,9 +257,7 @@ def _continuable(job_dir: Path) -> bool:
 def _write_record(job_dir: Path, record: dict[str, Any]) -> None:
     path = job_dir / RESUME_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(path)
+    write_json_atomic(path, record)
 
 
 # --- the report at the end of a multirun -----------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import yaml
 from trainer.errors import ConfigError
 from trainer.observe.history import read_json, read_metrics
 from trainer.observe.metrics import PREFERRED, higher_is_better
+from trainer.observe.records import write_atomic
 
 # name -> where it sits in summary.json.
 METRICS: dict[str, tuple[str, ...]] = {
@@ -287,14 +289,15 @@ def markdown(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     keys = [key for key in report.varying if key != SEED]
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["rank", "configuration", *keys, "n_seeds", "n_failed", "vs_best",
-                         *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "seeds", "failed"])
-        for number, row in enumerate(report.rows, 1):
-            stats = [("" if v is None else v) for m in METRICS for v in row.stats[m]]
-            writer.writerow([number, row.label, *[row.overrides.get(k, "") for k in keys], len(row.ok),
-                             len(row.failed), row.verdict, *stats, _seeds(row), _failed(row)])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["rank", "configuration", *keys, "n_seeds", "n_failed", "vs_best",
+                     *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "seeds", "failed"])
+    for number, row in enumerate(report.rows, 1):
+        stats = [("" if v is None else v) for m in METRICS for v in row.stats[m]]
+        writer.writerow([number, row.label, *[row.overrides.get(k, "") for k in keys], len(row.ok),
+                         len(row.failed), row.verdict, *stats, _seeds(row), _failed(row)])
+    write_atomic(path, text.getvalue())
 
 
 def _curve(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -361,7 +364,7 @@ def table(report: Report) -> Any:
 def write(report: Report, plot_curves: bool = True) -> list[Path]:
     """report.md, report.csv and report.png in the sweep folder; returns the paths written."""
     written = [report.sweep_dir / "report.md", report.sweep_dir / "report.csv"]
-    written[0].write_text(markdown(report))
+    write_atomic(written[0], markdown(report))
     write_csv(report, written[1])
     if plot_curves:
         plot(report, report.sweep_dir / "report.png")

@@ -17,7 +17,6 @@ TASKS = {
     "tsne": "resume=RUN_DIR: tsne.png, t-SNE of the penultimate-layer validation features per perplexity (extra: tsne)",
 }
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
 
     from trainer.config import check_numbers
     from trainer.engine.parts import build_parts  # torch loads here
-    from trainer.observe.records import check_unused, claim
+    from trainer.observe.records import check_unused, claim, write_json_atomic
     from trainer.observe.run_folder import write_record
 
     if cfg.task not in TASKS:
@@ -69,7 +68,7 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
                 result = check_init(parts, run_dir)
         write_record(run_dir, cfg)
         console.print(render(result))
-        (run_dir / f"{cfg.task}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        write_json_atomic(run_dir / f"{cfg.task}.json", result)
     console.print(f"written to {run_dir}")
     return 0
 

@@ -12,11 +12,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainer.config import build, check_numbers
+from trainer.config import build, check_numbers, config_root
 from trainer.data import DataSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
@@ -74,17 +75,22 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return max(num_train // batch_size, 1)
 
 
-TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
-                  "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
-                  "early_stopping"}
+def top_level_keys() -> set[str]:
+    """What may stand at the top level of a config: the keys conf/config.yaml sets and the groups
+    its defaults list chooses (`experiment`, `hparams_search` too, null until chosen). Read from
+    the file, so a key added there needs no second list here."""
+    root = yaml.safe_load((config_root() / "config.yaml").read_text())
+    chosen = {key for entry in root["defaults"] if isinstance(entry, dict) for key in entry}
+    groups = {key for key in chosen if " " not in key and "/" not in key}  # not `override hydra/...`
+    return (set(root) | groups) - {"defaults", "hydra"}
 
 
 def check_top_level(cfg: DictConfig) -> None:
     """The top-level keys' ranges; each group's builder checks its own keys."""
-    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    valid = top_level_keys()
+    unknown = sorted(set(cfg) - valid)
     if unknown:  # `+key=value` adds keys Hydra cannot check: nothing here would read them
-        raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+        raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(valid))}")
     for key in ("epochs", "batch_size", "log_every"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.tricks import clipping
-from trainer.tricks import precision
+from trainer.tricks import clipping, precision
 
 
 def params_with_grads(scale: float, seed: int = 0) -> list[nn.Parameter]:

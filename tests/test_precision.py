@@ -14,9 +14,7 @@ from trainer.engine.loop import Trainer
 from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
 from trainer.run import run
-from trainer.tricks import clipping
-from trainer.tricks import optim
-from trainer.tricks import precision
+from trainer.tricks import clipping, optim, precision
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -12,8 +12,7 @@ from torch import nn
 from trainer.data import synthetic
 from trainer.errors import ConfigError
 from trainer.models import cnn, cnn1d, mlp, resnet, rnn
-from trainer.tricks import optim
-from trainer.tricks import regularisation
+from trainer.tricks import optim, regularisation
 from trainer.tricks.norm import factory
 
 

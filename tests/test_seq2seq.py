@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.models import decoding
-from trainer.tricks import teacher_forcing
 from trainer.data import seq2seq as tasks
 from trainer.data.seq2seq import BOS, EOS, FIRST_SYMBOL, IGNORE_INDEX, PAD
 from trainer.errors import ConfigError
+from trainer.models import decoding
 from trainer.models import seq2seq as models
+from trainer.tricks import teacher_forcing
 from trainer.tricks.norm import factory
 
 

@@ -18,6 +18,7 @@ from helpers import CONF_DIR, SMALL
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
+
 @pytest.fixture
 def make_cfg() -> Callable[..., DictConfig]:
     def make(*overrides: str, small: bool = True) -> DictConfig:

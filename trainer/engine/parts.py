@@ -98,7 +98,7 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
-    for key in ("deterministic", "smoke"):
+    for key in ("deterministic", "smoke", "curves"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"{key}={cfg[key]} must be true or false")
     if cfg.nan_policy not in NAN_POLICIES:

@@ -147,7 +147,7 @@ def lr_find(
 def _train_step(parts: Parts, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]) -> float:
     """One optimizer step as training takes it (micro-batches of cfg.batch_size, penalty, precision,
     clipping); returns the mean data loss."""
-    accumulate = int(parts.cfg.trainer.accumulate)
+    accumulate = parts.settings.accumulate
     total = torch.zeros((), device=x.device)
     for x_micro, y_micro in zip(x.chunk(accumulate), y.chunk(accumulate)):
         with parts.precision.autocast():
@@ -162,7 +162,7 @@ def _batches(parts: Parts, count: int):
     """`count` training batches of the effective batch size (batch_size x trainer.accumulate),
     reshuffled each pass (seeded by cfg.seed)."""
     x_train, y_train = parts.data.x_train, parts.data.y_train
-    size = min(int(parts.cfg.batch_size) * int(parts.cfg.trainer.accumulate), len(x_train))
+    size = min(parts.settings.batch_size * parts.settings.accumulate, len(x_train))
     generator = torch.Generator().manual_seed(int(parts.cfg.seed))
     produced = 0
     while produced < count:

@@ -114,7 +114,7 @@ def memory(parts: Parts) -> dict[str, int]:
     params = list(parts.model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    batch = parts.data.x_train[: parts.cfg.batch_size]
+    batch = parts.data.x_train[: parts.settings.batch_size]
     activations = activation_bytes(parts.model, batch, parts) + batch.numel() * batch.element_size()
     optimizer = optimizer_slots(parts.optimizer) * trainable
     splits = (parts.data.x_train, parts.data.y_train, parts.data.x_val, parts.data.y_val,

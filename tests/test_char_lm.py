@@ -198,3 +198,98 @@ def test_a_frozen_probe_trains_its_head_only() -> None:
     assert probe(torch.randint(30, (3, 16))).shape == (3, 2)
     probe.train()
     assert not probe.rnn.training and probe.head.training
+
+
+# ---- wired into the tool: train data=text model=char_lstm, task=sample, the probe's encoder ----------
+
+TINY_LM = ["data=text", "data.max_chars=4000", "data.seq_len=16", "model=char_lstm", "model.embedding=4",
+           "model.hidden=8", "model.layers=1", "norm=none", "init=xavier", "batch_size=8", "epochs=1", "max_steps=4",
+           "log_every=2", "device=cpu", "sample.length=40"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hydra import compose, initialize_config_dir
+
+    from trainer.cli import CONF_DIR
+    from trainer.run import run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=TINY_LM)
+    run_dir = tmp_path_factory.mktemp("charlm") / "run"
+    run(cfg, run_dir)
+    return run_dir
+
+
+def test_a_char_lm_run_reports_bits_per_character_and_writes_samples_and_vocab(lm_run: Path) -> None:
+    import json
+
+    summary = json.loads((lm_run / "summary.json").read_text())
+    for node in (summary["final"], summary["best"]):
+        assert node["val_bpc"] == pytest.approx(node["val_loss"] / math.log(2))
+    assert summary["test"]["bpc"] == pytest.approx(summary["test"]["loss"] / math.log(2))
+    chars = json.loads((lm_run / "vocab.json").read_text())["chars"]
+    assert chars == text.build_vocab(text.default_text()[:4000])
+    samples = (lm_run / "samples.txt").read_text(encoding="utf-8")
+    header, body = samples.rstrip("\n").split("\n", 1)
+    assert header.startswith("--- sample 1 of 1 (temperature 0.8, seed 0)") and len(body) == 41
+    assert set(body) <= set(chars)
+    assert all(not record.get("input_mean") for record in map(json.loads, (lm_run / "metrics.jsonl").read_text().splitlines())
+               if record["kind"] == "start")  # ids have no scale: no `inputs` finding
+
+
+def test_validation_bits_per_character_are_the_per_character_mean(make_cfg) -> None:
+    from trainer.loop import Trainer
+    from trainer.parts import build_parts
+
+    parts = build_parts(make_cfg(*TINY_LM, small=False))
+    trainer = Trainer(parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        parts.model.eval()
+        logits = parts.model(parts.data.x_val)
+        probability = F.softmax(logits, dim=1).gather(1, parts.data.y_val.unsqueeze(1))
+        bits = float(-torch.log2(probability).mean())
+        accuracy = float((logits.argmax(1) == parts.data.y_val).float().mean())
+    assert metrics["val_bpc"] == pytest.approx(bits, rel=1e-5)
+    assert metrics["val_acc"] == pytest.approx(accuracy)  # next-character accuracy, a fraction of positions
+
+
+def test_task_sample_resamples_a_finished_run(lm_run: Path, make_cfg, tmp_path: Path) -> None:
+    from trainer.tasks import run_task
+
+    cfg = make_cfg("task=sample", f"resume={lm_run}", "sample.temperature=0", "sample.count=2", "sample.prime=The",
+                   "sample.length=15")
+    assert run_task(cfg, tmp_path) == 0
+    blocks = (tmp_path / "samples.txt").read_text(encoding="utf-8").split("--- sample ")[1:]
+    assert len(blocks) == 2 and all(block.split("\n", 1)[1].startswith("The") for block in blocks)
+    assert blocks[0].split("\n", 1)[1].strip() == blocks[1].split("\n", 1)[1].strip()  # temperature 0: no draws
+
+
+def test_char_data_and_models_refuse_each_other(make_cfg) -> None:
+    from trainer.parts import build_parts
+
+    with pytest.raises(ConfigError, match="cannot read character ids"):
+        build_parts(make_cfg(*[o for o in TINY_LM if not o.startswith("model")], "model=mlp", small=False))
+    with pytest.raises(ConfigError, match="use data=text"):
+        build_parts(make_cfg("model=char_lstm"))
+    with pytest.raises(ConfigError, match="character ids"):
+        build_parts(make_cfg(*TINY_LM, "data.standardise=true", small=False))
+
+
+def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> None:
+    from trainer.checkpoint import latest_good
+    from trainer.parts import build_parts
+
+    probe = ["data=text_probe", f"data.lm={lm_run}", "data.num_train=8", "data.num_val=4", "data.num_test=0",
+             "data.snippet_len=16", "model=char_probe", "model.embedding=4", "model.hidden=8", "model.layers=1",
+             "norm=none", "init=xavier", "batch_size=4", "device=cpu", "max_steps=2"]
+    lm_state = latest_good(lm_run)[0]["model"]  # type: ignore[index]
+    pretrained = build_parts(make_cfg(*probe, f"model.encoder={lm_run}", "model.freeze=true", small=False)).model
+    for key in ("embedding.weight", "rnn.weight_hh_l0", "rnn.bias_ih_l0"):
+        assert torch.equal(pretrained.state_dict()[key], lm_state[key])  # not overwritten by init=xavier
+    scratch = build_parts(make_cfg(*probe, small=False)).model
+    assert not torch.equal(scratch.state_dict()["rnn.weight_hh_l0"], lm_state["rnn.weight_hh_l0"])
+    with pytest.raises(ConfigError, match="does not fit model=char_probe"):
+        build_parts(make_cfg(*[o for o in probe if o != "model.hidden=8"], "model.hidden=6", f"model.encoder={lm_run}",
+                             small=False))

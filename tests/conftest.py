@@ -19,8 +19,10 @@ GROUPS_DIR = Path(CONF_DIR)
 # against each other (seen here: steps 10-40x slower). The tiny test models gain nothing from more.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
-# A tiny, fast, learnable task and a couple of steps: enough to exercise every code path.
-SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu"]
+# A tiny, fast, learnable task and a couple of steps: enough to exercise every code path. Without
+# curves.png, which took 90% of such a run's time (tests/test_curves.py draws it, and
+# test_smoke.py checks that a run writes it by default).
+SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu", "curves=false"]
 
 
 def group_choices(group: str) -> list[str]:

@@ -66,7 +66,12 @@ def _finish(ax: Axes, title: str, ylabel: str, drawn: bool, log_y: bool, empty: 
 
 def draw_curves(steps: list[dict[str, Any]], epochs: list[dict[str, Any]], title: str = "") -> Figure:
     """The four-panel figure for these step and epoch records."""
-    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    figure = Figure(figsize=FIGSIZE, dpi=DPI)
+    # Fixed spacing, not layout="constrained": solving the layout took half of the ~1.4 s a run
+    # spent drawing this figure (measured on a loaded 2-core CPU; 0.7 s without it), and every
+    # run and sweep job pays it. These margins fit the panels, their log-scale tick labels and
+    # a two-line title at FIGSIZE.
+    figure.subplots_adjust(left=0.09, right=0.98, bottom=0.07, top=0.87, wspace=0.24, hspace=0.32)
     loss, acc, lr, grad = figure.subplots(2, 2).flat
     drawn = _plot(loss, _series(steps, "train_loss"), "train (per log interval)", alpha=0.6)
     drawn |= _plot(loss, _series(epochs, "train_loss"), "train (epoch mean)")

@@ -76,7 +76,8 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
-                  "nan_policy", "resume", "smoke", "trainer", "checkpoint", "task", "export", "tsne", "sample", "logger", "experiment", "hparams_search", "augment",
+                  "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "sample",  # task=sample and the samples.txt of a character LM run
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping"}
 
@@ -93,7 +94,7 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed} must be an integer")
-    for key in ("deterministic", "smoke"):
+    for key in ("deterministic", "smoke", "curves"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"{key}={cfg[key]} must be true or false")
     if cfg.nan_policy not in NAN_POLICIES:

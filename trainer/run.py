@@ -250,7 +250,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,
                                            **cfg.sample)["file"]
     write_json_atomic(run_dir / "summary.json", summary)
-    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+    if cfg.get("curves", True) and not cfg.get("smoke"):  # drawing costs more than a smoke run's training; its errors never fail a run
         try:
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
         except PlotError as error:

@@ -56,7 +56,7 @@ ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
 PREVIOUS = "previous"
 FAILED_MARKS = ".failed"  # in the sweep folder: one empty file per failed job, named after it
 # Not part of what a job is: how many threads it used changes its speed, not its result.
-NOT_CONFIGURATION = ("trainer.threads",)
+NOT_CONFIGURATION = ("trainer.threads", "curves")  # how a job runs or what it draws, not what it is
 MAX_NAME = 150  # well under the 255 bytes a folder name may have
 SAFE_NAME = re.compile(r"[^A-Za-z0-9=,._+@-]")
 

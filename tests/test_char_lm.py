@@ -293,3 +293,33 @@ def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> N
     with pytest.raises(ConfigError, match="does not fit model=char_probe"):
         build_parts(make_cfg(*[o for o in probe if o != "model.hidden=8"], "model.hidden=6", f"model.encoder={lm_run}",
                              small=False))
+
+
+def test_shuffled_snippets_permute_only_their_tail() -> None:
+    distinct = "".join(chr(0x4E00 + i) for i in range(3000))  # a character's code says where it stood in the text
+    found, labels = text_probe.shuffled_snippets(distinct, count=40, length=20, tail=8,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert sorted(labels) == [0] * 20 + [1] * 20
+    for snippet, label in zip(found, labels):
+        codes = [ord(char) for char in snippet]
+        start = codes[0]
+        assert codes[:12] == list(range(start, start + 12))  # the head is intact
+        assert sorted(codes[12:]) == list(range(start + 12, start + 20))  # the same characters in the tail
+        assert (codes[12:] == list(range(start + 12, start + 20))) == bool(label)  # in order only when labelled 1
+
+
+def test_the_probe_pools_the_outputs_over_the_snippet_or_takes_the_last() -> None:
+    ids = torch.randint(30, (3, 16))
+    heads = {}
+    for pool in char_probe.POOLS:
+        torch.manual_seed(0)
+        probe = char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
+                                 input_dropout=0.0, embedding=8, hidden=12, layers=1, pool=pool).eval()
+        out, _ = probe.rnn(probe.embedding(ids))
+        features = out.mean(dim=1) if pool == "mean" else out[:, -1]
+        assert torch.allclose(probe(ids), probe.head(features))
+        heads[pool] = probe(ids)
+    assert not torch.allclose(heads["mean"], heads["last"])
+    with pytest.raises(ConfigError, match="model.pool='max' is unknown"):
+        char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
+                         input_dropout=0.0, pool="max")

@@ -6,6 +6,10 @@ helps a supervised task; Radford et al. 2017's sentiment neuron, in small), gene
 Each sample is a snippet of `snippet_len` characters; its label is a property of the string that
 a character language model must track to predict the next character well:
 
+- `shuffled` (the default): is the snippet as written (1), or are its last `shuffle_tail`
+  characters put in a random order (0)? Shuffling keeps every character count, so a
+  bag-of-characters model cannot tell; it takes knowing what the language's words and syntax look
+  like, which a small labelled set cannot teach but next-character prediction does.
 - `quote`: the snippet ends inside a double-quoted string (an odd number of `"` in it), so the
   next `"` closes rather than opens one. Parity is not a function of the character counts, so a
   bag-of-characters model cannot read it off; a model must keep the state along the string.
@@ -131,17 +135,18 @@ def snippets(text: str, count: int, length: int, label: str, generator: torch.Ge
     return [pairs[i][0] for i in order], [pairs[i][1] for i in order]
 
 
-def build(lm: str | None = None, path: str | None = None, label: str = "quote", snippet_len: int = 64,
-          num_train: int = 200, num_val: int = 500, num_test: int = 1000, shuffle_tail: int = 16, seed: int = 0) -> DataSplits:
+def build(lm: str | None = None, path: str | None = None, label: str = "shuffled", snippet_len: int = 64,
+          num_train: int = 100, num_val: int = 500, num_test: int = 1000, shuffle_tail: int = 32, seed: int = 0) -> DataSplits:
     """Args:
         lm: a char LM run (folder or checkpoint): its text's held-out blocks and its vocabulary.
         path: a UTF-8 text file instead of (or, with lm, in place of) the run's text; None: the run's,
             or the built-in text.
-        label: quote or paren (see the module's docstring).
+        label: shuffled, quote or paren (see the module's docstring).
         snippet_len: characters per snippet.
         num_train: labelled training snippets (small: the point is learning from few labels).
         num_val: validation snippets.
         num_test: test snippets, evaluated once at the end (0: none).
+        shuffle_tail: for label=shuffled, how many of a snippet's last characters are permuted.
         seed: the snippets' own generator (the global RNG is untouched).
     """
     if label not in LABELS:

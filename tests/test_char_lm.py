@@ -288,7 +288,12 @@ def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> N
     pretrained = build_parts(make_cfg(*probe, f"model.encoder={lm_run}", "model.freeze=true", small=False)).model
     for key in ("embedding.weight", "rnn.weight_hh_l0", "rnn.bias_ih_l0"):
         assert torch.equal(pretrained.state_dict()[key], lm_state[key])  # not overwritten by init=xavier
-    scratch = build_parts(make_cfg(*probe, small=False)).model
+    scratch_parts = build_parts(make_cfg(*probe, small=False))
+    scratch = scratch_parts.model
+    from trainer.loop import Trainer
+
+    trainer = Trainer(scratch_parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
+    assert "val_bpc" not in trainer.evaluate()  # a classifier of snippets, not a language model
     assert not torch.equal(scratch.state_dict()["rnn.weight_hh_l0"], lm_state["rnn.weight_hh_l0"])
     with pytest.raises(ConfigError, match="does not fit model=char_probe"):
         build_parts(make_cfg(*[o for o in probe if o != "model.hidden=8"], "model.hidden=6", f"model.encoder={lm_run}",

@@ -344,7 +344,7 @@ class Trainer:
         LM (data=text) also the loss in bits per character."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
         metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
-        if self.data.chars is not None:
+        if self.data.char_lm:
             metrics["val_bpc"] = bits_per_char(loss)
         return metrics
 

@@ -203,7 +203,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     display = make_display()
     if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
         write_record(run_dir, cfg)
-        if parts.data.chars is not None:  # a character LM's ids, for whoever reads its outputs
+        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
             write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
     else:
         _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
@@ -246,7 +246,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
-    if parts.data.chars is not None and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
+    if parts.data.char_lm and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
         summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,
                                            **cfg.sample)["file"]
     write_json_atomic(run_dir / "summary.json", summary)
@@ -270,7 +270,7 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.chars is not None else {})}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {})}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time

@@ -40,7 +40,7 @@ def sample_run(resume: str | None, run_dir: Path, *, seed: int, length: int, tem
     from trainer.trained import load_run
 
     trained = load_run(resume, "sample")
-    if trained.data.chars is None:
+    if not trained.data.char_lm or trained.data.chars is None:
         raise ConfigError(f"task=sample needs a char LM run (data=text, model=char_lstm); resume={resume} is a "
                           f"data={trained.config['data'].get('name')} run")
     result = write_samples(trained.model, trained.data.chars, run_dir, length=length, temperature=temperature,

@@ -204,7 +204,7 @@ def test_a_frozen_probe_trains_its_head_only() -> None:
 
 TINY_LM = ["data=text", "data.max_chars=4000", "data.seq_len=16", "model=char_lstm", "model.embedding=4",
            "model.hidden=8", "model.layers=1", "norm=none", "init=xavier", "batch_size=8", "epochs=1", "max_steps=4",
-           "log_every=2", "device=cpu", "sample.length=40"]
+           "log_every=2", "device=cpu", "sample.length=40", "curves=false"]
 
 
 @pytest.fixture(scope="module")

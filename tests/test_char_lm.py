@@ -328,3 +328,21 @@ def test_the_probe_pools_the_outputs_over_the_snippet_or_takes_the_last() -> Non
     with pytest.raises(ConfigError, match="model.pool='max' is unknown"):
         char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
                          input_dropout=0.0, pool="max")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    (b"\xff\xfe not utf-8", "is not UTF-8"),
+])
+def test_the_command_refuses_a_bad_text_file_with_one_line_and_exit_2(tmp_path: Path, content: bytes | None,
+                                                                   message: str) -> None:
+    from in_process import train_in_process
+
+    path = tmp_path / "book.txt"
+    if content is not None:
+        path.write_bytes(content)
+    outcome = train_in_process(["data=text", f"data.path={path}", "model=char_lstm", "hydra.run.dir=run"], tmp_path)
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
+    assert not (tmp_path / "run").exists()

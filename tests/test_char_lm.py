@@ -346,3 +346,19 @@ def test_the_command_refuses_a_bad_text_file_with_one_line_and_exit_2(tmp_path: 
     lines = outcome.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_char_lm_run_exports_and_loads_back(lm_run: Path, tmp_path: Path) -> None:
+    from trainer.tasks.export import export, load_inference
+
+    result = export(str(lm_run), tmp_path)
+    assert result["max_abs_diff"] == 0 and result["folded"] == []  # no linear layer followed by batch norm
+    model = load_inference(result["file"])
+    ids = torch.randint(len(json_chars(lm_run)), (2, 16))
+    assert model(ids).shape == (2, len(json_chars(lm_run)), 16)
+
+
+def json_chars(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / "vocab.json").read_text())["chars"]

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from trainer.data import text, text_probe
 from trainer.errors import ConfigError, DataError
-from trainer.init import initialise
 from trainer.models import char_lm, char_probe
-from trainer.norm import factory
+from trainer.tricks.init import initialise
+from trainer.tricks.norm import factory
 
 TEXT = "The quick brown fox (jumps) over \"the lazy\" dog.\n" * 40  # 2000 characters, 30 distinct
 
@@ -211,7 +211,7 @@ TINY_LM = ["data=text", "data.max_chars=4000", "data.seq_len=16", "model=char_ls
 def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hydra import compose, initialize_config_dir
 
-    from trainer.cli import CONF_DIR
+    from helpers import CONF_DIR
     from trainer.run import run
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -239,8 +239,8 @@ def test_a_char_lm_run_reports_bits_per_character_and_writes_samples_and_vocab(l
 
 
 def test_validation_bits_per_character_are_the_per_character_mean(make_cfg) -> None:
-    from trainer.loop import Trainer
-    from trainer.parts import build_parts
+    from trainer.engine.loop import Trainer
+    from trainer.engine.parts import build_parts
 
     parts = build_parts(make_cfg(*TINY_LM, small=False))
     trainer = Trainer(parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
@@ -267,7 +267,7 @@ def test_task_sample_resamples_a_finished_run(lm_run: Path, make_cfg, tmp_path: 
 
 
 def test_char_data_and_models_refuse_each_other(make_cfg) -> None:
-    from trainer.parts import build_parts
+    from trainer.engine.parts import build_parts
 
     with pytest.raises(ConfigError, match="cannot read character ids"):
         build_parts(make_cfg(*[o for o in TINY_LM if not o.startswith("model")], "model=mlp", small=False))
@@ -278,8 +278,8 @@ def test_char_data_and_models_refuse_each_other(make_cfg) -> None:
 
 
 def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> None:
-    from trainer.checkpoint import latest_good
-    from trainer.parts import build_parts
+    from trainer.engine.checkpoint import latest_good
+    from trainer.engine.parts import build_parts
 
     probe = ["data=text_probe", f"data.lm={lm_run}", "data.num_train=8", "data.num_val=4", "data.num_test=0",
              "data.snippet_len=16", "model=char_probe", "model.embedding=4", "model.hidden=8", "model.layers=1",
@@ -290,7 +290,7 @@ def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> N
         assert torch.equal(pretrained.state_dict()[key], lm_state[key])  # not overwritten by init=xavier
     scratch_parts = build_parts(make_cfg(*probe, small=False))
     scratch = scratch_parts.model
-    from trainer.loop import Trainer
+    from trainer.engine.loop import Trainer
 
     trainer = Trainer(scratch_parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
     assert "val_bpc" not in trainer.evaluate()  # a classifier of snippets, not a language model

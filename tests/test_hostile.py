@@ -20,7 +20,7 @@ import torch
 
 from fakes import PlantsMarker, make_images
 from in_process import Outcome, train_in_process
-from trainer.records import claim
+from trainer.observe.records import claim
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 FAST = ["data=synthetic", "epochs=1", "log_every=5"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import group_choices
+from helpers import group_choices
 from fakes import make_images, write_mnist
 from trainer.config import GROUPS, build
 from trainer.run import run

@@ -37,7 +37,7 @@ def write_samples(model: nn.Module, chars: str, run_dir: Path, *, length: int, t
 def sample_run(resume: str | None, run_dir: Path, *, seed: int, length: int, temperature: float, prime: str,
                count: int) -> dict[str, Any]:
     """task=sample: samples of the char LM run `resume` names, into this task's run folder."""
-    from trainer.trained import load_run
+    from trainer.engine.trained import load_run
 
     trained = load_run(resume, "sample")
     if not trained.data.char_lm or trained.data.chars is None:

@@ -23,6 +23,7 @@ from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
 from trainer.engine.resume import RunCheckpoints, check_resumable, precision_change, set_rng_state, truncate_metrics
 from trainer.engine.summary import evaluate_test, summarise
+from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
 from trainer.observe.curves import PlotError, plot_curves
 from trainer.observe.display import make_display
@@ -30,6 +31,7 @@ from trainer.observe.loggers import LoggerGroup, build_loggers
 from trainer.observe.probes import layers_probe, start_record
 from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic
 from trainer.observe.run_folder import write_record
+from trainer.tasks.sample import write_samples
 
 
 def curves_title(tricks: dict[str, str], cfg: DictConfig) -> str:
@@ -73,13 +75,17 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     display = make_display()
     if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
         write_record(run_dir, cfg)
+        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
+            write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
     else:
         truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
     config = OmegaConf.to_container(cfg, resolve=True)
-    policy = (RunCheckpoints(checkpointer, config, parts.precision, parts.device) if checkpointer.enabled
-              else NoCheckpoints())  # both intervals 0: not even best.pt
+    # A checkpoint holds the config (to check a resume against), the precision trained in, and a
+    # character LM's vocabulary; both intervals 0: not even best.pt.
+    saved_with = {"config": config, "precision": parts.precision.actual, "chars": parts.data.chars}
+    policy = RunCheckpoints(checkpointer, parts.device, saved_with) if checkpointer.enabled else NoCheckpoints()
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
                       checkpoints=policy, probes=[layers_probe])
     if payload is not None:
@@ -110,6 +116,9 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
+    if parts.data.char_lm and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
+        summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,
+                                           **cfg.sample)["file"]
     write_json_atomic(run_dir / "summary.json", summary)
     if cfg.get("curves", True) and not cfg.get("smoke"):  # drawing costs more than a smoke run's training; its errors never fail a run
         try:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import flatten
+from trainer.config import flatten, shipped_defaults
 from trainer.engine.checkpoint import Checkpointer
 from trainer.errors import ConfigError
 from trainer.observe.records import write_lines_atomic
@@ -30,10 +30,13 @@ MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.na
 
 def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     old, new = flatten(saved), flatten(OmegaConf.to_container(cfg, resolve=True))
+    # A key the checkpoint does not know, at its shipped default, was added by an upgrade and
+    # changes nothing (config.shipped_defaults).
+    defaults = shipped_defaults(cfg)
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
-        and not key.endswith("._target_")
+        and not key.endswith("._target_") and not (key not in old and key in defaults and defaults[key] == new[key])
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
@@ -89,12 +92,12 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 class RunCheckpoints:
     """The checkpoint policy of a training run: when a checkpoint is due (the `checkpoint:` config
-    node, through `checkpointer`), and what it holds: the trainer's state, the random states, the
-    resolved config (to check a resume against) and the precision trained in."""
+    node, through `checkpointer`), and what it holds: the trainer's state, the random states of
+    `device`'s run, and `saved_with`, what the run adds that does not change as it trains (the
+    resolved config, to check a resume against; the precision trained in; ...)."""
 
-    def __init__(self, checkpointer: Checkpointer, config: dict[str, Any], precision: Precision,
-                 device: torch.device) -> None:
-        self.checkpointer, self.config, self.precision, self.device = checkpointer, config, precision, device
+    def __init__(self, checkpointer: Checkpointer, device: torch.device, saved_with: dict[str, Any]) -> None:
+        self.checkpointer, self.device, self.saved_with = checkpointer, device, saved_with
 
     def due_at_step(self, step: int) -> bool:
         return self.checkpointer.due_at_step(step)
@@ -103,8 +106,7 @@ class RunCheckpoints:
         return self.checkpointer.due_at_epoch(epoch)
 
     def save(self, trainer: "Trainer", best: bool) -> None:
-        payload = {**trainer.state_dict(), "rng": rng_state(self.device), "config": self.config,
-                   "precision": self.precision.actual}
+        payload = {**trainer.state_dict(), "rng": rng_state(self.device), **self.saved_with}
         self.checkpointer.save(payload, trainer.state.step, best)
 
     def wait(self) -> None:

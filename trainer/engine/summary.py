@@ -12,10 +12,16 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.config import choices
+from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Trainer, TrainState
+
+
+def _evaluated(row: dict[str, Any]) -> tuple[str, ...]:
+    """What an evaluation measured (Trainer.evaluate): val_bpc too for a character LM (data=text)."""
+    return ("val_loss", "val_acc", "val_bpc") if "val_bpc" in row else ("val_loss", "val_acc")
 
 
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -24,7 +30,7 @@ def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not finite:
         return {}
     row = min(finite, key=lambda r: r["val_loss"])
-    return {key: row[key] for key in ("epoch", "train_loss", "val_loss", "val_acc")}
+    return {key: row[key] for key in ("epoch", "train_loss", *_evaluated(row))}
 
 
 def _device_name(device: torch.device) -> str:
@@ -44,7 +50,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: "TrainState", restored_best:
     return {
         "status": state.status,
         "message": state.message,
-        "final": {key: last.get(key) for key in ("train_loss", "val_loss", "val_acc")},
+        "final": {key: last.get(key) for key in ("train_loss", *_evaluated(last))},
         "best": best_epoch(state.history),
         "restored_best_weights": restored_best,
         "epochs_run": len(state.history),
@@ -73,4 +79,4 @@ def evaluate_test(trainer: "Trainer", state: "TrainState") -> dict[str, float | 
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {})}

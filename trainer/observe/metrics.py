@@ -9,13 +9,17 @@ from typing import Any
 
 # Names that are better higher, also as the last part of a longer name (`best_val_acc`, `test_acc`).
 HIGHER_IS_BETTER = ("acc", "samples_per_s")
-# What a run is judged by: validation accuracy when the task has one (classification), else
+# What a run is judged by, the first of these it has. The sweep's objective (what a job returns to
+# the sweeper, e.g. Optuna's, which maximizes): validation accuracy when the task has one, else
 # validation loss (every task has it).
-PREFERRED = ("val_acc", "val_loss")
+OBJECTIVE = ("val_acc", "val_loss")
+# What the sweep report ranks by when not told: bits per character first for a character LM (its
+# accuracy is only the top guess's), then as the objective.
+RANKING = ("val_bpc", *OBJECTIVE)
 
 
 def higher_is_better(metric: str) -> bool:
-    """`val_acc`, `best_val_acc`, `test_acc`, `samples_per_s`: True; `val_loss`, `wall_s`: False."""
+    """`val_acc`, `best_val_acc`, `test_acc`, `samples_per_s`: True; `val_loss`, `val_bpc`, `wall_s`: False."""
     return any(metric == name or metric.endswith(f"_{name}") for name in HIGHER_IS_BETTER)
 
 
@@ -30,8 +34,8 @@ def improves(metric: str, value: float, best: float | None, min_delta: float = 0
 
 
 def objective(best: dict[str, Any]) -> float | None:
-    """The number a run is judged by, from its summary's `best` row: best val_acc, else best val_loss."""
-    for metric in PREFERRED:
+    """The number a sweep job returns, from its summary's `best` row: best val_acc, else best val_loss."""
+    for metric in OBJECTIVE:
         if best.get(metric) is not None:
             return best[metric]
     return None

@@ -25,7 +25,7 @@ def start_record(parts: "Parts") -> dict[str, Any]:
     x = data.x_train.float()
     classification = data.task == "classification"
     if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
+        counts = torch.bincount(data.y_train.flatten(), minlength=data.num_outputs).float()  # (N,) or per position (N, L)
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
     else:  # predicting the mean target
@@ -39,7 +39,9 @@ def start_record(parts: "Parts") -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
+            # Character ids are indices, not magnitudes: there is no scale to diagnose.
+            "input_mean": None if data.chars is not None else float(x.mean()),
+            "input_std": None if data.chars is not None else float(x.std()), "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 

@@ -82,14 +82,6 @@ class Context:
             self.sum(tensor).div_(self.world_size)
         return tensor
 
-    def largest(self, value: int) -> int:
-        """The largest of every rank's `value`: a flag one rank raised (a signal it received) is raised on all."""
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return int(tensor.item())
-
     def broadcast_text(self, text: str) -> str:
         """Rank 0's `text` on every rank (the run folder rank 0 chose)."""
         if not self.enabled:
@@ -152,6 +144,36 @@ class Context:
             raise ConfigError(f"torchrun started local rank {self.local_rank} but only {torch.cuda.device_count()} "
                               "CUDA GPU(s) are visible; start at most that many processes per node (--nproc_per_node)")
         return torch.device("cuda", self.local_rank)
+
+
+class StopVote:
+    """Agrees, every step, whether to stop (a signal reached some rank), without waiting for the
+    other ranks in the step: each step posts this rank's signal number in an asynchronous
+    all-reduce (MAX) and reads the result posted the step before, long complete by then. Every
+    rank reads the same result at the same step, so all stop after the same step, one step after
+    the first rank was signalled, and no step waits for a round trip of its own."""
+
+    def __init__(self, ranks: Context) -> None:
+        self.ranks = ranks
+        self.posted: torch.Tensor | None = None
+        self.work: dist.Work | None = None
+
+    def __call__(self, signal: int | None) -> int | None:
+        """This rank's `signal` (None: none) in, the signal the ranks agreed on at the previous step out."""
+        if not self.ranks.enabled:
+            return signal
+        agreed = self.settle()
+        self.posted = torch.tensor([signal or 0], dtype=torch.int64)
+        self.work = dist.all_reduce(self.posted, op=dist.ReduceOp.MAX, async_op=True)
+        return agreed
+
+    def settle(self) -> int | None:
+        """Wait for the vote in flight (at the end of training: nothing may be left in flight); its result."""
+        if self.work is None or self.posted is None:
+            return None
+        self.work.wait()
+        self.work = None
+        return int(self.posted.item()) or None
 
 
 _current = Context()

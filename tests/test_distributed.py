@@ -162,3 +162,15 @@ def _all_reduces_in_one_accumulated_step(ranks: distributed.Context, skip_sync: 
 def test_accumulation_all_reduces_once_per_step() -> None:
     assert call_on_ranks(partial(_all_reduces_in_one_accumulated_step, skip_sync=True)) == [1, 1]
     assert call_on_ranks(partial(_all_reduces_in_one_accumulated_step, skip_sync=False)) == [3, 3]  # what no_sync saves
+
+
+@pytest.mark.slow
+def test_train_ddp_ends_with_the_failed_ranks_exit_code_and_line(tmp_path: Path) -> None:
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "trainer.engine.launch", "--nproc_per_node=2", *BASE, PER_RANK,
+                             "data._target_=failing_rank_data.build"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == "error: data.path=/shared/set is not readable on this node (failing_rank_data)\n"
+    assert not (tmp_path / "outputs").exists()

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from trainer.threads import available_cores
+from trainer.engine.threads import available_cores
 
 USAGE = "usage: train-ddp --nproc_per_node=N [train overrides...]   (N processes on this machine)"
 NPROC = re.compile(r"^--nproc[_-]per[_-]node=(?P<count>\d+)$")

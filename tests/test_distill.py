@@ -47,9 +47,11 @@ def test_loss_equals_the_formula_computed_by_hand(temperature: float, alpha: flo
     student = [[1.0, -0.5, 2.0], [0.2, 0.3, -1.0]]
     teacher = [[3.0, 0.0, 1.0], [-1.0, 2.5, 0.5]]
     labels = [2, 1]
-    loss = SoftLoss(nn.CrossEntropyLoss(), identity_teacher(), temperature, alpha)(
+    losses = SoftLoss(nn.CrossEntropyLoss(), identity_teacher(), temperature, alpha)(
         torch.tensor(student, dtype=torch.float64), torch.tensor(labels), torch.tensor(teacher, dtype=torch.float64))
-    assert loss.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, alpha), rel=1e-12)
+    assert losses.objective.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, alpha), rel=1e-12)
+    # the figure reported as train_loss: the hard-label term alone
+    assert losses.hard.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, 0.0), rel=1e-12)
 
 
 def test_alpha_zero_is_the_hard_label_loss_exactly() -> None:
@@ -58,13 +60,13 @@ def test_alpha_zero_is_the_hard_label_loss_exactly() -> None:
     labels = torch.randint(0, 5, (8,), generator=generator)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)  # whatever the regularisation group built
     student_soft, student_hard = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    soft = SoftLoss(criterion, identity_teacher(), 4.0, 0.0)(student_soft, labels, teacher_logits)
-    hard = HardLoss(criterion)(student_hard, labels, teacher_logits)
+    soft = SoftLoss(criterion, identity_teacher(), 4.0, 0.0)(student_soft, labels, teacher_logits).objective
+    hard = HardLoss(criterion)(student_hard, labels, teacher_logits).objective
     soft.backward()
     hard.backward()
     assert torch.equal(soft, hard) and torch.equal(student_soft.grad, student_hard.grad)
     # and the teacher does change the loss once alpha > 0
-    assert not torch.equal(SoftLoss(criterion, identity_teacher(), 4.0, 0.5)(logits, labels, teacher_logits), hard)
+    assert not torch.equal(SoftLoss(criterion, identity_teacher(), 4.0, 0.5)(logits, labels, teacher_logits).objective, hard)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 10.0])

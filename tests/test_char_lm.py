@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from trainer.data import text, text_probe
 from trainer.errors import ConfigError, DataError
-from trainer.init import initialise
 from trainer.models import char_lm, char_probe
-from trainer.norm import factory
+from trainer.tricks.init import initialise
+from trainer.tricks.norm import factory
 
 TEXT = "The quick brown fox (jumps) over \"the lazy\" dog.\n" * 40  # 2000 characters, 30 distinct
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from trainer.distill import HardLoss, SoftLoss, Teacher, build, load_teacher, soft_target_loss
+from trainer.engine.parts import build_data
 from trainer.errors import ConfigError
-from trainer.parts import build_data
+from trainer.tricks.distill import HardLoss, SoftLoss, Teacher, build, load_teacher, soft_target_loss
 
 CPU = torch.device("cpu")
 

@@ -52,7 +52,7 @@ RULES = {"quote": _inside_quote, "paren": _inside_paren}
 
 def lm_source(lm: str) -> tuple[dict[str, Any], str | None]:
     """The data config of the char LM run `lm` (a run folder or checkpoint file) and its saved vocabulary."""
-    from trainer import checkpoint  # torch.load only when a run is named
+    from trainer.engine import checkpoint  # torch.load only when a run is named
 
     try:
         payload, _path, _notices = checkpoint.resolve(lm, Path("."))

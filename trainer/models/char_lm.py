@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from trainer.data.text import encode
 from trainer.errors import ConfigError
 from trainer.models import check_at_least, check_probability, dropout_layers
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 State = tuple[torch.Tensor, torch.Tensor]
 

@@ -21,7 +21,7 @@ from torch import nn
 from trainer.errors import ConfigError
 from trainer.models import check_at_least, check_probability, dropout_layers
 from trainer.models.char_lm import check_token_input
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 ENCODER_PREFIXES = ("embedding.", "rnn.")
 
@@ -70,7 +70,7 @@ class CharProbe(nn.Module):
 
 def encoder_state(source: str) -> dict[str, Any]:
     """The embedding and LSTM weights of a char LM run (folder or checkpoint file)."""
-    from trainer import checkpoint
+    from trainer.engine import checkpoint
 
     try:
         payload, _path, _notices = checkpoint.resolve(source, Path("."))

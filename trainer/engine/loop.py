@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
@@ -342,13 +343,18 @@ class Trainer:
     # ---- evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float | None]:
-        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode."""
+        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
+        LM (data=text) also the loss in bits per character."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
-        return {"val_loss": loss, "val_acc": acc}
+        metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
+        if self.data.char_lm:
+            metrics["val_bpc"] = bits_per_char(loss)
+        return metrics
 
     @torch.no_grad()
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
-        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode."""
+        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
+        Sequence targets (N, L) count every position: the means are per position (per character)."""
         self.model.eval()
         classification = self.data.task == "classification"
         loss_sum = torch.zeros((), device=inputs.device)
@@ -363,7 +369,8 @@ class Trainer:
             else:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
         self.model.train()
-        return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
+        count = targets.numel() if classification else len(inputs)
+        return loss_sum.item() / count, correct.item() / count if classification else None
 
     # ---- signals --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from trainer.run import run
 
 EXPERIMENTS = Path(CONF_DIR) / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("evidence_", "mnist1d_best")))
-SINGLE_RUN = {"mnist1d_best"}  # trains one run; `-m ... seed=0,1,2` for the seeds
+SINGLE_RUN = {"mnist1d_best", "evidence_char_lm"}  # one run each; `-m ... seed=0,1,2` for the seeds, the LM is probed
 # Shrink whatever data set a preset uses: a couple of steps only need a few batches (at least two
 # per epoch: with one, cosine_warmup's warmup covers the whole run and trainer/tricks/sched.py divides by zero).
 SMALL_DATA = {
@@ -21,6 +21,8 @@ SMALL_DATA = {
     "adding": ["data.num_train=256", "data.num_val=16", "data.seq_len=10"],
     "synthetic": [],
     "timing": ["data.num_train=256", "data.num_val=16"],
+    "text": ["data.max_chars=12000"],
+    "text_probe": ["data.num_val=16", "data.num_test=16"],
 }
 FEW_STEPS = ["epochs=1", "max_steps=2", "log_every=1", "device=cpu", "checkpoint.every_epochs=0"]
 
@@ -57,8 +59,14 @@ def test_preset_composes(preset: str) -> None:
 @pytest.mark.parametrize("preset", [p if p == "mnist1d_best" else pytest.param(p, marks=pytest.mark.slow) for p in PRESETS])
 def test_first_configuration_trains(preset: str, tmp_path: Path) -> None:
     combination = first_combination(preset)
-    data = hydra_cfg(f"experiment={preset}", *combination).data.name
+    composed = hydra_cfg(f"experiment={preset}", *combination)
+    data = composed.data.name
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        if composed.distill.name == "soft":  # the preset's teacher is trained by a command it names: stand in a small one
+            few_steps_checkpointed = [key for key in FEW_STEPS if not key.startswith("checkpoint.")]
+            teacher = compose("config", overrides=[f"data={data}", *SMALL_DATA[data], *few_steps_checkpointed])
+            run(teacher, tmp_path / "teacher")
+            combination.append(f"distill.teacher={tmp_path / 'teacher'}")
         cfg = compose("config", overrides=[f"experiment={preset}", *combination, *SMALL_DATA[data], *FEW_STEPS])
     summary = run(cfg, tmp_path / "run")
     assert summary["steps"] == 2

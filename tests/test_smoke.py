@@ -14,6 +14,10 @@ from fakes import make_images, write_mnist
 from trainer.config import GROUPS, build
 from trainer.run import run
 
+CHAR_LSTM = ["data.max_chars=3000", "data.seq_len=16", "model.embedding=4", "model.hidden=8", "model.layers=1",
+             "sample.length=20"]
+CHAR_PROBE = ["data.num_train=96", "data.num_val=16", "data.num_test=16", "data.snippet_len=16", "model.embedding=4",
+              "model.hidden=8", "model.layers=1"]
 # What a choice needs beside it to run here: 2-D models need images; groupnorm needs a width its
 # groups divide. Files for the downloadable sets are written by `prepare` below.
 COMPANIONS = {
@@ -24,6 +28,11 @@ COMPANIONS = {
     ("data", "mnist"): ["model=cnn"],
     ("data", "fashion_mnist"): ["model=cnn"],
     ("data", "imagefolder"): ["model=cnn"],
+    # The character models and data only go together (character ids in, per-character logits out).
+    ("data", "text"): ["model=char_lstm", *CHAR_LSTM],
+    ("data", "text_probe"): ["model=char_probe", *CHAR_PROBE],
+    ("model", "char_lstm"): ["data=text", *CHAR_LSTM],
+    ("model", "char_probe"): ["data=text_probe", *CHAR_PROBE],
 }
 # CIFAR-10's loader verifies the archive's checksums, so no small fake can stand in for it:
 # its offline error is tested in test_data.py and test_cli.py.
@@ -50,6 +59,9 @@ def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., Dic
         overrides += [f"data.path={tmp_path / 'arrays.pt'}"]
     if (group, choice) == ("init", "pretrained"):
         overrides += [f"init.path={save_weights(tmp_path, make_cfg)}"]
+    if (group, choice) == ("distill", "soft"):
+        run(make_cfg(), tmp_path / "teacher")  # a trained run on the same data to distil from
+        overrides += [f"distill.teacher={tmp_path / 'teacher'}"]
     return overrides
 
 

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import choices
+from trainer.config import choices, shipped_defaults
+from trainer.data.text import bits_per_char
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer, TrainState
 from trainer.engine.parts import Parts, build_parts
 from trainer.errors import ConfigError
+from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
 from trainer.observe import layer_stats
 from trainer.observe.curves import PlotError, plot_curves
@@ -32,13 +34,14 @@ from trainer.observe.display import make_display
 from trainer.observe.loggers import LoggerGroup, build_loggers
 from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
 from trainer.observe.run_folder import write_record
+from trainer.tasks.sample import write_samples
 from trainer.tricks.precision import Precision
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate")
+              "batch_size", "trainer.accumulate", "distill")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -52,10 +55,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    # A key the checkpoint does not know, at its shipped default, was added by an upgrade and
+    # changes nothing (config.shipped_defaults).
+    defaults = shipped_defaults(cfg)
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
-        and not key.endswith("._target_")
+        and not key.endswith("._target_") and not (key not in old and key in defaults and defaults[key] == new[key])
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
@@ -109,13 +115,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_lines_atomic(path, kept)
 
 
+def _evaluated(row: dict[str, Any]) -> tuple[str, ...]:
+    """What an evaluation measured (Trainer.evaluate): val_bpc too for a character LM (data=text)."""
+    return ("val_loss", "val_acc", "val_bpc") if "val_bpc" in row else ("val_loss", "val_acc")
+
+
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The epoch with the lowest validation loss (it exists for every task, accuracy does not)."""
     finite = [row for row in history if row["val_loss"] is not None and np.isfinite(row["val_loss"])]
     if not finite:
         return {}
     row = min(finite, key=lambda r: r["val_loss"])
-    return {key: row[key] for key in ("epoch", "train_loss", "val_loss", "val_acc")}
+    return {key: row[key] for key in ("epoch", "train_loss", *_evaluated(row))}
 
 
 def _device_name(device: torch.device) -> str:
@@ -135,7 +146,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
     return {
         "status": state.status,
         "message": state.message,
-        "final": {key: last.get(key) for key in ("train_loss", "val_loss", "val_acc")},
+        "final": {key: last.get(key) for key in ("train_loss", *_evaluated(last))},
         "best": _best(state.history),
         "restored_best_weights": restored_best,
         "epochs_run": len(state.history),
@@ -197,6 +208,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     display = make_display()
     if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
         write_record(run_dir, cfg)
+        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
+            write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
     else:
         _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
@@ -205,7 +218,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
 
     def save(trainer: Trainer, best: bool) -> None:
         checkpointer.save({**trainer.state_dict(), "rng": rng_state(parts.device), "config": config,
-                           "precision": parts.precision.actual}, trainer.state.step, best)
+                           "precision": parts.precision.actual, "chars": parts.data.chars}, trainer.state.step, best)
 
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
                       checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
@@ -238,6 +251,9 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
+    if parts.data.char_lm and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
+        summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,
+                                           **cfg.sample)["file"]
     write_json_atomic(run_dir / "summary.json", summary)
     if cfg.get("curves", True) and not cfg.get("smoke"):  # drawing costs more than a smoke run's training; its errors never fail a run
         try:
@@ -259,7 +275,7 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {})}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
@@ -274,7 +290,7 @@ def start_record(parts: Parts) -> dict[str, Any]:
     x = data.x_train.float()
     classification = data.task == "classification"
     if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
+        counts = torch.bincount(data.y_train.flatten(), minlength=data.num_outputs).float()  # (N,) or per position (N, L)
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
     else:  # predicting the mean target
@@ -288,7 +304,9 @@ def start_record(parts: Parts) -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
+            # Character ids are indices, not magnitudes: there is no scale to diagnose.
+            "input_mean": None if data.chars is not None else float(x.mean()),
+            "input_std": None if data.chars is not None else float(x.std()), "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 

@@ -101,7 +101,8 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             labels = getattr(data, name)
             if len(labels) == 0:
                 continue  # an empty test split (num_test=0 gives none at all)
-            if labels.dim() != 1 or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
+            # (N,): one label per sample; (N, L): one per position (data=text: the next character's id)
+            if labels.dim() not in (1, 2) or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
                                 f"(shape {tuple(labels.shape)}, min {int(labels.min())}, max {int(labels.max())})")
     if len(data.x_train) < batch_size * accumulate:

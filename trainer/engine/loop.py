@@ -1,6 +1,6 @@
 """The Trainer: one fixed step sequence, whatever tricks are switched on.
 
-    batch -> augment -> precision.autocast(forward) -> loss + penalty -> precision.backward  (x accumulate)
+    batch -> augment -> precision.autocast(forward) -> loss (distill) + penalty -> precision.backward  (x accumulate)
           -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
           -> schedule.step_end()
     each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
@@ -134,8 +135,11 @@ class Trainer:
         losses = []
         for micro in index.chunk(self.accumulate):
             with parts.precision.autocast():
-                loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
-            objective = parts.penalty(loss)
+                inputs = parts.augment(x_train[micro])
+                # The objective to minimise, and the hard-label loss reported as train_loss
+                # (the same tensor unless distill=soft mixes in the teacher's soft targets).
+                objective, loss = parts.loss(self.net(inputs), y_train[micro], inputs)
+            objective = parts.penalty(objective)
             # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
             parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
             losses.append(loss.detach())
@@ -339,13 +343,18 @@ class Trainer:
     # ---- evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float | None]:
-        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode."""
+        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
+        LM (data=text) also the loss in bits per character."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
-        return {"val_loss": loss, "val_acc": acc}
+        metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
+        if self.data.char_lm:
+            metrics["val_bpc"] = bits_per_char(loss)
+        return metrics
 
     @torch.no_grad()
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
-        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode."""
+        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
+        Sequence targets (N, L) count every position: the means are per position (per character)."""
         self.model.eval()
         classification = self.data.task == "classification"
         loss_sum = torch.zeros((), device=inputs.device)
@@ -360,7 +369,8 @@ class Trainer:
             else:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
         self.model.train()
-        return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
+        count = targets.numel() if classification else len(inputs)
+        return loss_sum.item() / count, correct.item() / count if classification else None
 
     # ---- signals --------------------------------------------------------------------------
 
@@ -394,6 +404,7 @@ class Trainer:
             "schedule": self.parts.schedule.state_dict(),
             "scaler": self.parts.precision.state_dict(),
             "early_stopping": self.parts.early_stopping.state_dict(),
+            "distill": self.parts.loss.state_dict(),  # the teacher's path and hash, never its weights
             "train_state": {**self.state.to_dict(), "best_score": self.best_score},
         }
 
@@ -403,6 +414,7 @@ class Trainer:
         self.parts.schedule.load_state_dict(payload["schedule"])
         self.parts.precision.load_state_dict(payload["scaler"])
         self.parts.early_stopping.load_state_dict(payload["early_stopping"])
+        self.parts.loss.load_state_dict(payload.get("distill", {}))  # older checkpoints: no teacher
         train_state = dict(payload["train_state"])
         self.best_score = train_state.pop("best_score")
         self.state = TrainState.from_dict(train_state)

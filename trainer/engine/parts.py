@@ -5,6 +5,7 @@ so every path builds a config the same way.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainer.config import build, check_numbers
+from trainer.config import build, builder, check_numbers
 from trainer.data import DataSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
@@ -26,6 +27,7 @@ from trainer.errors import ConfigError
 from trainer.tricks.clipping import Clipping
 from trainer.tricks.early_stopping import EarlyStopping, NoEarlyStopping
 from trainer.tricks.precision import Precision
+from trainer.tricks.distill import HardLoss, SoftLoss
 from trainer.tricks.regularisation import Penalty, Regularisation
 from trainer.tricks.sched import Schedule
 
@@ -76,8 +78,9 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
                   "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "sample",  # task=sample and the samples.txt of a character LM run
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
-                  "early_stopping"}
+                  "early_stopping", "distill"}
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -131,6 +134,7 @@ class Parts:
     clipping: Clipping
     regularisation: Regularisation
     criterion: nn.Module
+    loss: HardLoss | SoftLoss
     penalty: Penalty
     early_stopping: EarlyStopping | NoEarlyStopping
     augment: Callable[[torch.Tensor], torch.Tensor]
@@ -153,11 +157,27 @@ def build_data(node: DictConfig) -> DataSplits:
     return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
 
 
+def token_inputs(model: DictConfig, data: DataSplits) -> dict[str, int]:
+    """`vocab_size` for a model that reads character ids (data=text, text_probe); a model that cannot
+    read them, given such data, is a one-line error."""
+    if data.chars is None:
+        return {}
+    if "vocab_size" not in inspect.signature(builder(str(model._target_))).parameters:
+        raise ConfigError(f"model={model.name} cannot read character ids, which this data set gives; "
+                          "use model=char_lstm (data=text) or model=char_probe (data=text_probe)")
+    return {"vocab_size": len(data.chars)}
+
+
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
-                  dropout=regularisation.dropout, input_dropout=regularisation.input_dropout)
+                  dropout=regularisation.dropout, input_dropout=regularisation.input_dropout,
+                  **token_inputs(cfg.model, data))
     build("init", cfg.init, model=model)
+    # Weights a model copies from a trained run (model=char_probe model.encoder=RUN) come after the init, which would overwrite them.
+    load_pretrained = getattr(model, "load_pretrained", None)
+    if load_pretrained is not None:
+        load_pretrained()
     return model
 
 
@@ -174,11 +194,14 @@ def build_parts(cfg: DictConfig) -> Parts:
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
     if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
         data = slice_data(data, effective_batch)
+    regularisation = build("regularisation", cfg.regularisation)
+    criterion = regularisation.criterion(data.task)
+    # Before seeding: building the teacher's model draws from torch's RNG, which must not move the student's start.
+    loss = build("distill", cfg.distill, criterion=criterion, data=data, device=device)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
-    regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
+    notices = list(data.notices) + [notice for notice in (determinism_notice, loss.notice) if notice]
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.
@@ -200,7 +223,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     return Parts(
         cfg=cfg, device=device, data=data.to(device), model=model, net=net, optimizer=optimizer,
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
-        regularisation=regularisation, criterion=regularisation.criterion(data.task),
+        regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
         augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
         notices=notices,

@@ -14,6 +14,11 @@ from rich.table import Table
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "elapsed")
 
 
+def columns(row: dict[str, Any]) -> tuple[str, ...]:
+    """The epoch columns, with bits per character after val_acc when the run measures it (data=text)."""
+    return EPOCH_COLUMNS[:4] + ("val_bpc",) + EPOCH_COLUMNS[4:] if "val_bpc" in row else EPOCH_COLUMNS
+
+
 def _format(key: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -46,7 +51,7 @@ class PlainDisplay:
         pass  # a log file gets the epoch lines; step-level figures are in metrics.jsonl
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in EPOCH_COLUMNS[1:])
+        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in columns(row)[1:])
         print(f"epoch {row['epoch']}/{self.epochs} step {row['step']} {fields}", flush=True)
 
     def close(self) -> None:
@@ -97,7 +102,10 @@ class LiveDisplay(PlainDisplay):
                         lr=f"{lr:.2e}", speed=f"{samples_per_s:,.0f}")
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        self.table.add_row(*(_format(key, row.get(key)) for key in EPOCH_COLUMNS))
+        if "val_bpc" in row and not self.table.rows:
+            self.table = Table(*columns(row), title="epochs", expand=False)  # the first row says what is measured
+            self.live.update(Group(self.table, self.bar))
+        self.table.add_row(*(_format(key, row.get(key)) for key in columns(row)))
         self.bar.update(self.task, completed=row["step"], epoch=f"{row['epoch']}/{self.epochs}",
                         loss=_format("train_loss", row["train_loss"]), lr=_format("lr", row["lr"]))
 

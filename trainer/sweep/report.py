@@ -36,6 +36,9 @@ METRICS: dict[str, tuple[str, ...]] = {
     "final_train_loss": ("final", "train_loss"),
     "test_acc": ("test", "acc"),
     "test_loss": ("test", "loss"),
+    "best_val_bpc": ("best", "val_bpc"),  # bits per character: character LMs (data=text) only
+    "final_val_bpc": ("final", "val_bpc"),
+    "test_bpc": ("test", "bpc"),
     "epochs_to_best": ("best", "epoch"),
     "wall_s": ("wall_s",),
     "samples_per_s": ("samples_per_s",),
@@ -180,8 +183,12 @@ def group(jobs: list[Job], varying: list[str]) -> list[Row]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """best_val_acc when any job has it (classification), else best_val_loss."""
-    return "best_val_acc" if any(job.value("best_val_acc") is not None for job in jobs) else "best_val_loss"
+    """best_val_bpc when any job has it (a character LM: its accuracy is only the top guess's), else
+    best_val_acc when any job has it (classification), else best_val_loss."""
+    for metric in ("best_val_bpc", "best_val_acc"):
+        if any(job.value(metric) is not None for job in jobs):
+            return metric
+    return "best_val_loss"
 
 
 def rank(rows: list[Row], metric: str) -> list[Row]:
@@ -243,15 +250,17 @@ def _failed(row: Row) -> str:
     return " ".join(f"{job.folder.name}:{job.status}" for job in row.failed)
 
 
-TABLE = ("best_val_acc", "best_val_loss", "final_val_acc", "final_val_loss", "final_train_loss",
-         "test_acc", "test_loss", "epochs_to_best", "wall_s", "samples_per_s")
+TABLE = ("best_val_bpc", "final_val_bpc", "test_bpc", "best_val_acc", "best_val_loss", "final_val_acc",
+         "final_val_loss", "final_train_loss", "test_acc", "test_loss", "epochs_to_best", "wall_s", "samples_per_s")
 
 
 def _columns(report: Report) -> list[str]:
     """The table's metric columns: the ranking metric first, accuracy and test figures only where a job has them."""
     has_acc = any(job.value("best_val_acc") is not None for job in report.jobs)
     has_test = any(job.value("test_loss") is not None for job in report.jobs)
-    shown = [m for m in TABLE if (has_acc or not m.endswith("_acc")) and (has_test or not m.startswith("test_"))]
+    has_bpc = any(job.value("best_val_bpc") is not None for job in report.jobs)
+    shown = [m for m in TABLE if (has_acc or not m.endswith("_acc")) and (has_test or not m.startswith("test_"))
+             and (has_bpc or not m.endswith("_bpc"))]
     return [report.metric] + [m for m in shown if m != report.metric]
 
 
@@ -310,22 +319,25 @@ def _curve(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[floa
 
 
 def plot(report: Report, path: Path) -> None:
-    """Validation curves of every configuration: mean over seeds, band from min to max."""
-    import matplotlib
+    """Validation curves of every configuration: mean over seeds, band from min to max.
 
-    matplotlib.use("Agg")  # no display needed, and none is touched
-    import matplotlib.pyplot as plt
+    matplotlib's object API on the Agg canvas (no pyplot: no global backend, no figure left open
+    in a process that writes many reports), with fixed margins: tight_layout took most of the
+    drawing time, as constrained layout did for curves.png."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     keys = [key for key in ("val_acc", "val_loss")
             if any(isinstance(line.get(key), (int, float)) for job in report.jobs for line in job.curve)]
-    figure, axes = plt.subplots(1, max(len(keys), 1), figsize=(6.5 * max(len(keys), 1), 4.5), squeeze=False)
+    figure = Figure(figsize=(6.5 * max(len(keys), 1), 4.5))
+    figure.subplots_adjust(left=0.1 / max(len(keys), 1), right=0.98, bottom=0.12, top=0.88, wspace=0.22)
+    axes = figure.subplots(1, max(len(keys), 1), squeeze=False)
     for axis, key in zip(axes[0], keys):
         for number, row in enumerate(report.rows):
             epochs, mean, low, high = _curve(row.ok, key)
             if not epochs:
                 continue
-            color = plt.cm.tab10(number % 10)
+            color = f"C{number % 10}"  # the default colour cycle, tab10
             axis.plot(epochs, mean, color=color, label=f"{row.label} (n={len(row.ok)})")
             axis.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
         axis.set_xlabel("epoch")
@@ -337,15 +349,14 @@ def plot(report: Report, path: Path) -> None:
     if keys:
         axes[0][0].legend(fontsize="small")
     figure.suptitle(f"{report.sweep_dir.name}: validation curves, mean over seeds (band: min to max)", fontsize="medium")
-    figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def table(report: Report) -> Any:
     from rich.table import Table
 
-    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "test_acc", "epochs_to_best", "wall_s", "samples_per_s"]
+    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "test_bpc", "test_acc", "epochs_to_best", "wall_s",
+                                       "samples_per_s"]
     columns = [m for m in dict.fromkeys(columns) if m in _columns(report)]
     result = Table(title=f"{report.sweep_dir.name}: ranked by {report.metric}",
                    caption="vs best: within noise = |mean difference| <= the larger std over seeds")
@@ -385,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="train-report", description="Write report.md, report.csv and report.png "
                                      "for a sweep folder (finished, running, interrupted or with failed jobs).")
     parser.add_argument("path", type=Path, help="a sweep folder, e.g. multirun/experiment=ablate_norm-1a2b3c4d")
-    parser.add_argument("--metric", help=f"rank by this (default best_val_acc if present, else best_val_loss); "
+    parser.add_argument("--metric", help="rank by this (default best_val_bpc if present, else best_val_acc if present, "
+                        "else best_val_loss); "
                         f"one of {', '.join(METRICS)}")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")
     args = parser.parse_args(argv)

@@ -21,14 +21,13 @@ from in_process import train_in_process
 from ranks import Ranks, call_on_ranks, train_ranks
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from trainer import checkpoint
-from trainer.engine import distributed
+from trainer.engine import checkpoint, distributed, launch
 
 # A tiny run: 128 training samples, 8 steps of a global batch of 32 in 2 epochs; no batch
 # statistics (norm=none), so 2 x 16 samples give the same gradient as 32 in one process; a
 # constant LR, so that max_steps (which sets the schedule's length) may stop a run to resume.
 BASE = ["data=synthetic", "data.num_train=128", "data.num_val=64", "data.num_test=64", "model=mlp",
-        "model.width=32", "norm=none", "sched=constant", "device=cpu", "precision=fp32", "epochs=2", "log_every=2",
+        "model.width=32", "norm=none", "sched=constant", "device=cpu", "precision=fp32", "epochs=2", "log_every=2", "curves=false",
         "trainer.threads=1"]
 PER_RANK = "batch_size=16"
 # Every test gets the one-process reference run first: it also imports, in this process, what the forked ranks need.
@@ -99,15 +98,18 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("override", "failing"), [
-    ("data._target_=failing_rank_data.build", 1),  # rank 1 alone cannot read its data
-    ("optim.lr=0", 0),  # every rank refuses the value: rank 0 alone says so
+    (["data._target_=failing_rank_data.build"], 1),  # rank 1 alone cannot read its data
+    (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
+    (["smoke=true"], 0),  # one-process commands, refused under torchrun
+    (["-m", "seed=0,1"], 0),
 ])
-def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: str, failing: int) -> None:
-    outcomes = train_ranks([*BASE, PER_RANK, override], tmp_path, timeout=60)
+def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: list[str], failing: int) -> None:
+    flags = [arg for arg in override if arg.startswith("-")]  # Hydra's options come before the overrides
+    outcomes = train_ranks([*flags, *BASE, PER_RANK, *(arg for arg in override if arg not in flags)], tmp_path, timeout=60)
     assert [outcome.code for outcome in outcomes] == [2, 2]
     lines = [line for outcome in outcomes for line in outcome.stderr.splitlines()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and outcomes[failing].stderr == lines[0] + "\n"
-    assert not (tmp_path / "outputs").exists()  # no run folder left behind
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # no run folder left behind
 
 
 def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
@@ -174,3 +176,31 @@ def test_train_ddp_ends_with_the_failed_ranks_exit_code_and_line(tmp_path: Path)
     assert result.returncode == 2
     assert result.stderr == "error: data.path=/shared/set is not readable on this node (failing_rank_data)\n"
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_resumed_run_with_dropout_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    # Every rank draws its dropout masks from the same seeded stream (rank 0's per-layer probe gives
+    # back what it draws), so the one random state a checkpoint holds continues every rank.
+    dropout = [*BASE, PER_RANK, "regularisation=dropout", "deterministic=true"]
+    assert [o.code for o in train_ranks([*dropout, "hydra.run.dir=whole"], tmp_path)] == [0, 0]
+    assert [o.code for o in train_ranks([*dropout, "max_steps=4", "hydra.run.dir=parts"], tmp_path)] == [0, 0]
+    assert [o.code for o in train_ranks([*dropout, "hydra.run.dir=parts", "resume=auto"], tmp_path)] == [0, 0]
+    for kind in ("step", "epoch"):
+        assert records(tmp_path / "parts", kind) == [
+            {**record, "elapsed": pytest.approx(record["elapsed"], abs=1e3), "samples_per_s": pytest.approx(0, abs=1e9)}
+            if "samples_per_s" in record else {**record, "elapsed": pytest.approx(record["elapsed"], abs=1e3)}
+            for record in records(tmp_path / "whole", kind)]
+    for name, tensor in final_weights(tmp_path / "whole").items():
+        torch.testing.assert_close(final_weights(tmp_path / "parts")[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("args", [[], ["data=synthetic"], ["--nproc_per_node=0"], ["--nproc_per_node=two"]])
+def test_train_ddp_needs_the_process_count_first(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        launch.split_args(args)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: the first argument must be --nproc_per_node=N")
+
+
+def test_train_ddp_passes_the_rest_to_train() -> None:
+    assert launch.split_args(["--nproc_per_node=4", "model=mlp", "-m"]) == (4, ["model=mlp", "-m"])

@@ -16,7 +16,7 @@ import sys
 
 from trainer.engine.threads import available_cores
 
-USAGE = "usage: train-ddp --nproc_per_node=N [train overrides...]   (N processes on this machine)"
+USAGE = "train-ddp --nproc_per_node=N [train overrides...]"
 NPROC = re.compile(r"^--nproc[_-]per[_-]node=(?P<count>\d+)$")
 
 
@@ -24,7 +24,9 @@ def split_args(args: list[str]) -> tuple[int, list[str]]:
     """The process count and the arguments for `train`; a missing or bad count exits 2 with the usage."""
     match = NPROC.match(args[0]) if args else None
     if match is None or int(match["count"]) < 1:
-        print(f"error: {USAGE}", file=sys.stderr)
+        given = repr(args[0]) if args else "nothing"
+        print(f"error: the first argument must be --nproc_per_node=N, N >= 1 processes on this machine (got {given}): "
+              f"{USAGE}", file=sys.stderr)
         sys.exit(2)
     return int(match["count"]), args[1:]
 

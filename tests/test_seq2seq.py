@@ -41,7 +41,9 @@ def test_targets_follow_the_task_and_the_layout(task: str) -> None:
     for x, y in zip(data.x_train, data.y_train):
         source, decoder_input = x[0], x[1]
         target = symbols_of(y)
-        if task == "reverse":
+        if task == "copy":
+            assert target == symbols_of(source)
+        elif task == "reverse":
             assert target == symbols_of(source)[::-1]
         elif task == "sort":
             assert target == sorted(symbols_of(source))
@@ -81,7 +83,7 @@ def test_reverse_input_reverses_the_source_only() -> None:
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"task": "copy"}, "data.task='copy' is unknown; valid: reverse, sort, add"),
+    ({"task": "echo"}, "data.task='echo' is unknown; valid: copy, reverse, sort, add"),
     ({"min_len": 0}, "data.min_len=0 must be at least 1"),
     ({"min_len": 5, "max_len": 4}, "data.max_len=4 must be at least data.min_len=5"),
     ({"symbols": 2, "min_len": 1, "max_len": 2, "num_train": 100}, "6 distinct sources"),
@@ -120,6 +122,7 @@ def test_attention_weights_sum_to_one_over_the_real_source_positions(kind: str, 
 @pytest.mark.parametrize("switches", [
     {"attention": "none"}, {"attention": "multiplicative", "cell": "gru"},
     {"layers": 3, "residual": "previous", "bidirectional": True}, {"layers": 3, "residual": "dense", "cell": "rnn"},
+    {"cell": "gru", "decoder_cell": "lstm", "layers": 2},
 ])
 def test_the_whole_sequence_path_equals_decoding_step_by_step(switches: dict, reverse_data: tasks.DataSplits) -> None:
     """Teacher-forced logits come from one call over every step when no input is sampled; they
@@ -133,6 +136,23 @@ def test_the_whole_sequence_path_equals_decoding_step_by_step(switches: dict, re
         step_logits, state = net.decode_step(x[:, 1, t], state, memory)
         assert torch.allclose(step_logits, logits[:, :, t], atol=1e-5)
     assert (logits[:, :, steps:] == 0).all()
+
+
+@pytest.mark.parametrize("cell, decoder_cell", [("lstm", "gru"), ("gru", "lstm"), ("lstm", "rnn")])
+def test_the_decoder_cell_can_differ_and_starts_from_the_encoder_s_final_h(cell: str, decoder_cell: str,
+                                                                           reverse_data: tasks.DataSplits) -> None:
+    net = model(reverse_data, cell=cell, decoder_cell=decoder_cell, layers=2)
+    assert all(isinstance(layer, models.CELLS[cell]) for layer in net.encoder.layers)
+    assert all(isinstance(layer, models.CELLS[decoder_cell]) for layer in net.decoder.layers)
+    source = reverse_data.x_val[:, 0]
+    _, encoder_state = net.encoder(net.source_embedding(source), lengths=(source != PAD).sum(1))
+    start = net.encode(source).state
+    for encoded, started in zip(encoder_state, start):
+        h = encoded[0] if isinstance(encoded, tuple) else encoded
+        assert torch.equal(started[0] if decoder_cell == "lstm" else started, h)
+        if decoder_cell == "lstm" and cell != "lstm":
+            assert (started[1] == 0).all()  # a fresh memory cell
+    assert net(reverse_data.x_val).shape == (16, reverse_data.num_outputs, reverse_data.x_val.shape[2])
 
 
 @pytest.mark.parametrize("residual", ["previous", "dense"])
@@ -162,6 +182,8 @@ def test_residual_connections_feed_each_layer_as_defined(residual: str, reverse_
     ({"residual": "dense"}, "model.residual=dense connects stacked layers: it needs model.layers >= 2"),
     ({"shared": True, "bidirectional": True}, "model.shared=true needs the encoder and decoder to have the same shape"),
     ({"shared": True, "attention": "additive"}, "model.shared=true needs the encoder and decoder"),
+    ({"shared": True, "decoder_cell": "gru"}, "a different decoder_cell makes them differ"),
+    ({"decoder_cell": "lstmx"}, "model.decoder_cell='lstmx' is unknown"),
     ({"bidirectional": True, "hidden": 15}, "model.hidden=15 must be even"),
 ])
 def test_bad_model_settings_are_one_line_errors(setting: dict, message: str, reverse_data: tasks.DataSplits) -> None:

@@ -34,7 +34,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from trainer.cli import CONF_DIR
-from trainer.parts import build_parts
+from trainer.engine.parts import build_parts
 from trainer.run import run
 
 

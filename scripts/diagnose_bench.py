@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from trainer.cli import CONF_DIR  # noqa: E402
-from trainer.diagnosis import apply_suggestion  # noqa: E402
+from trainer.observe.diagnosis import apply_suggestion  # noqa: E402
 from trainer.run import run  # noqa: E402
 
 # Every run starts from this: 10-class generated signals (chance 10%), a 64-wide MLP, 5 epochs

@@ -1,4 +1,4 @@
-"""Shared fixtures: compose the real config from trainer/conf, shrunk to run in seconds."""
+"""Shared fixtures: compose the real config from conf/, shrunk to run in seconds (helpers.py)."""
 from __future__ import annotations
 
 import os
@@ -10,22 +10,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainer.cli import CONF_DIR
-
-GROUPS_DIR = Path(CONF_DIR)
+from helpers import CONF_DIR, SMALL
 
 # One intra-op thread per process, here and in the `train` subprocesses the tests start: tests
 # run several processes at once on 2 cores, and OpenMP threads that outnumber the cores spin
 # against each other (seen here: steps 10-40x slower). The tiny test models gain nothing from more.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
-# A tiny, fast, learnable task and a couple of steps: enough to exercise every code path.
-SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu"]
-
-
-def group_choices(group: str) -> list[str]:
-    """Every choice of a group, read from conf/ so a new YAML is covered without editing tests."""
-    return sorted(path.stem for path in (GROUPS_DIR / group).glob("*.yaml"))
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer import checkpoint, cli
-from trainer.loop import Trainer
+from trainer import cli
+from trainer.engine import checkpoint
+from trainer.engine.loop import Trainer
 
 POINTS = ("step", "checkpoint", "best", "writing")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from trainer.augment import NoAugment, Shift, _shift_axis, none, shift
 from trainer.config import build
 from trainer.errors import ConfigError
 from trainer.run import run
+from trainer.tricks.augment import NoAugment, Shift, _shift_axis, none, shift
 
 
 def ramp(n: int = 4, length: int = 10) -> torch.Tensor:
@@ -115,7 +115,7 @@ def test_only_training_batches_are_augmented(make_cfg: Callable[..., DictConfig]
     def record(max_shift: int, noise_std: float, flip: bool, mode: str) -> Recorder:
         return recorder
 
-    monkeypatch.setattr("trainer.augment.shift", record)
+    monkeypatch.setattr("trainer.tricks.augment.shift", record)
     cfg = make_cfg("augment=shift", "max_steps=3", "batch_size=32")
     summary = run(cfg, tmp_path / "run")
     assert summary["status"] == "completed"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import group_choices
+from helpers import group_choices
 from trainer.config import GROUPS
 
 TRAIN = str(Path(sys.executable).with_name("train"))
@@ -43,14 +43,19 @@ def test_run_writes_summary_and_metrics(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "cli.log").exists()  # Hydra's job log goes to stdout
 
 
+# test_sweep.py::test_sweep_reports_and_resumes runs a sweep through the console script in the default run.
+@pytest.mark.slow
 def test_multirun_runs_every_combination(tmp_path: Path) -> None:
     result = train("-m", *FAST, "epochs=1", "init=xavier,he", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
-    # One folder per configuration, named by its overrides (trainer/sweep.py), not by job number.
+    # One folder per configuration, named by its overrides (trainer/sweep/jobs.py), not by job number.
     inits = {json.loads(path.read_text())["tricks"]["init"] for path in (tmp_path / "sweep").glob("*/summary.json")}
     assert inits == {"xavier", "he"}
 
 
+# The hostile table (test_hostile.py) refuses a command against a finished run, byte for byte, in
+# the default run, once through the console script too.
+@pytest.mark.slow
 def test_existing_run_is_never_clobbered(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert train(*FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0

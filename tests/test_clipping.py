@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import clipping, precision
 from trainer.errors import ConfigError
+from trainer.tricks import clipping
+from trainer.tricks import precision
 
 
 def params_with_grads(scale: float, seed: int = 0) -> list[nn.Parameter]:

@@ -7,7 +7,7 @@ from typing import Callable
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import GROUPS_DIR, group_choices
+from helpers import GROUPS_DIR, group_choices
 from trainer.config import GROUPS, build, builder, choices
 from trainer.errors import ConfigError
 
@@ -52,6 +52,6 @@ def test_fields_combine_by_override(make_cfg: Callable[..., DictConfig]) -> None
 
 
 def test_unknown_key_names_the_valid_ones() -> None:
-    node = OmegaConf.create({"_target_": "trainer.clipping.norm", "name": "norm", "max_nrom": 1.0})
+    node = OmegaConf.create({"_target_": "trainer.tricks.clipping.norm", "name": "norm", "max_nrom": 1.0})
     with pytest.raises(ConfigError, match="clipping.max_nrom is not a setting of clipping=norm; valid: max_norm, norm_type"):
         build("clipping", node)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 from omegaconf import DictConfig
 
-from trainer.curves import PlotError, draw_curves, plot_curves
+from trainer.observe.curves import PlotError, draw_curves, plot_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,5 +76,5 @@ def test_a_run_titles_its_curves_with_its_configuration(make_cfg: Callable[..., 
 
     titles: list[str] = []
     monkeypatch.setattr(trainer.run, "plot_curves", lambda metrics, out, title="": titles.append(title))
-    trainer.run.run(make_cfg("init=he", "seed=3"), tmp_path / "run")
+    trainer.run.run(make_cfg("init=he", "seed=3", "curves=true"), tmp_path / "run")
     assert "init=he" in titles[0] and "seed=3" in titles[0] and "run" not in titles[0].split()

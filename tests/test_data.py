@@ -238,14 +238,14 @@ def test_input_scale_offset_and_standardise_repairs_them() -> None:
     ("data.input_offset=abc", "data.input_offset='abc' must be a number"),
 ])
 def test_data_options_bad_values(make_cfg, override: str, message: str) -> None:
-    from trainer.parts import build_parts
+    from trainer.engine.parts import build_parts
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_parts(make_cfg(override))
 
 
 def test_label_noise_needs_classification(make_cfg) -> None:
-    from trainer.parts import build_parts
+    from trainer.engine.parts import build_parts
 
     with pytest.raises(ConfigError, match="data.label_noise=0.2 needs a classification task"):
         build_parts(make_cfg("data=adding", "data.num_train=64", "data.num_val=16", "data.seq_len=10",

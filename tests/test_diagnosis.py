@@ -12,7 +12,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from trainer.diagnosis import apply_suggestion, command, command_lines, diagnose, diagnose_file, panel, to_dicts, with_commands
+from trainer.observe.diagnosis import apply_suggestion, command, command_lines, diagnose, diagnose_file, panel, to_dicts, with_commands
 
 
 

@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from trainer import early_stopping
 from trainer.errors import ConfigError
 from trainer.run import run
+from trainer.tricks import early_stopping
 
 
 def stop_index(hook: Any, values: list[float], monitor: str = "val_loss") -> int | None:

@@ -8,14 +8,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainer.cli import CONF_DIR
+from helpers import CONF_DIR
 from trainer.run import run
 
 EXPERIMENTS = Path(CONF_DIR) / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("evidence_", "mnist1d_best")))
 SINGLE_RUN = {"mnist1d_best"}  # trains one run; `-m ... seed=0,1,2` for the seeds
 # Shrink whatever data set a preset uses: a couple of steps only need a few batches (at least two
-# per epoch: with one, cosine_warmup's warmup covers the whole run and trainer/sched.py divides by zero).
+# per epoch: with one, cosine_warmup's warmup covers the whole run and trainer/tricks/sched.py divides by zero).
 SMALL_DATA = {
     "mnist1d": ["data.num_samples=300"],
     "adding": ["data.num_train=256", "data.num_val=16", "data.seq_len=10"],

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from trainer.engine.parts import build_parts
 from trainer.errors import TrainerError
-from trainer.parts import build_parts
 from trainer.run import run
 from trainer.tasks import run_task
 from trainer.tasks.export import count_layers, export, fold_batchnorm, load_inference
@@ -65,7 +65,7 @@ def test_export_writes_a_weights_only_file_that_matches_the_trained_model(traine
     assert result["max_abs_diff"] < 1e-4 and result["before"]["inference_s"] > 0 < result["after"]["inference_s"]
     payload = torch.load(tmp_path / "inference.pt", weights_only=True)  # plain tensors and containers
     assert payload["folded"] == result["folded"]
-    from trainer.trained import load_run
+    from trainer.engine.trained import load_run
 
     trained = load_run(str(trained_run), "export")
     exported = load_inference(tmp_path / "inference.pt")

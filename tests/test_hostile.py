@@ -20,7 +20,7 @@ import torch
 
 from fakes import PlantsMarker, make_images
 from in_process import Outcome, train_in_process
-from trainer.records import claim
+from trainer.observe.records import claim
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 FAST = ["data=synthetic", "epochs=1", "log_every=5"]
@@ -149,6 +149,7 @@ CASES = [
     Case("nesterov without momentum", ["optim=nesterov", "optim.momentum=0"], "optim=nesterov needs optim.momentum > 0"),
     Case("groups do not divide", ["norm=groupnorm", "norm.groups=3"], "norm.groups=3 does not divide a layer of width 32"),
     Case("batchnorm at batch 1", ["batch_size=1"], "batch_size=1 with norm=batchnorm"),
+    Case("curves not a boolean", ["curves=sometimes"], "curves=sometimes must be true or false"),
     Case("unknown nan policy", ["nan_policy=ignore"], "nan_policy='ignore' is unknown; valid: stop, skip"),
     Case("keep no checkpoints", ["checkpoint.keep_last=0"], "checkpoint.keep_last=0 must be an integer >= 1"),
     Case("unknown device", ["device=tpu"], "device='tpu' is unknown; valid: auto, cpu, cuda"),

@@ -16,9 +16,9 @@ from torch import nn
 from fakes import PlantsMarker
 from trainer.data import synthetic
 from trainer.errors import ConfigError
-from trainer.init import SCHEMES, gain_for, initialise
 from trainer.models import cnn, mlp, rnn
-from trainer.norm import factory
+from trainer.tricks.init import SCHEMES, gain_for, initialise
+from trainer.tricks.norm import factory
 
 RELU_GAIN = math.sqrt(2.0)
 REL = 0.02  # relative tolerance on a std or bound estimated from >= 10^5 samples

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainer import checkpoint
+from trainer.engine import checkpoint
 
 KILLING_TRAIN = str(Path(__file__).with_name("killing_train.py"))
 # 192 samples in batches of 32: 6 steps per epoch, 4 epochs; deterministic on one CPU thread.

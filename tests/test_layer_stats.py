@@ -8,9 +8,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from trainer import precision as precision_module
-from trainer.layer_stats import collect
-from trainer.parts import build_parts
+from trainer.engine.parts import build_parts
+from trainer.observe.layer_stats import collect
+from trainer.tricks import precision as precision_module
 
 FP32 = precision_module.build("fp32", torch.device("cpu"))
 

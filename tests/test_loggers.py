@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from conftest import GROUPS_DIR, group_choices
+from helpers import GROUPS_DIR, group_choices
 from trainer.errors import ConfigError
-from trainer.loggers import LAYER_COLUMNS, METRIC_COLUMNS, CSVLogger, LoggerGroup, TensorBoardLogger, build_loggers
+from trainer.observe.loggers import LAYER_COLUMNS, METRIC_COLUMNS, CSVLogger, LoggerGroup, TensorBoardLogger, build_loggers
 
 LAYERS = [
     {"name": "body.1", "kind": "Linear", "act_mean": 0.1, "act_std": 1.2, "dead_fraction": None,

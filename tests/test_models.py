@@ -12,12 +12,13 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 from torch import nn
 
+from helpers import CONF_DIR
 from trainer.errors import ConfigError
 from trainer.models import cnn, cnn1d, mlp, resnet, rnn
 from trainer.models.activations import ACTIVATIONS, make_activation
-from trainer.norm import NORMS, factory
+from trainer.tricks.norm import NORMS, factory
 
-CONF = Path(__file__).parents[1] / "trainer" / "conf" / "model"
+CONF = Path(CONF_DIR) / "model"
 Builder = Callable[..., nn.Module]
 RUNTIME = {"input_shape", "num_outputs", "norm", "dropout", "input_dropout"}
 

@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from trainer.display import PlainDisplay
-from trainer.loop import Trainer
-from trainer.parts import build_parts
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import build_parts
+from trainer.observe.display import PlainDisplay
 
 POISONED = ["norm=none", "sched=constant", "batch_size=32", "data.num_train=128", "max_steps=null",
             "epochs=1", "log_every=2", "checkpoint.every_epochs=0"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainer.errors import ConfigError
-from trainer.norm import NORMS, factory
+from trainer.tricks.norm import NORMS, factory
 
 C = 32
 SHAPES = {0: (16, C), 1: (16, C, 10), 2: (16, C, 5, 6)}  # spatial_dims -> (N, C, *positions)

@@ -10,12 +10,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainer import optim
+from helpers import CONF_DIR
 from trainer.errors import ConfigError
 from trainer.models import mlp
-from trainer.norm import factory
+from trainer.tricks import optim
+from trainer.tricks.norm import factory
 
-CONF = Path(optim.__file__).parent / "conf" / "optim"
+CONF = Path(CONF_DIR) / "optim"
 
 
 def make_model(norm: str = "layernorm", seed: int = 0) -> nn.Module:
@@ -47,7 +48,7 @@ def test_builds_the_right_class(name: str, cls: type, expected: dict[str, Any]) 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
 def test_yaml_configs_build(name: str) -> None:
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    assert isinstance(cfg, dict) and cfg.pop("_target_") == "trainer.optim.build"
+    assert isinstance(cfg, dict) and cfg.pop("_target_") == "trainer.tricks.optim.build"
     opt = optim.build(make_model(), **cfg)  # type: ignore[arg-type]
     assert opt.param_groups[0]["lr"] == cfg["lr"]
 

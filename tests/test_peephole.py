@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainer.data.timing import build as build_timing
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
 from trainer.models.peephole import PeepholeLSTM
-from trainer.parts import build_parts
 
 
 def test_one_step_matches_the_gate_equations_computed_by_hand() -> None:

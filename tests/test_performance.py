@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from trainer.display import PlainDisplay
-from trainer.loop import Trainer
-from trainer.parts import build_parts
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import build_parts
+from trainer.observe.display import PlainDisplay
 from trainer.run import run
 
 EXACT = ["norm=none", "sched=constant", "data.num_train=128", "checkpoint.every_epochs=0", "log_every=5"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from trainer import checkpoint
-from trainer.loop import keep_implementation
-from trainer.precision import Precision
+from trainer.engine import checkpoint
+from trainer.engine.loop import keep_implementation
 from trainer.run import rng_state, run, set_rng_state
+from trainer.tricks.precision import Precision
 
 CPU, GPU0, GPU1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
 

@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import clipping, optim, precision
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
-from trainer.loop import Trainer
-from trainer.parts import build_parts
 from trainer.run import run
+from trainer.tricks import clipping
+from trainer.tricks import optim
+from trainer.tricks import precision
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

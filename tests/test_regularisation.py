@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import optim, regularisation
 from trainer.data import synthetic
 from trainer.errors import ConfigError
 from trainer.models import cnn, cnn1d, mlp, resnet, rnn
-from trainer.norm import factory
+from trainer.tricks import optim
+from trainer.tricks import regularisation
+from trainer.tricks.norm import factory
 
 
 def make_mlp(seed: int = 0, norm: str = "layernorm", dropout: float = 0.0) -> nn.Module:

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer import report
 from trainer.errors import ConfigError
+from trainer.sweep import report
 
-TRAIN_REPORT = str(Path(sys.executable).with_name("train-report"))
+# The module the `train-report` console script runs (test_packaging checks the script itself in a
+# built wheel): an editable install made before the module moved would still name the old one.
+TRAIN_REPORT = [sys.executable, "-m", "trainer.sweep.report"]
 
 
 def write_job(sweep: Path, name: str, overrides: list[str], status: str | None = "completed",
@@ -119,10 +121,10 @@ def test_regression_sweep_ranks_by_best_val_loss(tmp_path: Path) -> None:
 
 
 def test_train_report_command(sweep: Path, tmp_path: Path) -> None:
-    result = subprocess.run([TRAIN_REPORT, str(sweep), "--no-plot"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*TRAIN_REPORT, str(sweep), "--no-plot"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "norm=a" in result.stdout and (sweep / "report.md").exists() and not (sweep / "report.png").exists()
     for bad in (tmp_path / "nowhere", tmp_path / "norm=a,seed=0" / ".hydra"):
-        result = subprocess.run([TRAIN_REPORT, str(bad)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([*TRAIN_REPORT, str(bad)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")

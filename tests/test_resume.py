@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fakes import PlantsMarker
 
-from trainer import checkpoint
+from trainer.engine import checkpoint
 from trainer.errors import ConfigError
 from trainer.run import check_resumable, run
 

@@ -11,8 +11,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from trainer import sched
 from trainer.errors import ConfigError
+from trainer.tricks import sched
 
 BASE = 0.1
 TOTAL = 100

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import decoding, teacher_forcing
 from trainer.data import seq2seq as tasks
 from trainer.data.seq2seq import BOS, EOS, FIRST_SYMBOL, IGNORE_INDEX, PAD
 from trainer.errors import ConfigError
+from trainer.models import decoding
 from trainer.models import seq2seq as models
-from trainer.norm import factory
+from trainer.tricks import teacher_forcing
+from trainer.tricks.norm import factory
 
 
 def symbols_of(tokens: torch.Tensor) -> list[int]:

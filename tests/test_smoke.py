@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import group_choices
+from helpers import group_choices
 from fakes import make_images, write_mnist
 from trainer.config import GROUPS, build
 from trainer.run import run
@@ -79,4 +79,10 @@ def test_choice_trains(group: str, choice: str, tmp_path: Path, make_cfg: Callab
     layers = [line for line in lines if line["kind"] == "layers"]
     # One probe of the fresh model (epoch 0, for the diagnosis) and one per evaluation.
     assert [line["epoch"] for line in layers] == [0, 1] and all(line["layers"] for line in layers)
-    assert (tmp_path / "run" / "curves.png").exists()
+
+
+@pytest.mark.parametrize("curves", [True, False])
+def test_curves_are_drawn_unless_switched_off(curves: bool, tmp_path: Path, make_cfg: Callable[..., DictConfig]) -> None:
+    summary = run(make_cfg(f"curves={str(curves).lower()}"), tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert (tmp_path / "run" / "curves.png").exists() is curves

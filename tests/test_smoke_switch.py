@@ -1,4 +1,4 @@
-"""`smoke=true` (trainer/smoke.py, smoke_check.py) and `train -m experiment=smoke_all` (the
+"""`smoke=true` (trainer/engine/smoke.py, smoke_check.py) and `train -m experiment=smoke_all` (the
 every_choice sweeper): every data and model choice smoke-runs, planted failures exit non-zero
 with one line, and nothing is left behind."""
 from __future__ import annotations
@@ -15,17 +15,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from conftest import group_choices
+from helpers import group_choices
 from hydra_plugins.trainer_sweepers.every_choice import one_group_at_a_time
 from test_smoke import NEEDS_REAL_FILES, prepare
-from trainer import checkpoint
-from trainer.cli import CONF_DIR
+from helpers import CONF_DIR
+from trainer.engine import checkpoint
+from trainer.engine.loop import Trainer
+from trainer.engine.smoke import SmokeFailure, shrink, smoke_run
+from trainer.engine.smoke_check import check_round_trip, check_summary
 from trainer.errors import ConfigError, DataError
-from trainer.loop import Trainer
-from trainer.records import write_json_atomic
+from trainer.observe.records import write_json_atomic
 from trainer.run import run
-from trainer.smoke import SmokeFailure, shrink, smoke_run
-from trainer.smoke_check import check_round_trip, check_summary
 
 TRAIN = str(Path(sys.executable).with_name("train"))
 # The model tests use the fast generated data; the 2-D models get images.

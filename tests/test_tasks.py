@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from trainer.parts import build_parts
+from trainer.engine.parts import build_parts
 from trainer.tasks import check_init as check_init_module
 from trainer.tasks import lr_find as lr_find_module
 from trainer.tasks import plan as plan_module

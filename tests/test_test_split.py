@@ -11,10 +11,10 @@ import torch
 from omegaconf import DictConfig
 from test_report import write_job
 
-from trainer import report
-from trainer.early_stopping import EarlyStopping
-from trainer.loop import Trainer
+from trainer.engine.loop import Trainer
 from trainer.run import run
+from trainer.sweep import report
+from trainer.tricks.early_stopping import EarlyStopping
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_report_without_test_figures_has_no_test_columns(tmp_path: Path) -> None
 
 def test_smoke_run_reads_a_slice_of_the_test_split() -> None:
     from trainer.data import synthetic
-    from trainer.smoke import SMOKE_VAL_SAMPLES, slice_data
+    from trainer.engine.smoke import SMOKE_VAL_SAMPLES, slice_data
 
     data = synthetic.build(num_train=64, num_val=100, num_test=100)
     small = slice_data(data, step_batch=8)

@@ -11,11 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from trainer import sweep, threads
-from trainer.cli import CONF_DIR
+from helpers import CONF_DIR
+from trainer.engine import threads
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
-from trainer.parts import build_parts
 from trainer.run import run
+from trainer.sweep import jobs as sweep
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError, TrainerError
-from trainer.parts import build_parts
 from trainer.run import run
 from trainer.tasks import run_task
 from trainer.tasks.tsne import neighbour_agreement, penultimate_features, tsne

@@ -2,7 +2,7 @@
 
 Errors a user can fix (a bad value, an unknown option, a missing file) are printed as one
 line on stderr with exit code 2 and no traceback; the run folder Hydra made for a job that
-failed that way is removed again (only if this command made it: trainer.run_folder), so no
+failed that way is removed again (only if this command made it: trainer.observe.run_folder), so no
 half-written run is left behind and no folder of the user's is ever removed.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer import sweep  # registers the resolvers that name sweep folders (also for --cfg)
+from trainer.sweep import jobs as sweep  # registers the resolvers that name sweep folders (also for --cfg)
+from trainer.config import config_root
 from trainer.errors import TrainerError
-from trainer.run_folder import discard_if_unused
+from trainer.observe.run_folder import discard_if_unused
 
-CONF_DIR = str(Path(__file__).parent / "conf")
+CONF_DIR = str(config_root())
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 # Jobs of this process that stopped on a user error: a sweep runs the rest, then exits non-zero.
@@ -44,7 +45,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level
-            from trainer.smoke import smoke_run
+            from trainer.engine.smoke import smoke_run
 
             smoke_jobs.append(run_dir.name)
             print(smoke_run(cfg), flush=True)

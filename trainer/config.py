@@ -9,11 +9,22 @@ import math
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import ConfigError
+
+
+def config_root() -> Path:
+    """The Hydra config root, `conf/`: inside the package in a built wheel (pyproject.toml maps the
+    top-level folder to `trainer/conf` there), beside the package in a clone or an editable install.
+    Found by path, not by import, so a checkout on PYTHONPATH uses its own YAMLs."""
+    package = Path(__file__).parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
 
 # The trick groups, in the order the summary lists them.
 GROUPS = ("data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping",

@@ -20,17 +20,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import checkpoint, diagnosis, layer_stats
 from trainer.config import choices
-from trainer.curves import PlotError, plot_curves
-from trainer.display import make_display
+from trainer.engine import checkpoint
+from trainer.engine.loop import Trainer, TrainState
+from trainer.engine.parts import Parts, build_parts
 from trainer.errors import ConfigError
-from trainer.loggers import LoggerGroup, build_loggers
-from trainer.loop import Trainer, TrainState
-from trainer.parts import Parts, build_parts
-from trainer.precision import Precision
-from trainer.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
-from trainer.run_folder import write_record
+from trainer.observe import diagnosis
+from trainer.observe import layer_stats
+from trainer.observe.curves import PlotError, plot_curves
+from trainer.observe.display import make_display
+from trainer.observe.loggers import LoggerGroup, build_loggers
+from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
+from trainer.observe.run_folder import write_record
+from trainer.tricks.precision import Precision
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
@@ -237,7 +239,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     write_json_atomic(run_dir / "summary.json", summary)
-    if not cfg.get("smoke"):  # drawing costs more than a smoke run's training, and its errors never fail a run
+    if cfg.get("curves", True) and not cfg.get("smoke"):  # drawing costs more than a smoke run's training; its errors never fail a run
         try:
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=curves_title(tricks, cfg))
         except PlotError as error:

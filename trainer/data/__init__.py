@@ -28,6 +28,9 @@ class DataSplits:
         x_test: test inputs, evaluated once, on the weights the run ends with; None when the
             data set has no test split.
         y_test: test targets.
+        chars: the vocabulary of a character language model (data=text): character i is token id i;
+            x and y are then int64 ids of shape (N, L), y the next character of each position. None
+            for every other data set. A run whose data has it reports bits per character.
     """
 
     x_train: torch.Tensor
@@ -39,6 +42,7 @@ class DataSplits:
     notices: list[str] = field(default_factory=list)
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    chars: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,7 +57,7 @@ class DataSplits:
         return DataSplits(
             self.x_train.to(device), self.y_train.to(device),
             self.x_val.to(device), self.y_val.to(device),
-            self.task, self.num_outputs, self.notices, *test,
+            self.task, self.num_outputs, self.notices, *test, self.chars,
         )
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from trainer.errors import ConfigError
 from trainer.models import Net, check_args, dropout_layers
 from trainer.models.activations import make_activation
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 
 def build(

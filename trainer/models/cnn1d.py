@@ -11,7 +11,7 @@ from torch import nn
 from trainer.errors import ConfigError
 from trainer.models import Net, check_args, check_at_least, dropout_layers
 from trainer.models.activations import make_activation
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 KERNELS = (5, 3, 3)
 

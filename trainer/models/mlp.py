@@ -7,7 +7,7 @@ from torch import nn
 
 from trainer.models import Net, check_args, check_at_least, dropout_layers
 from trainer.models.activations import make_activation
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 
 def build(

@@ -8,7 +8,7 @@ from torch import nn
 from trainer.errors import ConfigError
 from trainer.models import check_args, check_at_least, dropout_layers
 from trainer.models.peephole import PeepholeLSTM
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

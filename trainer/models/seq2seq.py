@@ -16,7 +16,7 @@ and one recurrent stack for both sides) or separate encoder and decoder weights.
 Training feeds the decoder the true previous token with probability `teacher_forcing_ratio`
 (set each step by the teacher_forcing group), else its own previous prediction (Bengio et al.
 2015). In eval mode it always feeds the true tokens: the validation loss is the teacher-forced
-one; free-running decoding (greedy, beam) is `decoding.py`'s, through `encode` and `decode_step`.
+one; free-running decoding (greedy, beam) is `models/decoding.py`'s, through `encode` and `decode_step`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from trainer.data.seq2seq import BOS, PAD
 from trainer.errors import ConfigError
 from trainer.models import check_at_least, check_probability, dropout_layers
-from trainer.norm import NormFactory
+from trainer.tricks.norm import NormFactory
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 ATTENTIONS = ("none", "additive", "multiplicative")

@@ -36,10 +36,10 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
     run folder; plan writes nothing."""
     from rich.console import Console
 
-    from trainer.parts import build_parts  # torch loads here
     from trainer.config import check_numbers
-    from trainer.records import check_unused, claim
-    from trainer.run_folder import write_record
+    from trainer.engine.parts import build_parts  # torch loads here
+    from trainer.observe.records import check_unused, claim
+    from trainer.observe.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")

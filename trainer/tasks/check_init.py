@@ -18,9 +18,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from trainer.curves import save_figure
-from trainer.layer_stats import ACTIVATIONS, collect
-from trainer.parts import Parts
+from trainer.engine.parts import Parts
+from trainer.observe.curves import save_figure
+from trainer.observe.layer_stats import ACTIVATIONS, collect
 
 # An activation std below 1/100 of the input's: the signal has all but vanished, and so will the
 # gradients that flow back through the same layers.
@@ -49,7 +49,7 @@ def check_init(parts: Parts, run_dir: Path) -> dict[str, Any]:
     """Per-layer activation and gradient statistics of the untrained model on one training batch.
 
     Args:
-        parts: built by trainer.parts.build_parts (nothing is trained; the model is left as found).
+        parts: built by trainer.engine.parts.build_parts (nothing is trained; the model is left as found).
         run_dir: where init_check.png goes.
 
     Returns:

@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from trainer.engine.trained import build_untrained, load_run
 from trainer.errors import ConfigError, TrainerError
-from trainer.records import write_atomic
-from trainer.trained import build_untrained, load_run
+from trainer.observe.records import write_atomic
 
 FILE = "inference.pt"
 FORMAT = "trainer-inference/1"

@@ -22,9 +22,9 @@ from rich.console import RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from trainer.curves import save_figure
+from trainer.engine.parts import Parts
 from trainer.errors import ConfigError
-from trainer.parts import Parts
+from trainer.observe.curves import save_figure
 
 # The first 10% of readings are skipped when looking for the steepest descent: the bias-corrected
 # average of a handful of noisy batch losses swings more than the trend (fastai skips 10 of 100).
@@ -82,7 +82,7 @@ def lr_find(
     """Run the LR range test on `parts`, write `run_dir/lr_find.png`, and restore the parts' state.
 
     Args:
-        parts: built by trainer.parts.build_parts; its optimizer, precision, clipping, penalty
+        parts: built by trainer.engine.parts.build_parts; its optimizer, precision, clipping, penalty
             and trainer.accumulate are used as a training run would use them (the schedule is not).
         run_dir: where lr_find.png goes.
         start_lr: the first step's LR.

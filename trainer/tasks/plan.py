@@ -20,9 +20,9 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainer.config import choices
+from trainer.engine.parts import Parts, build_parts
 from trainer.errors import TrainerError
-from trainer.parts import Parts, build_parts
-from trainer.sched import resolve_warmup
+from trainer.tricks.sched import resolve_warmup
 
 # BatchNorm's batch statistics get noisy in small batches: its ImageNet error rises steeply below
 # 8 samples per batch (Wu & He 2018, "Group Normalization", fig. 1).

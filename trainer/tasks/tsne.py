@@ -23,9 +23,9 @@ from rich.console import RenderableType
 from rich.table import Table
 from torch import nn
 
-from trainer.curves import save_figure
+from trainer.engine.trained import load_run
 from trainer.errors import ConfigError, TrainerError
-from trainer.trained import load_run
+from trainer.observe.curves import save_figure
 
 PLOT = "tsne.png"
 EXTRA = "tsne"  # the optional dependency group in pyproject.toml that brings scikit-learn

@@ -1,0 +1,21 @@
+"""What several test files share: where the config folder is, the choices of a group, and the
+overrides that shrink a run to seconds. Imported as `from helpers import ...` (conftest.py keeps
+only fixtures)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.config import config_root
+
+CONF_DIR = str(config_root())
+GROUPS_DIR = Path(CONF_DIR)
+
+# A tiny, fast, learnable task and a couple of steps: enough to exercise every code path. Without
+# curves.png, which took 90% of such a run's time (tests/test_curves.py draws it, and
+# test_smoke.py checks that a run writes it by default).
+SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu", "curves=false"]
+
+
+def group_choices(group: str) -> list[str]:
+    """Every choice of a group, read from conf/ so a new YAML is covered without editing tests."""
+    return sorted(path.stem for path in (GROUPS_DIR / group).glob("*.yaml"))

@@ -1,0 +1,200 @@
+"""The character language model: data=text (vocabulary, contiguous split, bad files), model=char_lstm
+(the logits' shape contract, the RNN tricks applied to it), sampling, bits per character, and the
+transfer probe's data and classifier."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.data import text, text_probe
+from trainer.errors import ConfigError, DataError
+from trainer.models import char_lm, char_probe
+from trainer.tricks.init import initialise
+from trainer.tricks.norm import factory
+
+TEXT = "The quick brown fox (jumps) over \"the lazy\" dog.\n" * 40  # 2000 characters, 30 distinct
+
+
+def write(tmp_path: Path, content: str | bytes) -> str:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return str(path)
+
+
+def tiny_lm(vocab: int, hidden: int = 12, layers: int = 2, dropout: float = 0.0, norm: str = "none") -> char_lm.CharLSTM:
+    return char_lm.build(input_shape=(16,), num_outputs=vocab, vocab_size=vocab, norm=factory(norm), dropout=dropout,
+                         input_dropout=0.0, embedding=8, hidden=hidden, layers=layers)
+
+
+def test_vocabulary_round_trip_of_a_user_file(tmp_path: Path) -> None:
+    unicode_text = "naïve café — ∑ λ 🙂\n" * 20
+    data = text.build(path=write(tmp_path, unicode_text), seq_len=8)
+    assert data.chars == "".join(sorted(set(unicode_text)))
+    assert text.decode(text.encode(unicode_text, data.chars), data.chars) == unicode_text
+    assert data.num_outputs == len(data.chars) and data.x_train.dtype == torch.int64
+
+
+def test_targets_are_the_inputs_shifted_by_one() -> None:
+    ids = torch.arange(50)
+    x, y = text.windows(ids, 8)
+    assert x.shape == y.shape == (6, 8)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(x.flatten(), ids[:48])  # consecutive windows: every character is a target once
+
+
+def test_split_blocks_are_contiguous_and_never_overlap(tmp_path: Path) -> None:
+    # Every character of this text is distinct (its own position), so a shared id means a shared character.
+    distinct = "".join(chr(0x4E00 + i) for i in range(1000))
+    data = text.build(path=write(tmp_path, distinct), seq_len=10, val_fraction=0.1, test_fraction=0.1)
+    assert data.x_test is not None and data.y_test is not None
+    seen = {name: set(torch.cat([x.flatten(), y.flatten()]).tolist())
+            for name, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
+                               ("test", data.x_test, data.y_test))}
+    assert not seen["train"] & seen["val"] and not seen["train"] & seen["test"] and not seen["val"] & seen["test"]
+    assert max(seen["train"]) < min(seen["val"]) and max(seen["val"]) < min(seen["test"])  # train, then val, then test
+    assert len(seen["train"]) > 7 * len(seen["val"])
+
+
+def test_the_default_text_is_pythons_help_topics() -> None:
+    from pydoc_data.topics import topics
+
+    default = text.default_text()
+    assert topics["assert"].strip() in default and len(default) > 100_000
+    data = text.build(seq_len=64, max_chars=20_000)
+    assert data.x_train.shape[1] == 64 and len(data.x_train) == (18_000 - 1) // 64
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    ("", "is empty"),
+    (b"caf\xe9 latin-1", "is not UTF-8"),
+])
+def test_bad_text_files_are_one_line_errors(tmp_path: Path, content: str | bytes | None, message: str) -> None:
+    path = str(tmp_path / "missing.txt") if content is None else write(tmp_path, content)
+    with pytest.raises(DataError, match=message) as error:
+        text.build(path=path)
+    assert "\n" not in str(error.value) and path in str(error.value)
+
+
+def test_a_text_too_short_for_one_sequence_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="too few for one sequence"):
+        text.build(path=write(tmp_path, "short text"), seq_len=64)
+
+
+def test_logits_put_the_vocabulary_on_dim_1_for_cross_entropy() -> None:
+    model = tiny_lm(vocab=30, norm="layernorm")
+    ids = torch.randint(30, (5, 16))
+    logits = model(ids)
+    assert logits.shape == (5, 30, 16)
+    per_step, _ = model.step_logits(ids)
+    assert torch.equal(logits, per_step.transpose(1, 2))
+    targets = torch.randint(30, (5, 16))
+    assert torch.allclose(F.cross_entropy(logits, targets),
+                          F.cross_entropy(per_step.reshape(-1, 30), targets.reshape(-1)))
+
+
+def test_position_t_sees_only_the_characters_up_to_t() -> None:
+    model = tiny_lm(vocab=30, norm="batchnorm").eval()
+    ids = torch.randint(30, (2, 16))
+    changed = ids.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 30
+    assert torch.equal(model(ids)[:, :, :10], model(changed)[:, :, :10])
+    assert not torch.equal(model(ids)[:, :, 10:], model(changed)[:, :, 10:])
+
+
+def test_init_sets_forget_bias_one_and_orthogonal_recurrent_weights() -> None:
+    model = initialise(tiny_lm(vocab=30, hidden=12, layers=2), "xavier")
+    hidden = 12
+    for layer in range(2):
+        bias_ih, bias_hh = getattr(model.rnn, f"bias_ih_l{layer}"), getattr(model.rnn, f"bias_hh_l{layer}")
+        total = bias_ih + bias_hh  # the gate's bias is their sum; gates in order input, forget, cell, output
+        assert torch.all(total[hidden : 2 * hidden] == 1.0)
+        assert torch.all(total[:hidden] == 0) and torch.all(total[2 * hidden :] == 0)
+        for block in getattr(model.rnn, f"weight_hh_l{layer}").detach().chunk(4):
+            assert torch.allclose(block @ block.T, torch.eye(hidden), atol=1e-5)
+    default = tiny_lm(vocab=30)  # PyTorch's own init (init=default) has neither
+    assert not torch.all(default.rnn.bias_ih_l0[hidden : 2 * hidden] + default.rnn.bias_hh_l0[hidden : 2 * hidden] == 1)
+
+
+def test_dropout_is_only_on_non_recurrent_connections() -> None:
+    model = char_lm.build(input_shape=(16,), num_outputs=30, vocab_size=30, norm=factory("none"), dropout=0.3,
+                          input_dropout=0.1, embedding=8, hidden=12, layers=2)
+    assert model.rnn.dropout == 0.3  # between the stacked layers: nn.LSTM never drops the recurrent path
+    dropouts = [module.p for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    assert dropouts == [0.1, 0.3]  # the embeddings, and the last layer's output before the head
+    single = char_lm.build(input_shape=(16,), num_outputs=30, vocab_size=30, norm=factory("none"), dropout=0.3,
+                           input_dropout=0.0, embedding=8, hidden=12, layers=1)
+    assert single.rnn.dropout == 0.0
+
+
+def test_the_char_model_refuses_data_that_is_not_characters() -> None:
+    with pytest.raises(ConfigError, match="use data=text"):
+        char_lm.build(input_shape=(1, 40), num_outputs=10, vocab_size=10, norm=factory("none"), dropout=0.0,
+                      input_dropout=0.0)
+    with pytest.raises(ConfigError, match="use data=text"):
+        char_lm.build(input_shape=(40,), num_outputs=10, norm=factory("none"), dropout=0.0, input_dropout=0.0)
+
+
+def test_bits_per_character_is_the_loss_in_nats_over_ln_2() -> None:
+    torch.manual_seed(0)
+    logits, targets = torch.randn(4, 30, 16), torch.randint(30, (4, 16))
+    nats = float(F.cross_entropy(logits, targets))
+    probability = F.softmax(logits, dim=1).gather(1, targets.unsqueeze(1))
+    bits = float(-torch.log2(probability).mean())  # the definition: mean -log2 p(next character)
+    assert text.bits_per_char(nats) == pytest.approx(bits, rel=1e-6)
+    assert text.bits_per_char(math.log(30)) == pytest.approx(math.log2(30))  # uniform guessing: log2 |vocab|
+
+
+def test_sampling_is_seeded_and_emits_only_vocabulary_characters() -> None:
+    chars = "".join(sorted(set(TEXT)))
+    model = tiny_lm(vocab=len(chars))
+    first = char_lm.sample(model, chars, length=200, temperature=1.0, prime="The ", seed=3)
+    assert first == char_lm.sample(model, chars, length=200, temperature=1.0, prime="The ", seed=3)
+    assert first != char_lm.sample(model, chars, length=200, temperature=1.0, prime="The ", seed=4)
+    assert first.startswith("The ") and len(first) == 204 and set(first) <= set(chars)
+    unprimed = char_lm.sample(model, chars, length=50, seed=0)
+    assert len(unprimed) == 51 and set(unprimed) <= set(chars)
+    greedy = char_lm.sample(model, chars, length=30, temperature=0, prime="T", seed=0)
+    assert greedy == char_lm.sample(model, chars, length=30, temperature=0, prime="T", seed=99)  # no draws at all
+    with pytest.raises(ConfigError, match="not in the run's vocabulary"):
+        char_lm.sample(model, chars, length=5, prime="Z!")
+
+
+def test_a_low_temperature_concentrates_the_draws() -> None:
+    chars = "abcdefghij"
+    model = tiny_lm(vocab=len(chars))
+    with torch.no_grad():
+        model.head.bias.copy_(torch.arange(10.0) * 0.5)  # 'j' most likely, by a margin that a low temperature sharpens
+    cold = char_lm.sample(model, chars, length=300, temperature=0.1, seed=0)
+    hot = char_lm.sample(model, chars, length=300, temperature=3.0, seed=0)
+    assert cold[1:].count("j") > 250 and len(set(hot[1:])) == 10
+
+
+def test_probe_labels_follow_their_rule() -> None:
+    assert text_probe.RULES["quote"]('say "hi') and not text_probe.RULES["quote"]('say "hi" now')
+    assert text_probe.RULES["paren"]("f(a, [b") and not text_probe.RULES["paren"]("f(a) ) [b]")
+
+
+def test_probe_snippets_are_balanced_labelled_and_from_separate_parts(tmp_path: Path) -> None:
+    corpus = "".join(f'x{i} = f("a{i}", [b, c]) and "q" ({i}\n' for i in range(3000))
+    data = text_probe.build(path=write(tmp_path, corpus), label="quote", snippet_len=20, num_train=40,
+                            num_val=30, num_test=30)
+    assert data.x_train.shape == (40, 20) and data.y_train.float().mean() == 0.5 and data.chars is not None
+    for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
+        for ids, label in zip(x, y):
+            assert text_probe.RULES["quote"](text.decode(ids, data.chars)) == bool(label)
+    held_out, _ = text_probe.held_out_text(None, write(tmp_path, corpus))
+    assert len(held_out) == round(len(corpus) * 0.1)  # only the text after a default LM's training block
+
+
+def test_a_frozen_probe_trains_its_head_only() -> None:
+    probe = char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
+                             input_dropout=0.0, embedding=8, hidden=12, layers=1, freeze=True)
+    assert [name for name, p in probe.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    assert probe(torch.randint(30, (3, 16))).shape == (3, 2)
+    probe.train()
+    assert not probe.rnn.training and probe.head.training

@@ -1,0 +1,409 @@
+"""The Trainer: one fixed step sequence, whatever tricks are switched on.
+
+    batch -> augment -> precision.autocast(forward) -> loss + penalty -> precision.backward  (x accumulate)
+          -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
+          -> schedule.step_end()
+    each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
+
+Nothing in the per-step path waits on the device: each step's loss and gradient norm go into
+small device buffers that are read in one transfer at log intervals and epoch ends. Everything
+needed to continue a run lives in `TrainState`, which a checkpoint saves and restores exactly.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainer.engine.parts import Parts
+from trainer.observe.display import PlainDisplay
+from trainer.observe.loggers import Logger
+
+EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
+DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
+
+
+@dataclass
+class Interval:
+    """Per-step figures since the last log line, summed on the host."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    grad_sum: float = 0.0
+    grad_max: float = 0.0
+    clipped: int = 0
+    skipped: int = 0
+    started: float = 0.0  # training seconds at the interval's start
+
+
+@dataclass
+class TrainState:
+    """Where training stands; enough, with the parts' own state_dicts, to continue exactly."""
+
+    epoch: int = 1                # the epoch in progress (1-based)
+    batch: int = 0                # the next batch of that epoch
+    step: int = 0                 # optimizer steps taken
+    samples_seen: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
+    interval: Interval = field(default_factory=Interval)
+    last_grad_norm: float | None = None
+    skipped_steps: int = 0
+    order_state: torch.Tensor | None = None  # the shuffling generator's state at the epoch's start (None: not started)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    train_s: float = 0.0          # training seconds before the current process
+    status: str = "completed"     # completed | early_stopped | diverged | interrupted
+    message: str | None = None
+    signal: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "TrainState":
+        return cls(**{**state, "interval": Interval(**state["interval"])})
+
+
+# Param-group settings that choose the optimizer's implementation for this device, not the
+# maths: a checkpoint from another device (fused on a GPU, foreach elsewhere) must not impose its own.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def keep_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`saved` (an optimizer state_dict) with each param group's implementation settings as
+    `optimizer` was constructed with (load_state_dict would otherwise take the saved ones, and
+    places the `step` counters by them)."""
+    groups = [{**group, **{key: built[key] for key in IMPLEMENTATION_KEYS if key in built}}
+              for group, built in zip(saved["param_groups"], optimizer.param_groups)]
+    return {**saved, "param_groups": groups}
+
+
+class StopTraining(Exception):
+    """Raised inside the loop to end it with the status already set on the state."""
+
+
+class Trainer:
+    """Fits `parts` for `epochs` (or `max_steps`), reporting to the display and loggers.
+
+    Args:
+        parts: what build_parts made of the config.
+        generator: the data order's own generator, independent of the model's RNG.
+        checkpoint: called as checkpoint(trainer, best) when a checkpoint is due; None for none.
+        wait_for_checkpoints: returns once the checkpoints handed to a background writer are on
+            disk; called as training ends, so that the last write counts in the training time.
+    """
+
+    def __init__(
+        self, parts: Parts, display: PlainDisplay, loggers: list[Logger], generator: torch.Generator,
+        checkpoint: Callable[["Trainer", bool], None] | None = None,
+        due_at_step: Callable[[int], bool] = lambda step: False,
+        due_at_epoch: Callable[[int], bool] = lambda epoch: False,
+        probes: list[Callable[["Trainer"], dict[str, Any] | None]] | None = None,
+        wait_for_checkpoints: Callable[[], None] = lambda: None,
+    ) -> None:
+        cfg = parts.cfg
+        self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
+        self.model, self.net, self.optimizer, self.data = parts.model, parts.net, parts.optimizer, parts.data
+        self.batch_size, self.accumulate = cfg.batch_size, cfg.trainer.accumulate
+        self.epochs, self.max_steps, self.log_every = cfg.epochs, cfg.max_steps, cfg.log_every
+        self.skip_nonfinite = cfg.nan_policy == "skip"
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.checkpoint, self.due_at_step, self.due_at_epoch = checkpoint, due_at_step, due_at_epoch
+        self.probes = probes or []
+        self.wait_for_checkpoints = wait_for_checkpoints
+        self.state = TrainState()
+        self.best_score: float | None = None
+        device = self.data.x_train.device
+        self.loss_buffer = torch.zeros(self.log_every, device=device)
+        self.grad_buffer = torch.zeros(self.log_every, device=device)
+        self.pending = 0  # entries of the buffers not yet read
+        self.last_good: dict[str, torch.Tensor] | None = None
+        self.started = 0.0
+        self.stop_signal: int | None = None
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def train_step(self, index: torch.Tensor) -> None:
+        """One optimizer step over `accumulate` micro-batches of the shuffled training set."""
+        x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
+        losses = []
+        for micro in index.chunk(self.accumulate):
+            with parts.precision.autocast():
+                loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
+            objective = parts.penalty(loss)
+            # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
+            parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
+            losses.append(loss.detach())
+        grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)
+        parts.schedule.step_end()
+        self.loss_buffer[self.pending] = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        self.grad_buffer[self.pending] = grad_norm
+        self.pending += 1
+        self.state.interval.skipped += skipped
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        """Train from `self.state` (fresh, or restored by `load_state_dict`) to the end."""
+        self.started = time.perf_counter() - self.state.train_s
+        previous = self._install_signal_handlers()
+        try:
+            self._epochs()
+        except StopTraining:
+            pass
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside our handler: stop now
+            self.state.status, self.state.message = "interrupted", f"interrupted at step {self.state.step}"
+        finally:
+            self._restore_signal_handlers(previous)
+            self.wait_for_checkpoints()
+            self.state.train_s = self.elapsed
+        return self.state
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _epochs(self) -> None:
+        state, n = self.state, len(self.data.x_train)
+        per_epoch, step_batch = self.parts.steps_per_epoch, self.batch_size * self.accumulate
+        self.model.train()
+        while state.epoch <= self.epochs:
+            if state.order_state is None:
+                state.order_state = self.generator.get_state()
+            self.generator.set_state(state.order_state)
+            order = torch.randperm(n, generator=self.generator).to(self.data.x_train.device, non_blocking=True)
+            while state.batch < per_epoch:
+                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch])
+                state.batch += 1
+                state.step += 1
+                state.samples_seen += min(step_batch, n)
+                if state.step % self.log_every == 0:
+                    self._log_interval()
+                if self.stop_signal is not None:
+                    self._interrupt()
+                if self.max_steps and state.step >= self.max_steps:
+                    break
+                if self.checkpoint and self.due_at_step(state.step):
+                    self._flush()
+                    self.checkpoint(self, False)
+            self._end_epoch()
+            if self.max_steps and state.step >= self.max_steps:
+                return
+
+    def _end_epoch(self) -> None:
+        state = self.state
+        self._flush()
+        metrics = self.evaluate()
+        row = {"kind": "epoch", "epoch": state.epoch, "step": state.step,
+               "train_loss": state.epoch_loss_sum / max(state.epoch_steps, 1), **metrics,
+               "lr": self.lr, "grad_norm": state.last_grad_norm, "elapsed": self.elapsed}
+        state.history.append(row)
+        self._emit(row)
+        for probe in self.probes:
+            record = probe(self)
+            if record is not None:
+                self._emit(record)
+        self.display.epoch_end(row)
+        if not math.isfinite(row["train_loss"]) or not math.isfinite(metrics["val_loss"]):
+            self._stop("diverged", state.message or f"the loss became non-finite in epoch {state.epoch}")
+        self.parts.schedule.eval_end(metrics["val_loss"])
+        stop = self.parts.early_stopping.eval_end(metrics, self.model)
+        best = self._is_best(metrics)
+        finished_epoch = state.epoch
+        # The generator now stands where this epoch's shuffle left it: the next epoch's order
+        # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
+        state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()
+        state.epoch_loss_sum, state.epoch_steps = 0.0, 0
+        if self.checkpoint and (self.due_at_epoch(finished_epoch) or stop or best):
+            self.checkpoint(self, best)
+        if stop:
+            monitor = self.parts.early_stopping.monitor
+            self._stop("early_stopped", f"{monitor} stopped improving; stopped after epoch {finished_epoch}")
+
+    def _is_best(self, metrics: dict[str, float | None]) -> bool:
+        """Best by the early-stopping monitor when there is one, else by validation loss."""
+        monitor = self.parts.early_stopping.monitor or "val_loss"
+        score = metrics[monitor]
+        if score is None:
+            return False
+        score = -score if monitor == "val_acc" else score
+        if self.best_score is None or score < self.best_score:
+            self.best_score = score
+            return True
+        return False
+
+    def _interrupt(self) -> None:
+        """A signal arrived: the step is done; checkpoint and stop."""
+        self._flush()
+        self.state.signal = self.stop_signal
+        if self.checkpoint:
+            self.checkpoint(self, False)
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+        self._stop("interrupted", f"stopped by {name} at step {self.state.step}")
+
+    def _stop(self, status: str, message: str) -> None:
+        self.state.status, self.state.message = status, message
+        raise StopTraining
+
+    # ---- reading the device buffers -------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Read the pending per-step losses and grad norms (one host sync) into the host sums."""
+        if not self.pending:
+            return
+        state, interval = self.state, self.state.interval
+        losses = self.loss_buffer[: self.pending].tolist()
+        norms = self.grad_buffer[: self.pending].tolist()
+        first_step = state.step - self.pending + 1
+        self.pending = 0
+        self._check_finite(losses, norms, first_step)
+        # Non-finite entries are steps whose update was skipped (nan_policy=skip, or the fp16
+        # scaler calibrating): they are counted there and kept out of the means.
+        finite_losses = [loss for loss in losses if math.isfinite(loss)]
+        finite_norms = [norm for norm in norms if math.isfinite(norm)]
+        interval.loss_sum += sum(finite_losses)
+        interval.steps += len(finite_losses)
+        interval.grad_sum += sum(finite_norms)
+        interval.grad_max = max(interval.grad_max, *finite_norms, 0.0)
+        max_norm = getattr(self.parts.clipping, "max_norm", None)
+        if max_norm is not None:
+            interval.clipped += sum(norm > max_norm for norm in finite_norms)
+        state.epoch_loss_sum += sum(finite_losses)
+        state.epoch_steps += len(finite_losses)
+        state.last_grad_norm = finite_norms[-1] if finite_norms else None
+        # Weights known to be finite, to end a diverged run with (nan_policy=stop).
+        self.last_good = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _check_finite(self, losses: list[float], norms: list[float], first_step: int) -> None:
+        """Under nan_policy=stop, end the run at the first non-finite loss, or gradient norm
+        (except under fp16, where the scaler skips inf steps while it finds its scale)."""
+        if self.skip_nonfinite:
+            return  # precision.step skipped those updates and counted them
+        scaler_skips_inf = self.parts.precision.scaler.is_enabled()
+        for offset, (loss, norm) in enumerate(zip(losses, norms)):
+            bad_norm = not math.isfinite(norm) and not scaler_skips_inf
+            if math.isfinite(loss) and not bad_norm:
+                continue
+            step = first_step + offset
+            before = [f"{n:.3g}" for n in norms[max(offset - 3, 0) : offset]]
+            what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+            message = f"non-finite {what} at step {step}" + (f" after gradient norms {', '.join(before)}" if before else "")
+            self._emit_divergence(step, losses[:offset], norms[:offset])
+            if self.last_good is not None:
+                self.model.load_state_dict(self.last_good)
+                message += "; the weights are the last finite ones"
+            self._stop("diverged", message)
+
+    def _emit_divergence(self, step: int, losses_before: list[float], norms_before: list[float]) -> None:
+        """The evidence of a divergence for the diagnosis, which may come before any step or epoch
+        line: where it happened, the LR, and the last finite losses and gradient norms before it."""
+        interval = self.state.interval
+        self._emit({
+            "kind": "diverged", "epoch": self.state.epoch, "step": step, "lr": self.lr,
+            "losses_before": losses_before[-DIVERGENCE_HISTORY:], "grad_norms_before": norms_before[-DIVERGENCE_HISTORY:],
+            # The mean of the unlogged steps before those: the loss the run had reached.
+            "interval_loss": interval.loss_sum / interval.steps if interval.steps else None,
+        })
+
+    def _log_interval(self) -> None:
+        self._flush()
+        state, interval = self.state, self.state.interval
+        now = self.elapsed
+        record = {
+            "kind": "step", "epoch": state.epoch, "step": state.step,
+            "train_loss": interval.loss_sum / max(interval.steps, 1), "lr": self.lr,
+            "grad_norm": interval.grad_sum / max(interval.steps, 1), "grad_norm_max": interval.grad_max,
+            "clipped_fraction": interval.clipped / max(interval.steps, 1) if hasattr(self.parts.clipping, "max_norm") else None,
+            "loss_scale": self.parts.precision.loss_scale, "skipped_steps": interval.skipped,
+            "samples_per_s": interval.steps * self.batch_size * self.accumulate / max(now - interval.started, 1e-9),
+            "elapsed": now,
+        }
+        state.skipped_steps += interval.skipped
+        state.interval = Interval(started=now)
+        self._emit(record)
+        self.display.progress(state.step, state.epoch, record["train_loss"], record["lr"], record["samples_per_s"])
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log(record)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float | None]:
+        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode."""
+        loss, acc = self.measure(self.data.x_val, self.data.y_val)
+        return {"val_loss": loss, "val_acc": acc}
+
+    @torch.no_grad()
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode."""
+        self.model.eval()
+        classification = self.data.task == "classification"
+        loss_sum = torch.zeros((), device=inputs.device)
+        correct = torch.zeros((), device=inputs.device)
+        for start in range(0, len(inputs), EVAL_BATCH_SIZE):
+            x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
+            with self.parts.precision.autocast():
+                out = self.net(x).float()
+            if classification:
+                loss_sum += F.cross_entropy(out, y, reduction="sum")
+                correct += (out.argmax(dim=1) == y).sum()
+            else:
+                loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
+        self.model.train()
+        return loss_sum.item() / len(inputs), correct.item() / len(inputs) if classification else None
+
+    # ---- signals --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt  # a second signal: stop at once
+        self.stop_signal = signum  # the first: finish this step, checkpoint, stop
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        except ValueError:  # not the main thread (a launcher's worker): leave signals alone
+            pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    # ---- checkpoint state -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush()
+        self.state.train_s = self.elapsed
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.parts.schedule.state_dict(),
+            "scaler": self.parts.precision.state_dict(),
+            "early_stopping": self.parts.early_stopping.state_dict(),
+            "train_state": {**self.state.to_dict(), "best_score": self.best_score},
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(keep_implementation(payload["optimizer"], self.optimizer))
+        self.parts.schedule.load_state_dict(payload["schedule"])
+        self.parts.precision.load_state_dict(payload["scaler"])
+        self.parts.early_stopping.load_state_dict(payload["early_stopping"])
+        train_state = dict(payload["train_state"])
+        self.best_score = train_state.pop("best_score")
+        self.state = TrainState.from_dict(train_state)
+        self.state.status, self.state.message, self.state.signal = "completed", None, None

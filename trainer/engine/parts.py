@@ -1,0 +1,207 @@
+"""build_parts(cfg) -> Parts: everything a config names, built and wired, ready to fit.
+
+`run` trains with these parts; the tools (`task=plan`, `lr_find`, `check_init`) use them too,
+so every path builds a config the same way.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim import Optimizer
+
+from trainer.config import build, check_numbers
+from trainer.data import DataSplits
+from trainer.data import options as data_options
+from trainer.data.checks import check_splits
+from trainer.engine.smoke import slice_data
+from trainer.engine.threads import resolve as resolve_threads
+from trainer.errors import ConfigError
+from trainer.tricks.clipping import Clipping
+from trainer.tricks.early_stopping import EarlyStopping, NoEarlyStopping
+from trainer.tricks.precision import Precision
+from trainer.tricks.regularisation import Penalty, Regularisation
+from trainer.tricks.sched import Schedule
+
+DEVICES = ("auto", "cpu", "cuda")
+NAN_POLICIES = ("stop", "skip")
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested not in DEVICES:
+        raise ConfigError(f"device={requested!r} is unknown; valid: {', '.join(DEVICES)}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> str | None:
+    """Deterministic algorithms on or off, and cuDNN's autotuner off or on, for every job: a
+    sweep's jobs may share a process and must not inherit the previous job's setting.
+
+    Returns a notice when determinism comes too late for cuBLAS in this process."""
+    notice = None
+    if deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        # cuBLAS needs a fixed workspace for determinism and reads the setting when it starts,
+        # so it is set before this job touches the GPU.
+        if torch.cuda.is_initialized():
+            notice = ("deterministic=true after CUDA was already used in this process: set "
+                      "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(deterministic)
+    # The autotuner times conv algorithms once per shape and keeps the fastest; its pick may differ per run.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    return notice
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Full batches only (the order is reshuffled each epoch, so no sample is left out for long);
+    a data set smaller than one batch is one batch."""
+    return max(num_train // batch_size, 1)
+
+
+TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
+                  "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
+                  "early_stopping"}
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """The top-level keys' ranges; each group's builder checks its own keys."""
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:  # `+key=value` adds keys Hydra cannot check: nothing here would read them
+        raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for key in ("epochs", "batch_size", "log_every"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
+    if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
+        raise ConfigError(f"max_steps={cfg.max_steps} must be an integer >= 1, or null")
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed={cfg.seed} must be an integer")
+    for key in ("deterministic", "smoke", "curves"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key}={cfg[key]} must be true or false")
+    if cfg.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"nan_policy={cfg.nan_policy!r} is unknown; valid: {', '.join(NAN_POLICIES)}")
+    performance = cfg.trainer
+    if not isinstance(performance.accumulate, int) or performance.accumulate < 1:
+        raise ConfigError(f"trainer.accumulate={performance.accumulate} must be an integer >= 1")
+    for key in ("compile", "channels_last"):
+        if not isinstance(performance[key], bool):
+            raise ConfigError(f"trainer.{key}={performance[key]} must be true or false")
+    if cfg.norm.name == "batchnorm" and cfg.batch_size < 2:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} with norm=batchnorm: batch statistics need at least 2 samples; "
+            "use norm=layernorm or a larger batch"
+        )
+
+
+@dataclass
+class Parts:
+    """Args:
+        model: the module whose state is saved and evaluated.
+        net: what the training step calls: `model`, or its torch.compile'd wrapper.
+        total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
+        threads: torch's intra-op threads for this run (trainer.threads).
+        notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
+    """
+
+    cfg: DictConfig
+    device: torch.device
+    data: DataSplits
+    model: nn.Module
+    net: nn.Module
+    optimizer: Optimizer
+    schedule: Schedule
+    precision: Precision
+    clipping: Clipping
+    regularisation: Regularisation
+    criterion: nn.Module
+    penalty: Penalty
+    early_stopping: EarlyStopping | NoEarlyStopping
+    augment: Callable[[torch.Tensor], torch.Tensor]
+    steps_per_epoch: int
+    total_steps: int
+    threads: int = 1
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build_data(node: DictConfig) -> DataSplits:
+    """The chosen data set, then the options every data set takes (data/options.py)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    builder_keys, options = data_options.split(container)
+    data_options.check(options)  # a bad option fails before a data set is generated or read
+    return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
+
+
+def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
+    norm = build("norm", cfg.norm)
+    model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
+                  dropout=regularisation.dropout, input_dropout=regularisation.input_dropout)
+    build("init", cfg.init, model=model)
+    return model
+
+
+def build_parts(cfg: DictConfig) -> Parts:
+    """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
+    check_top_level(cfg)
+    check_numbers(cfg)
+    device = resolve_device(cfg.device)
+    threads = resolve_threads(cfg.trainer.threads)
+    torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
+    determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
+    data = build_data(cfg.data)
+    check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
+    effective_batch = cfg.batch_size * cfg.trainer.accumulate
+    if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
+        data = slice_data(data, effective_batch)
+    # Seed after the data is built, so the model's initial weights depend on the seed alone.
+    seed_everything(cfg.seed)
+    regularisation = build("regularisation", cfg.regularisation)
+    model = build_model(cfg, data, regularisation).to(device)
+    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
+    if cfg.trainer.channels_last:
+        if len(data.input_shape) == 3:
+            # NHWC lets cuDNN use tensor-core convolution kernels without transposes.
+            model = model.to(memory_format=torch.channels_last)
+        else:
+            notices.append("trainer.channels_last=true applies to 2-D images only; ignored for this data")
+    net = torch.compile(model) if cfg.trainer.compile else model
+    per_epoch = steps_per_epoch(len(data.x_train), effective_batch)
+    total = min(cfg.epochs * per_epoch, cfg.max_steps) if cfg.max_steps else cfg.epochs * per_epoch
+    optimizer = build("optim", cfg.optim, model=model)
+    schedule = build("sched", cfg.sched, optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch)
+    precision = build("precision", cfg.precision, device=device)
+    if precision.notice:
+        notices.append(precision.notice)
+    early_stopping = build("early_stopping", cfg.early_stopping)
+    if early_stopping.monitor == "val_acc" and data.task != "classification":
+        raise ConfigError(f"early_stopping=val_acc needs a classification task; data={cfg.data.name} is "
+                          f"{data.task}: use early_stopping=val_loss")
+    return Parts(
+        cfg=cfg, device=device, data=data.to(device), model=model, net=net, optimizer=optimizer,
+        schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
+        regularisation=regularisation, criterion=regularisation.criterion(data.task),
+        penalty=regularisation.penalty(model), early_stopping=early_stopping,
+        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
+        notices=notices,
+    )

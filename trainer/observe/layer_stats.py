@@ -1,0 +1,210 @@
+"""Per-layer health on one batch: activation mean/std, dead ReLU units, weight and gradient norms.
+
+`collect` runs one forward and backward with forward hooks on every layer that shapes the
+signal (Linear, Conv, normalisation, activation, recurrent), takes no optimizer step, and
+leaves the model exactly as it found it: mode, parameters, buffers (BatchNorm's running
+statistics), `.grad` and the random-number state (dropout masks) are all untouched, so a run
+that collects these statistics at every evaluation trains bit-identically to one that doesn't.
+The gradients come from `torch.autograd.grad`, which returns them instead of accumulating into
+`.grad`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainer.tricks.precision import Precision
+
+LINEAR = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+          nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Embedding)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+# Units of these can die: a unit whose input is negative for every sample outputs 0 (ReLU) or
+# only the small leak (LeakyReLU), and gets no (or almost no) gradient to recover (Lu et al. 2020,
+# "Dying ReLU and initialization").
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU)
+ACTIVATIONS = (*RELU_FAMILY, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Tanh, nn.Sigmoid,
+               nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink)
+RECURRENT = (nn.RNNBase,)
+WATCHED = (*LINEAR, *NORMS, *ACTIVATIONS, *RECURRENT)
+
+STAT_KEYS = ("act_mean", "act_std", "dead_fraction", "weight_norm", "grad_norm", "grad_std")
+
+
+def watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (qualified name, module) pairs `collect` reports on, in registration order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, WATCHED)]
+
+
+def _output_tensor(output: Any) -> Tensor | None:
+    """A module's main output: the tensor itself, or the first tensor of a tuple (RNNs return (out, h))."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+def _dead_fraction(out: Tensor) -> Tensor:
+    """Fraction of units (features, or channels of a conv map) that are <= 0 for every sample and position.
+
+    `<= 0` rather than `== 0` so the leaky variants count units that never leave the leak.
+    """
+    out = out.detach()
+    per_unit = out.reshape(out.shape[0], out.shape[1], -1) if out.ndim > 2 else out.reshape(out.shape[0], -1)
+    alive = (per_unit > 0).any(dim=0)
+    if alive.ndim > 1:
+        alive = alive.any(dim=-1)
+    return 1.0 - alive.float().mean()
+
+
+@contextmanager
+def _preserved(model: nn.Module, train_mode: bool, devices: list[torch.device]) -> Iterator[None]:
+    """Set the mode for the measurement; afterwards restore the mode of every submodule, every
+    buffer (BatchNorm's running statistics and batch counter) and the RNG state (dropout)."""
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    cuda = [d.index if d.index is not None else torch.cuda.current_device() for d in devices if d.type == "cuda"]
+    with torch.random.fork_rng(devices=cuda):
+        model.train(train_mode)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            for module, training in modes:
+                module.training = training
+
+
+def collect(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    criterion: nn.Module,
+    precision: Precision,
+    train_mode: bool = True,
+    activation_samples: int = 0,
+) -> list[dict[str, Any]]:
+    """Per-layer statistics from one forward and backward on (x, y), without an optimizer step.
+
+    Args:
+        model: the plain module (not a torch.compile wrapper: hooks need the real submodules).
+        x: an input batch on the model's device.
+        y: its targets.
+        criterion: the training loss (penalties excluded: they are not part of the signal path).
+        precision: its `autocast()` runs the forward as training does.
+        train_mode: measure in training mode (dropout on, BatchNorm on batch statistics), as the
+            optimizer sees the net; False measures the evaluation-mode net.
+        activation_samples: when > 0, each dict also gets "activations", a 1-D float32 CPU tensor
+            of up to this many of the layer's output values (for histograms; not JSON).
+
+    Returns:
+        One dict per watched layer call, in forward order (a layer called twice in a forward is
+        reported per call, the second as "name#2"): name, kind (class name), act_mean, act_std,
+        dead_fraction (ReLU family only, else None), weight_norm, grad_norm, grad_std (over the
+        module's own `weight*` parameters; None for a layer without weights). Python floats;
+        a non-finite value (an exploding net) stays nan or inf.
+    """
+    watched = watched_modules(model)
+    names = {id(module): name for name, module in watched}
+    calls: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
+    seen: dict[str, int] = {}
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        out = _output_tensor(output)
+        if out is None:
+            return
+        name = names[id(module)]
+        seen[name] = seen.get(name, 0) + 1
+        # Reduce now: a later in-place op (ReLU(inplace=True)) may overwrite this output.
+        act = out.detach().float()
+        sample = _sample(act, activation_samples) if activation_samples > 0 else None
+        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        calls.append((label, module, _activation_stats(act, module), sample))
+
+    handles = [module.register_forward_hook(hook) for _, module in watched]
+    devices = {p.device for p in model.parameters()} | {x.device}
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        with _preserved(model, train_mode, list(devices)):
+            with torch.enable_grad():
+                with precision.autocast():
+                    loss = criterion(model(x), y)
+                # Under fp16, scale the loss as training does, or small activation gradients flush to
+                # zero on the way back (Micikevicius et al. 2018); the result is unscaled below.
+                scale = getattr(precision, "loss_scale", None) or 1.0
+                # autograd.grad returns the gradients without touching any `.grad`.
+                grads = torch.autograd.grad(loss.float() * scale, params, allow_unused=True) if params else ()
+                if scale != 1.0:
+                    grads = tuple(g / scale if g is not None else None for g in grads)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grad_of = {id(p): g for p, g in zip(params, grads)}
+    return _rows(calls, grad_of)
+
+
+def _activation_stats(act: Tensor, module: nn.Module) -> Tensor:
+    """[mean, std, dead fraction] of one layer output, on its device (nan where undefined)."""
+    nan = torch.full((), float("nan"), device=act.device)
+    mean = act.mean() if act.numel() else nan
+    std = act.std() if act.numel() > 1 else nan
+    dead = _dead_fraction(act) if isinstance(module, RELU_FAMILY) and act.ndim >= 2 else nan
+    return torch.stack([mean, std, dead])
+
+
+def _weight_stats(module: nn.Module, grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
+    """[weight norm, grad norm, grad std] over a module's own `weight*` parameters (nan where absent)."""
+    nan = torch.full((), float("nan"), device=device)
+    weights = [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
+    if not weights:
+        return torch.stack([nan, nan, nan])
+    weight_norm = torch.cat([w.detach().float().reshape(-1) for w in weights]).norm().to(device)
+    grads = [g.float().reshape(-1) for g in (grad_of.get(id(w)) for w in weights) if g is not None]
+    if not grads:
+        return torch.stack([weight_norm, nan, nan])
+    flat = torch.cat(grads).to(device)
+    return torch.stack([weight_norm, flat.norm(), flat.std() if flat.numel() > 1 else nan])
+
+
+def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]],
+          grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
+    """Stack every statistic on the device and read them all back with one host sync."""
+    if not calls:
+        return []
+    device = calls[0][2].device
+    table = torch.stack([torch.cat([act.to(device), _weight_stats(module, grad_of, device)])
+                         for _, module, act, _ in calls]).cpu().tolist()
+    rows: list[dict[str, Any]] = []
+    for (name, module, _, sample), values in zip(calls, table):
+        row: dict[str, Any] = {"name": name, "kind": type(module).__name__}
+        for key, value in zip(STAT_KEYS, values):
+            # nan marks "not defined for this layer" (no weights, not a ReLU); inf stays: it is real.
+            row[key] = None if value != value and _undefined(key, module, grad_of) else float(value)
+        if sample is not None:
+            row["activations"] = sample
+        rows.append(row)
+    return rows
+
+
+def _undefined(key: str, module: nn.Module, grad_of: dict[int, Tensor | None]) -> bool:
+    """Whether statistic `key` does not apply to `module` (so nan means None, not a numeric nan)."""
+    weights = [p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")]
+    if key == "dead_fraction":
+        return not isinstance(module, RELU_FAMILY)
+    if key == "weight_norm":
+        return not weights
+    if key in ("grad_norm", "grad_std"):
+        return not any(grad_of.get(id(w)) is not None for w in weights)
+    return False
+
+
+def _sample(act: Tensor, count: int) -> Tensor:
+    """Up to `count` values of a layer's output, evenly strided so the pick needs no RNG."""
+    flat = act.reshape(-1)
+    stride = max(flat.numel() // count, 1)
+    return flat[::stride][:count].cpu()

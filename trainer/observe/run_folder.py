@@ -1,0 +1,104 @@
+"""A run folder's life: which folders this command may remove, and Hydra's `.hydra/` record.
+
+Hydra makes the run folder (and any missing parents, `outputs/DATE/`) before the task runs. When
+the command then stops on a user error, or writes nothing (`task=plan`, a resume that continues
+another folder), the CLI removes what this command made, so no empty run is left behind. A folder
+that existed before the command (the user's own `hydra.run.dir=~/exp1`, the working folder with
+`hydra.run.dir=.`, a sweep job's folder from an earlier attempt) is never removed, whatever it holds.
+
+Hydra would also write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) into the folder before
+the task can check whether the folder already holds a run, relabelling that run with a command
+that is then refused. So `hydra.output_subdir` is null (conf/config.yaml) and `write_record`
+writes the record here, only once the folder is claimed for a new run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.observe.records import write_atomic
+
+RECORD = ".hydra"
+# What this project itself puts in a run folder before a run writes anything of its own.
+OWN_FILES = {RECORD, ".claimed"}
+
+_existed: set[Path] = set()  # folders that existed when this command started
+_recorded = False  # whether the callback ran: without it no folder counts as made by this command
+
+
+def _absolute(folder: Path | str) -> Path:
+    return Path(os.path.abspath(folder))  # like Hydra's output_dir: relative to the working folder, no symlink resolution
+
+
+def remember_existing(folder: Path | str, depth: int = 0) -> None:
+    """Note `folder`, its parents and (down to `depth` levels) its subfolders that exist now."""
+    global _recorded
+    _recorded = True
+    folder = _absolute(folder)
+    _existed.update(parent for parent in (folder, *folder.parents) if parent.is_dir())
+    pending = [(folder, depth)]
+    while pending:
+        current, levels = pending.pop()
+        if levels and current.is_dir():
+            for child in current.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    _existed.add(child)
+                    pending.append((child, levels - 1))
+
+
+def made_by_this_command(folder: Path | str) -> bool:
+    return _recorded and _absolute(folder) not in _existed
+
+
+class RunFolderCallback(Callback):
+    """Notes which folders exist before Hydra makes the run folder (single run) or the sweep's
+    job folders (multirun: the sweep folder and two levels below, where job folders live)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _existed.clear()  # a new command (tests run several in one process)
+        remember_existing(str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _existed.clear()
+        remember_existing(str(config.hydra.sweep.dir), depth=2)
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove `run_dir` if this command made it and it holds nothing but this project's own files,
+    then the empty parents this command made for it; a folder that existed before is left as it was."""
+    folder = _absolute(run_dir)
+    if not folder.is_dir() or not made_by_this_command(folder):
+        return
+    if {path.name for path in folder.iterdir()} - OWN_FILES:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if not made_by_this_command(parent):
+            break
+        try:
+            parent.rmdir()  # only if empty: another run may have started in outputs/DATE/ meanwhile
+        except OSError:
+            break
+
+
+def write_record(run_dir: Path, cfg: DictConfig) -> None:
+    """Write Hydra's record of this job (config.yaml, hydra.yaml, overrides.yaml) into `run_dir/.hydra`,
+    as Hydra would have: only when `run_dir` is this Hydra job's own folder (not a resumed one, not
+    a test calling `run` without Hydra)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if _absolute(hydra_cfg.runtime.output_dir) != _absolute(run_dir):
+        return
+    folder = run_dir / RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)):
+        text = OmegaConf.to_yaml(node)
+        write_atomic(folder / name, lambda file: file.write(text.encode()))

@@ -1,0 +1,308 @@
+"""Resumable sweeps: where a multirun writes, which of its jobs a rerun skips, and the report.
+
+Layout (set in conf/config.yaml's hydra.sweep): one folder per command, named after its
+overrides plus a hash (`multirun/experiment=ablate_norm-1a2b3c4d/`), and one subfolder per
+configuration, named after the overrides that vary (`norm=layernorm,seed=1/`). Running the same
+command again therefore finds the same folders:
+
+- a job whose folder holds a finished run (summary.json: completed, early_stopped or diverged)
+  of the same configuration (its composed config, recorded in .hydra/resume.json) is skipped and
+  returns its saved objective; a folder holding a finished run of another configuration is never
+  touched: that job fails with a one-line error naming the keys that differ;
+- a job whose folder holds an interrupted or killed attempt of the same configuration with a
+  checkpoint continues from its latest good checkpoint (as `resume=auto` does);
+- a job whose folder holds another unfinished attempt (crashed, or without a checkpoint) has that
+  attempt (metrics.jsonl, summary.json, error.txt, checkpoints/) moved to previous/N/ and runs
+  again from the start;
+- a job that crashes (an unexpected exception) has its traceback written to error.txt and
+  printed, and the sweep goes on;
+- a job that fails (a crash, a config error, a foreign finished run) leaves a mark in the sweep
+  folder's `.failed/`, which the report callback reads when the sweep ends, so the sweep exits
+  non-zero also when the jobs ran in other processes (the joblib launcher's workers). A job
+  clears its mark when it starts again.
+
+The resolvers are registered when this module is imported, which Hydra does when it builds the
+report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import shutil
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.observe.history import read_json
+from trainer.observe.run_folder import write_record
+
+# Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
+# folder again when the job stops on a config error.
+RESUME_RECORD = Path(".hydra") / "resume.json"
+# Outcomes of the configuration itself: a rerun would reproduce them, so it is skipped.
+FINISHED = ("completed", "early_stopped", "diverged")
+# What one attempt of a job writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside
+# together before a rerun, so the new attempt starts clean and the old one stays readable.
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
+PREVIOUS = "previous"
+FAILED_MARKS = ".failed"  # in the sweep folder: one empty file per failed job, named after it
+# Not part of what a job is: how many threads it used changes its speed, not its result.
+NOT_CONFIGURATION = ("trainer.threads", "curves")  # how a job runs or what it draws, not what it is
+MAX_NAME = 150  # well under the 255 bytes a folder name may have
+SAFE_NAME = re.compile(r"[^A-Za-z0-9=,._+@-]")
+
+_in_job = False  # set while run_job calls the task function, which calls takes_over() again
+
+
+# --- folder names ---------------------------------------------------------------------------
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _folder_name(text: str, always_hash: bool = False) -> str:
+    """`text` as one folder name: unsafe characters (a '/' in a path value, quotes, brackets)
+    become '_', and a hash of the original keeps two such names apart."""
+    safe = SAFE_NAME.sub("_", text)
+    if always_hash or safe != text or len(safe) > MAX_NAME:
+        return f"{safe[:MAX_NAME]}-{_short_hash(text)}"
+    return safe
+
+
+def command_overrides(overrides: Sequence[str]) -> str:
+    """The command line's overrides, sorted so that reordering them names the same sweep.
+
+    Registered with use_cache=True: OmegaConf caches it by the argument's text
+    (`${hydra.overrides.task}`), and Hydra copies the sweep's cache into every job's config (as it
+    does for `${now:}`), so a job sees the command's overrides here, not its own."""
+    return json.dumps(sorted(str(item) for item in overrides))
+
+
+def sweep_name(command: str) -> str:
+    """The sweep folder's name: the command's overrides and a hash of them (`default-...` for none)."""
+    overrides = json.loads(command)
+    return _folder_name("_".join(overrides) or "default", always_hash=True)
+
+
+def job_name(command: str, job: Sequence[str]) -> str:
+    """A job's folder name: its overrides that the command did not give verbatim, i.e. the ones
+    that vary across the sweep (`norm=layernorm,seed=1`). All of them when none differ (a
+    one-job sweep, or hydra.sweep.dir set by hand, where the command is not cached)."""
+    given = set(json.loads(command))
+    overrides = sorted(str(item) for item in job)
+    varying = [item for item in overrides if item not in given] or overrides
+    return _folder_name(",".join(varying) or "default")
+
+
+def _register_resolvers() -> None:
+    for name, function, cached in (("sweep_command", command_overrides, True),
+                                   ("sweep_name", sweep_name, False),
+                                   ("sweep_job_name", job_name, False)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cached)
+
+
+_register_resolvers()
+
+
+# --- skipping, setting aside, containing crashes ---------------------------------------------
+
+def settings(cfg: DictConfig) -> dict[str, str]:
+    """The job's configuration as {dotted key: value as JSON}, interpolations unresolved:
+    `${oc.env:TRAINER_DATA_DIR}` names where the data lives, not what the job is, so it must not
+    make a job look new. Nor does `_target_`, the import address of a builder: moving the code
+    changes no experiment."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = json.dumps(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return without_targets({key: value for key, value in flat.items() if key not in NOT_CONFIGURATION})
+
+
+def without_targets(flat: dict[str, str]) -> dict[str, str]:
+    """`flat` less its `_target_` keys (records written before they were left out still have them)."""
+    return {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] != "_target_"}
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    return hashlib.sha256(json.dumps(settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(before: dict[str, str], now: dict[str, str], shown: int = 3) -> str:
+    """"epochs 15 -> 60, logger (new)": the keys whose value differs, for the error message."""
+    keys = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    parts = [f"{key} (new)" if key not in before else f"{key} (gone)" if key not in now
+             else f"{key} {before[key]} -> {now[key]}" for key in keys[:shown]]
+    return ", ".join(parts) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """What the task function returns for a finished run: best val_acc, else best val_loss."""
+    best = summary.get("best") or {}
+    return best.get("val_acc") if best.get("val_acc") is not None else best.get("val_loss")
+
+
+def set_aside(job_dir: Path) -> Path | None:
+    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the job can run again."""
+    present = [job_dir / name for name in ATTEMPT_FILES if (job_dir / name).exists()]
+    if not present:
+        return None
+    number = 1 + sum(1 for _ in (job_dir / PREVIOUS).glob("*")) if (job_dir / PREVIOUS).exists() else 1
+    target = job_dir / PREVIOUS / str(number)
+    target.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), target / path.name)
+    return target
+
+
+def takes_over() -> bool:
+    """Whether the task function should hand this job to run_job: in a multirun, the first time."""
+    return not _in_job and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+Task = Callable[[DictConfig], float | None]
+
+
+def _mark(job_dir: Path) -> Path:
+    return job_dir.parent / FAILED_MARKS / job_dir.name
+
+
+def record_failure(job_dir: Path, failed_jobs: list[str]) -> None:
+    """A job failed: list it for this process, and mark it for the process that ends the sweep."""
+    failed_jobs.append(job_dir.name)
+    mark = _mark(job_dir)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+
+
+def marked_failures(sweep_dir: Path) -> list[str]:
+    """The jobs of the sweep in `sweep_dir` that failed in their latest attempt, whichever process ran them."""
+    folder = sweep_dir / FAILED_MARKS
+    return sorted(mark.name for mark in folder.iterdir()) if folder.is_dir() else []
+
+
+def run_job(cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
+    """Run the current Hydra job through `task` unless its folder already holds its finished run."""
+    return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
+
+
+def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str]) -> float | None:
+    """Skip, refuse, or run (after setting aside an unfinished attempt) the job in `job_dir`.
+
+    Returns the job's objective (saved, for a skipped job), or None for a job that failed; a
+    failed job's folder name goes to `failed_jobs`, which the CLI reports at the end."""
+    global _in_job
+    _mark(job_dir).unlink(missing_ok=True)  # this attempt decides whether the job failed
+    digest, current = fingerprint(cfg), settings(cfg)
+    summary = read_json(job_dir / "summary.json")
+    record = read_json(job_dir / RESUME_RECORD) or {}
+    same = _same_configuration(record, digest, current)
+    if summary is not None and summary.get("status") in FINISHED:
+        if not same:
+            recorded = record.get("settings")
+            why = differences(without_targets(recorded), current) if recorded is not None else "not recorded"
+            print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
+                  "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
+            record_failure(job_dir, failed_jobs)
+            return None
+        print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
+        return record.get("objective", objective(summary))
+    if same and _continuable(job_dir) and not cfg.get("resume"):
+        print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
+        cfg = copy.deepcopy(cfg)
+        cfg.resume = "auto"
+    else:
+        moved = set_aside(job_dir)
+        if moved is not None:
+            print(f"rerunning {job_dir.name}: its unfinished attempt is kept in {moved}", flush=True)
+        write_record(job_dir, cfg)  # a new attempt's record, so the report lists even a job that crashes before training
+    _write_record(job_dir, {"config": digest, "settings": current})
+    _in_job = True
+    try:
+        result = task(cfg)
+    except Exception:  # a bug in one job: keep its traceback, let the other jobs and the report run
+        text = traceback.format_exc()
+        if job_dir.exists():
+            (job_dir / "error.txt").write_text(text)
+        print(text, file=sys.stderr)
+        print(f"error: job {job_dir.name} crashed; traceback in {job_dir / 'error.txt'}", file=sys.stderr)
+        record_failure(job_dir, failed_jobs)
+        return None
+    finally:
+        _in_job = False
+    if (job_dir / "summary.json").exists():
+        _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
+    return result
+
+
+def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, str]) -> bool:
+    """Whether the job folder's record is of this configuration (a record written while `_target_`
+    still counted matches on its settings)."""
+    recorded = record.get("settings")
+    return record.get("config") == digest or (recorded is not None and without_targets(recorded) == current)
+
+
+def _continuable(job_dir: Path) -> bool:
+    """An attempt that was interrupted or killed (not one that crashed: that one starts afresh)
+    and left a checkpoint: the job continues from it, exactly as `train resume=auto` would."""
+    from trainer.engine import checkpoint  # torch: only a job that runs needs it
+
+    return not (job_dir / "error.txt").exists() and bool(checkpoint.read_index(job_dir / checkpoint.FOLDER)["checkpoints"])
+
+
+def _write_record(job_dir: Path, record: dict[str, Any]) -> None:
+    path = job_dir / RESUME_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
+
+
+# --- the report at the end of a multirun -----------------------------------------------------
+
+class ReportCallback(Callback):
+    """Writes report.md, report.csv and report.png in the sweep folder when a multirun ends.
+
+    `metric` ranks the configurations (hydra.callbacks.report.metric=best_val_loss); null picks
+    best_val_acc when the jobs have it, else best_val_loss."""
+
+    def __init__(self, metric: str | None = None, plot: bool = True) -> None:
+        from trainer.errors import ConfigError
+        from trainer.sweep.report import check_metric
+
+        try:
+            check_metric(metric, option="hydra.callbacks.report.metric")  # before any job runs
+        except ConfigError as error:
+            # Raised, Hydra would wrap it in "Error in call to target ..."; say it as the CLI says user errors.
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self.metric = metric
+        self.plot = plot
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from trainer.cli import failed_jobs
+        from trainer.sweep import report
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("smoke") or not sweep_dir.is_dir():  # smoke jobs keep no runs to report on
+            return
+        # Jobs run by a launcher's worker processes listed their failures there, not here: read the marks.
+        failed_jobs.extend(name for name in marked_failures(sweep_dir) if name not in failed_jobs)
+        # Jobs that stopped on a config error leave no folder behind; list them by name.
+        missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]
+        report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

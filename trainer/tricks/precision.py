@@ -1,0 +1,118 @@
+"""Numeric precision, one strategy per `precision=` choice.
+
+The strategy owns autocast and the backward -> unscale -> clip -> step sequence (as timm's
+`NativeScaler`), so the loop reads the same whatever precision is on. Master weights stay
+fp32: autocast only lowers the precision of the ops it runs.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import torch
+from torch.optim import Optimizer
+
+from trainer.errors import ConfigError
+from trainer.tricks.clipping import Clipping
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "auto")
+
+
+@dataclass
+class Precision:
+    """Args:
+        requested: the `precision=` choice.
+        actual: what runs on this device (tf32 on a CPU falls back to fp32, auto resolves).
+        device_type: "cuda" or "cpu", for autocast and the gradient scaler: fp16 autocast and
+            loss scaling run on the CPU too, so the CPU runs the same code path as a GPU.
+        notice: a one-line explanation when actual differs from requested, else None.
+    """
+
+    requested: str
+    actual: str
+    device_type: str
+    notice: str | None = None
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Loss scaling keeps small fp16 gradients from flushing to zero (Micikevicius et al. 2018);
+        # bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.actual == "fp16")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.actual)
+
+    def autocast(self) -> AbstractContextManager:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through the (scaled, under fp16) loss; gradients accumulate until `step`."""
+        self.scaler.scale(loss).backward()
+
+    def step(
+        self, optimizer: Optimizer, clipping: Clipping, params: list[torch.Tensor], skip_nonfinite: bool = False,
+    ) -> tuple[torch.Tensor, bool]:
+        """Unscale, clip, step and zero the gradients.
+
+        Returns the global gradient norm measured before clipping (a device tensor) and whether
+        the update was skipped for non-finite gradients (`skip_nonfinite`, which costs one host
+        sync per step; under fp16 the scaler also skips inf steps itself while it calibrates).
+        """
+        self.scaler.unscale_(optimizer)  # clip and measure the true gradients, not the scaled ones
+        norm = clipping(params, True)
+        skipped = skip_nonfinite and not bool(torch.isfinite(norm))
+        if not skipped:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return norm, skipped
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The fp16 loss scale (a host sync: read it at log intervals only), None when not scaling."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """A disabled scaler's state is empty (a checkpoint of an fp32 or bf16 run, say precision=auto
+        on the CPU): an enabled one then starts calibrating afresh, as in a new run."""
+        if state or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def build(name: str, device: torch.device) -> Precision:
+    """Builder named by conf/precision/*.yaml; `device` is passed at run time."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
+    set_fp32_math(tf32=cuda and name == "tf32")
+    if not cuda:
+        if name == "tf32":
+            return Precision(name, "fp32", device.type, f"precision={name} needs a CUDA GPU; running fp32 on the {device.type}")
+        # fp16 and bf16 autocast (and fp16's loss scaling) run on the CPU as on a GPU.
+        return Precision(name, "fp32" if name == "auto" else name, device.type)
+    if name == "auto":
+        return Precision(name, "bf16" if native_bf16() else "fp16", "cuda")
+    return Precision(name, name, "cuda")
+
+
+def native_bf16() -> bool:
+    """Whether the current GPU computes in bf16 natively (compute capability 8.0, Ampere, and later).
+
+    Since torch 2.4 `torch.cuda.is_bf16_supported()` also says yes where bf16 is only emulated
+    (slower than fp16 there), so emulation is excluded."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def set_fp32_math(tf32: bool) -> None:
+    """TF32 (fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa, Ampere+) on or
+    off, with the current API (the `allow_tf32` setters are deprecated). Set for every job, not
+    only when tf32 is chosen: a sweep's jobs may share a process and must not inherit it."""
+    mode = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.rnn.fp32_precision = mode

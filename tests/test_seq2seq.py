@@ -8,12 +8,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
+from in_process import train_in_process
 from trainer.data import seq2seq as tasks
 from trainer.data.seq2seq import BOS, EOS, FIRST_SYMBOL, IGNORE_INDEX, PAD
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
 from trainer.models import decoding
 from trainer.models import seq2seq as models
+from trainer.observe.display import PlainDisplay
+from trainer.observe.history import read_metrics
+from trainer.run import run
 from trainer.tricks import teacher_forcing
 from trainer.tricks.norm import factory
 
@@ -362,3 +369,81 @@ def test_the_loss_skips_padding() -> None:
     by_hand = torch.stack([F.cross_entropy(logits[i, :, t], target[i, t]) for i, t in
                            [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]]).mean()
     assert torch.allclose(F.cross_entropy(logits, target), by_hand)
+
+
+# ---- through the loop: metrics, early stopping, resume, the command line ---------------------------
+
+SEQ2SEQ = ["data=seq2seq", "model=seq2seq", "norm=none", "data.num_train=64", "data.num_val=24", "data.num_test=24",
+           "data.max_len=5", "model.hidden=16", "model.embedding=8", "batch_size=16"]
+
+
+def test_a_run_records_decoded_accuracies_in_metrics_summary_and_test(make_cfg, tmp_path) -> None:
+
+    summary = run(make_cfg(*SEQ2SEQ, "max_steps=8", "epochs=2", "decoding=beam", "decoding.beam_size=2"), tmp_path / "run")
+    assert summary["tricks"]["decoding"] == "beam" and summary["tricks"]["teacher_forcing"] == "constant"
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")["epoch"]
+    for row in epochs:
+        assert 0 <= row["val_seq_acc"] <= row["val_token_acc"] <= 1
+    assert summary["final"]["val_seq_acc"] == epochs[-1]["val_seq_acc"]
+    assert set(summary["test"]) == {"loss", "acc", "token_acc", "seq_acc"}
+    start = read_metrics(tmp_path / "run" / "metrics.jsonl")["start"][0]
+    assert start["input_mean"] is None  # token ids are not features to standardise
+
+
+def test_the_loop_s_accuracy_counts_tokens_not_padding(make_cfg) -> None:
+    """measure() on sequence targets: per-token loss and teacher-forced accuracy over real tokens only."""
+
+    parts = build_parts(make_cfg(*SEQ2SEQ))
+    trainer = Trainer(parts, PlainDisplay(Console()), [], torch.Generator())
+    x, y = parts.data.x_val, parts.data.y_val
+    loss, acc = trainer.measure(x, y)
+    parts.model.eval()
+    with torch.no_grad():
+        out = parts.model(x)
+    real = y != IGNORE_INDEX
+    assert loss == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-5)
+    assert acc == pytest.approx(float((out.argmax(1) == y)[real].float().mean()))
+    decoded = trainer.decoded(x, y)
+    predicted = decoding.greedy(parts.model, x[:, 0], y.shape[1])
+    assert decoded["seq_acc"] == decoding.sequence_accuracy(predicted, y)[0] / len(y)
+
+
+def test_early_stopping_on_sequence_accuracy_keeps_the_highest(make_cfg, tmp_path) -> None:
+
+    summary = run(make_cfg(*SEQ2SEQ, "epochs=6", "max_steps=null", "early_stopping=val_seq_acc",
+                           "early_stopping.patience=2", "optim.lr=0.02"), tmp_path / "run")
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")["epoch"]
+    best = max(row["val_seq_acc"] for row in epochs)
+    assert summary["restored"]["val_seq_acc"] == best  # the highest, not the lowest
+
+
+def test_the_teacher_forcing_step_travels_in_the_checkpoint(make_cfg) -> None:
+
+    cfg = make_cfg(*SEQ2SEQ, "teacher_forcing=linear", "teacher_forcing.c=0.1")
+    parts = build_parts(cfg)
+    trainer = Trainer(parts, PlainDisplay(Console()), [], torch.Generator().manual_seed(0))
+    trainer.fit()
+    assert parts.teacher_forcing.step == 3 and parts.model.teacher_forcing_ratio == pytest.approx(0.7)
+    payload = trainer.state_dict()
+    fresh = build_parts(cfg)
+    Trainer(fresh, PlainDisplay(Console()), [], torch.Generator()).load_state_dict(payload)
+    assert fresh.teacher_forcing.step == 3 and fresh.model.teacher_forcing_ratio == pytest.approx(0.7)
+
+
+# On the seq2seq task, then on the default data and model, which do not decode.
+@pytest.mark.parametrize("base, overrides, message", [
+    (SEQ2SEQ, ["model.cell=lstmx"], "model.cell='lstmx' is unknown; valid: lstm, gru, rnn"),
+    (SEQ2SEQ, ["decoding=beam", "decoding.beam_size=0"], "decoding.beam_size=0 must be >= 1"),
+    (SEQ2SEQ, ["teacher_forcing.ratio=1.5"], "teacher_forcing.ratio=1.5 must be in [0, 1]"),
+    (SEQ2SEQ, ["teacher_forcing=inverse_sigmoid", "teacher_forcing.k=0"], "teacher_forcing.k=0 must be >= 1"),
+    ([], ["data=seq2seq"], "data=seq2seq gives token sequences for an encoder-decoder; use model=seq2seq"),
+    ([], ["decoding=beam"], "decoding=beam decodes sequences: it needs model=seq2seq"),
+    ([], ["teacher_forcing=linear"], "teacher_forcing=linear needs a decoder"),
+    ([], ["early_stopping=val_seq_acc"], "early_stopping.monitor=val_seq_acc is measured by decoding sequences"),
+])
+def test_bad_values_are_one_line_and_exit_2(base: list[str], overrides: list[str], message: str, tmp_path) -> None:
+    outcome = train_in_process([*base, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert outcome.code == 2, outcome.stderr
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in outcome.stderr
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import choices
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer, TrainState
 from trainer.engine.parts import Parts, build_parts
@@ -38,7 +39,10 @@ from trainer.tricks.precision import Precision
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate")
+              "batch_size", "trainer.accumulate", "teacher_forcing")
+# Figures of an evaluation the summary keeps; the decoded ones exist for sequence decoders only.
+EVALUATED = ("train_loss", "val_loss", "val_acc")
+DECODED = ("val_token_acc", "val_seq_acc")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -115,7 +119,7 @@ def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not finite:
         return {}
     row = min(finite, key=lambda r: r["val_loss"])
-    return {key: row[key] for key in ("epoch", "train_loss", "val_loss", "val_acc")}
+    return {key: row[key] for key in ("epoch", *EVALUATED, *DECODED) if key in row}
 
 
 def _device_name(device: torch.device) -> str:
@@ -135,7 +139,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
     return {
         "status": state.status,
         "message": state.message,
-        "final": {key: last.get(key) for key in ("train_loss", "val_loss", "val_acc")},
+        "final": {**{key: last.get(key) for key in EVALUATED}, **{key: last[key] for key in DECODED if key in last}},
         "best": _best(state.history),
         "restored_best_weights": restored_best,
         "epochs_run": len(state.history),
@@ -259,7 +263,7 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc}
+    return {"loss": loss, "acc": acc, **trainer.decoded(data.x_test, data.y_test)}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
@@ -272,9 +276,11 @@ def start_record(parts: Parts) -> dict[str, Any]:
     the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
     data, model = parts.data, parts.model
     x = data.x_train.float()
+    features = data.x_train.is_floating_point()  # token ids are not features
     classification = data.task == "classification"
-    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train, minlength=data.num_outputs).float()
+    if classification:  # predicting the class (or token) frequencies: the loss of a model that knows nothing
+        labels = data.y_train[data.y_train != IGNORE_INDEX]  # a sequence's padding is no class
+        counts = torch.bincount(labels, minlength=data.num_outputs).float()
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
     else:  # predicting the mean target
@@ -288,7 +294,9 @@ def start_record(parts: Parts) -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            "input_mean": float(x.mean()), "input_std": float(x.std()), "chance_loss": chance,
+            # Token ids index an embedding: their mean and std say nothing about standardisation.
+            "input_mean": float(x.mean()) if features else None, "input_std": float(x.std()) if features else None,
+            "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 

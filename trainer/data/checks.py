@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from trainer.data import DataSplits
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.errors import ConfigError, DataError
 
 NUMERIC_INPUTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
@@ -101,7 +102,13 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             labels = getattr(data, name)
             if len(labels) == 0:
                 continue  # an empty test split (num_test=0 gives none at all)
-            if labels.dim() != 1 or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
+            if labels.dim() == 2 and not labels.is_floating_point():  # a token sequence per sample
+                tokens = labels[labels != IGNORE_INDEX]
+                if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= data.num_outputs):
+                    raise DataError(f"the data's {name} must hold token ids in 0..{data.num_outputs - 1} "
+                                    f"(or {IGNORE_INDEX} past a sequence's end); min {int(tokens.min())}, "
+                                    f"max {int(tokens.max())}")
+            elif labels.dim() != 1 or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
                                 f"(shape {tuple(labels.shape)}, min {int(labels.min())}, max {int(labels.max())})")
     if len(data.x_train) < batch_size * accumulate:

@@ -12,6 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "elapsed")
+DECODED_COLUMNS = ("val_token_acc", "val_seq_acc")  # a sequence decoder's own outputs (model=seq2seq)
+
+
+def epoch_columns(row: dict[str, Any]) -> tuple[str, ...]:
+    """EPOCH_COLUMNS, with the decoded accuracies after val_acc when the row has them."""
+    decoded = tuple(key for key in DECODED_COLUMNS if key in row)
+    at = EPOCH_COLUMNS.index("val_acc") + 1
+    return EPOCH_COLUMNS[:at] + decoded + EPOCH_COLUMNS[at:]
 
 
 def _format(key: str, value: Any) -> str:
@@ -46,7 +54,7 @@ class PlainDisplay:
         pass  # a log file gets the epoch lines; step-level figures are in metrics.jsonl
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in EPOCH_COLUMNS[1:])
+        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in epoch_columns(row)[1:])
         print(f"epoch {row['epoch']}/{self.epochs} step {row['step']} {fields}", flush=True)
 
     def close(self) -> None:
@@ -62,7 +70,8 @@ class PlainDisplay:
             f"{summary['wall_s']:.1f}s ({summary['samples_per_s']:.0f} samples/s); "
             # "best" is one epoch, the one early stopping would keep: its val_acc need not be the highest.
             f"best epoch {best.get('epoch', '-')} (lowest val_loss): val_acc "
-            f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}; "
+            f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}"
+            + "".join(f" {key} {_format(key, best[key])}" for key in DECODED_COLUMNS if key in best) + "; "
             f"run folder {run_dir}",
             flush=True,
         )
@@ -97,7 +106,11 @@ class LiveDisplay(PlainDisplay):
                         lr=f"{lr:.2e}", speed=f"{samples_per_s:,.0f}")
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        self.table.add_row(*(_format(key, row.get(key)) for key in EPOCH_COLUMNS))
+        columns = epoch_columns(row)
+        if not self.table.rows and len(columns) > len(self.table.columns):  # a sequence decoder's first epoch
+            self.table = Table(*columns, title="epochs", expand=False)
+            self.live.update(Group(self.table, self.bar))
+        self.table.add_row(*(_format(key, row.get(key)) for key in columns))
         self.bar.update(self.task, completed=row["step"], epoch=f"{row['epoch']}/{self.epochs}",
                         loss=_format("train_loss", row["train_loss"]), lr=_format("lr", row["lr"]))
 

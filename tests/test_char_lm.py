@@ -198,3 +198,167 @@ def test_a_frozen_probe_trains_its_head_only() -> None:
     assert probe(torch.randint(30, (3, 16))).shape == (3, 2)
     probe.train()
     assert not probe.rnn.training and probe.head.training
+
+
+# ---- wired into the tool: train data=text model=char_lstm, task=sample, the probe's encoder ----------
+
+TINY_LM = ["data=text", "data.max_chars=4000", "data.seq_len=16", "model=char_lstm", "model.embedding=4",
+           "model.hidden=8", "model.layers=1", "norm=none", "init=xavier", "batch_size=8", "epochs=1", "max_steps=4",
+           "log_every=2", "device=cpu", "sample.length=40", "curves=false"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hydra import compose, initialize_config_dir
+
+    from helpers import CONF_DIR
+    from trainer.run import run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=TINY_LM)
+    run_dir = tmp_path_factory.mktemp("charlm") / "run"
+    run(cfg, run_dir)
+    return run_dir
+
+
+def test_a_char_lm_run_reports_bits_per_character_and_writes_samples_and_vocab(lm_run: Path) -> None:
+    import json
+
+    summary = json.loads((lm_run / "summary.json").read_text())
+    for node in (summary["final"], summary["best"]):
+        assert node["val_bpc"] == pytest.approx(node["val_loss"] / math.log(2))
+    assert summary["test"]["bpc"] == pytest.approx(summary["test"]["loss"] / math.log(2))
+    chars = json.loads((lm_run / "vocab.json").read_text())["chars"]
+    assert chars == text.build_vocab(text.default_text()[:4000])
+    samples = (lm_run / "samples.txt").read_text(encoding="utf-8")
+    header, body = samples.rstrip("\n").split("\n", 1)
+    assert header.startswith("--- sample 1 of 1 (temperature 0.8, seed 0)") and len(body) == 41
+    assert set(body) <= set(chars)
+    assert all(not record.get("input_mean") for record in map(json.loads, (lm_run / "metrics.jsonl").read_text().splitlines())
+               if record["kind"] == "start")  # ids have no scale: no `inputs` finding
+
+
+def test_validation_bits_per_character_are_the_per_character_mean(make_cfg) -> None:
+    from trainer.engine.loop import Trainer
+    from trainer.engine.parts import build_parts
+
+    parts = build_parts(make_cfg(*TINY_LM, small=False))
+    trainer = Trainer(parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        parts.model.eval()
+        logits = parts.model(parts.data.x_val)
+        probability = F.softmax(logits, dim=1).gather(1, parts.data.y_val.unsqueeze(1))
+        bits = float(-torch.log2(probability).mean())
+        accuracy = float((logits.argmax(1) == parts.data.y_val).float().mean())
+    assert metrics["val_bpc"] == pytest.approx(bits, rel=1e-5)
+    assert metrics["val_acc"] == pytest.approx(accuracy)  # next-character accuracy, a fraction of positions
+
+
+def test_task_sample_resamples_a_finished_run(lm_run: Path, make_cfg, tmp_path: Path) -> None:
+    from trainer.tasks import run_task
+
+    cfg = make_cfg("task=sample", f"resume={lm_run}", "sample.temperature=0", "sample.count=2", "sample.prime=The",
+                   "sample.length=15")
+    assert run_task(cfg, tmp_path) == 0
+    blocks = (tmp_path / "samples.txt").read_text(encoding="utf-8").split("--- sample ")[1:]
+    assert len(blocks) == 2 and all(block.split("\n", 1)[1].startswith("The") for block in blocks)
+    assert blocks[0].split("\n", 1)[1].strip() == blocks[1].split("\n", 1)[1].strip()  # temperature 0: no draws
+
+
+def test_char_data_and_models_refuse_each_other(make_cfg) -> None:
+    from trainer.engine.parts import build_parts
+
+    with pytest.raises(ConfigError, match="cannot read character ids"):
+        build_parts(make_cfg(*[o for o in TINY_LM if not o.startswith("model")], "model=mlp", small=False))
+    with pytest.raises(ConfigError, match="use data=text"):
+        build_parts(make_cfg("model=char_lstm"))
+    with pytest.raises(ConfigError, match="character ids"):
+        build_parts(make_cfg(*TINY_LM, "data.standardise=true", small=False))
+
+
+def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> None:
+    from trainer.engine.checkpoint import latest_good
+    from trainer.engine.parts import build_parts
+
+    probe = ["data=text_probe", f"data.lm={lm_run}", "data.num_train=8", "data.num_val=4", "data.num_test=0",
+             "data.snippet_len=16", "model=char_probe", "model.embedding=4", "model.hidden=8", "model.layers=1",
+             "norm=none", "init=xavier", "batch_size=4", "device=cpu", "max_steps=2"]
+    lm_state = latest_good(lm_run)[0]["model"]  # type: ignore[index]
+    pretrained = build_parts(make_cfg(*probe, f"model.encoder={lm_run}", "model.freeze=true", small=False)).model
+    for key in ("embedding.weight", "rnn.weight_hh_l0", "rnn.bias_ih_l0"):
+        assert torch.equal(pretrained.state_dict()[key], lm_state[key])  # not overwritten by init=xavier
+    scratch_parts = build_parts(make_cfg(*probe, small=False))
+    scratch = scratch_parts.model
+    from trainer.engine.loop import Trainer
+
+    trainer = Trainer(scratch_parts, display=None, loggers=[], generator=torch.Generator())  # type: ignore[arg-type]
+    assert "val_bpc" not in trainer.evaluate()  # a classifier of snippets, not a language model
+    assert not torch.equal(scratch.state_dict()["rnn.weight_hh_l0"], lm_state["rnn.weight_hh_l0"])
+    with pytest.raises(ConfigError, match="does not fit model=char_probe"):
+        build_parts(make_cfg(*[o for o in probe if o != "model.hidden=8"], "model.hidden=6", f"model.encoder={lm_run}",
+                             small=False))
+
+
+def test_shuffled_snippets_permute_only_their_tail() -> None:
+    distinct = "".join(chr(0x4E00 + i) for i in range(3000))  # a character's code says where it stood in the text
+    found, labels = text_probe.shuffled_snippets(distinct, count=40, length=20, tail=8,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert sorted(labels) == [0] * 20 + [1] * 20
+    for snippet, label in zip(found, labels):
+        codes = [ord(char) for char in snippet]
+        start = codes[0]
+        assert codes[:12] == list(range(start, start + 12))  # the head is intact
+        assert sorted(codes[12:]) == list(range(start + 12, start + 20))  # the same characters in the tail
+        assert (codes[12:] == list(range(start + 12, start + 20))) == bool(label)  # in order only when labelled 1
+
+
+def test_the_probe_pools_the_outputs_over_the_snippet_or_takes_the_last() -> None:
+    ids = torch.randint(30, (3, 16))
+    heads = {}
+    for pool in char_probe.POOLS:
+        torch.manual_seed(0)
+        probe = char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
+                                 input_dropout=0.0, embedding=8, hidden=12, layers=1, pool=pool).eval()
+        out, _ = probe.rnn(probe.embedding(ids))
+        features = out.mean(dim=1) if pool == "mean" else out[:, -1]
+        assert torch.allclose(probe(ids), probe.head(features))
+        heads[pool] = probe(ids)
+    assert not torch.allclose(heads["mean"], heads["last"])
+    with pytest.raises(ConfigError, match="model.pool='max' is unknown"):
+        char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
+                         input_dropout=0.0, pool="max")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    (b"\xff\xfe not utf-8", "is not UTF-8"),
+])
+def test_the_command_refuses_a_bad_text_file_with_one_line_and_exit_2(tmp_path: Path, content: bytes | None,
+                                                                   message: str) -> None:
+    from in_process import train_in_process
+
+    path = tmp_path / "book.txt"
+    if content is not None:
+        path.write_bytes(content)
+    outcome = train_in_process(["data=text", f"data.path={path}", "model=char_lstm", "hydra.run.dir=run"], tmp_path)
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_char_lm_run_exports_and_loads_back(lm_run: Path, tmp_path: Path) -> None:
+    from trainer.tasks.export import export, load_inference
+
+    result = export(str(lm_run), tmp_path)
+    assert result["max_abs_diff"] == 0 and result["folded"] == []  # no linear layer followed by batch norm
+    model = load_inference(result["file"])
+    ids = torch.randint(len(json_chars(lm_run)), (2, 16))
+    assert model(ids).shape == (2, len(json_chars(lm_run)), 16)
+
+
+def json_chars(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / "vocab.json").read_text())["chars"]

@@ -14,6 +14,10 @@ from fakes import make_images, write_mnist
 from trainer.config import GROUPS, build
 from trainer.run import run
 
+CHAR_LSTM = ["data.max_chars=3000", "data.seq_len=16", "model.embedding=4", "model.hidden=8", "model.layers=1",
+             "sample.length=20"]
+CHAR_PROBE = ["data.num_train=96", "data.num_val=16", "data.num_test=16", "data.snippet_len=16", "model.embedding=4",
+              "model.hidden=8", "model.layers=1"]
 # What a choice needs beside it to run here: 2-D models need images; groupnorm needs a width its
 # groups divide. Files for the downloadable sets are written by `prepare` below.
 # The switches only a sequence decoder has run on the seq2seq task, small.
@@ -26,6 +30,11 @@ COMPANIONS = {
     ("data", "mnist"): ["model=cnn"],
     ("data", "fashion_mnist"): ["model=cnn"],
     ("data", "imagefolder"): ["model=cnn"],
+    # The character models and data only go together (character ids in, per-character logits out).
+    ("data", "text"): ["model=char_lstm", *CHAR_LSTM],
+    ("data", "text_probe"): ["model=char_probe", *CHAR_PROBE],
+    ("model", "char_lstm"): ["data=text", *CHAR_LSTM],
+    ("model", "char_probe"): ["data=text_probe", *CHAR_PROBE],
     ("data", "seq2seq"): ["model=seq2seq"],
     ("decoding", "beam"): SEQ2SEQ,
     ("early_stopping", "val_seq_acc"): SEQ2SEQ,

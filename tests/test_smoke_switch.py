@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from helpers import group_choices
 from hydra_plugins.trainer_sweepers.every_choice import one_group_at_a_time
-from test_smoke import NEEDS_REAL_FILES, prepare
+from test_smoke import COMPANIONS, NEEDS_REAL_FILES, prepare
 from helpers import CONF_DIR
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer
@@ -74,7 +74,8 @@ def test_every_data_choice_smoke_runs(choice: str, tmp_path: Path, temp_root: Pa
 
 @pytest.mark.parametrize("choice", group_choices("model"))
 def test_every_model_choice_smoke_runs(choice: str, temp_root: Path, smoke_cfg: Callable[..., DictConfig]) -> None:
-    verdict = smoke_run(smoke_cfg("data=synthetic", f"model={choice}", *IMAGES.get(choice, [])))
+    verdict = smoke_run(smoke_cfg("data=synthetic", f"model={choice}", *IMAGES.get(choice, []),
+                                  *COMPANIONS.get(("model", choice), [])))
     assert verdict.startswith("smoke ok: 4 steps in 2 epochs") and "step_00000004.pt reloaded" in verdict
     assert not list(temp_root.glob("trainer-smoke-*"))  # (torch may keep its own caches there)
 

@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import choices
 from trainer.data.seq2seq import IGNORE_INDEX
+from trainer.data.text import bits_per_char
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer, TrainState
 from trainer.engine.parts import Parts, build_parts
 from trainer.errors import ConfigError
+from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
 from trainer.observe import layer_stats
 from trainer.observe.curves import PlotError, plot_curves
@@ -33,6 +35,7 @@ from trainer.observe.display import make_display
 from trainer.observe.loggers import LoggerGroup, build_loggers
 from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic, write_lines_atomic
 from trainer.observe.run_folder import write_record
+from trainer.tasks.sample import write_samples
 from trainer.tricks.precision import Precision
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
@@ -40,9 +43,6 @@ from trainer.tricks.precision import Precision
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
               "batch_size", "trainer.accumulate", "teacher_forcing")
-# Figures of an evaluation the summary keeps; the decoded ones exist for sequence decoders only.
-EVALUATED = ("train_loss", "val_loss", "val_acc")
-DECODED = ("val_token_acc", "val_seq_acc")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,13 +113,22 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_lines_atomic(path, kept)
 
 
+# Measured by some runs only: bits per character (data=text), a sequence decoder's own outputs (model=seq2seq).
+OPTIONAL_METRICS = ("val_bpc", "val_token_acc", "val_seq_acc")
+
+
+def _evaluated(row: dict[str, Any]) -> tuple[str, ...]:
+    """What an evaluation measured (Trainer.evaluate): val_loss, val_acc, and the optional ones it has."""
+    return ("val_loss", "val_acc", *(key for key in OPTIONAL_METRICS if key in row))
+
+
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The epoch with the lowest validation loss (it exists for every task, accuracy does not)."""
     finite = [row for row in history if row["val_loss"] is not None and np.isfinite(row["val_loss"])]
     if not finite:
         return {}
     row = min(finite, key=lambda r: r["val_loss"])
-    return {key: row[key] for key in ("epoch", *EVALUATED, *DECODED) if key in row}
+    return {key: row[key] for key in ("epoch", "train_loss", *_evaluated(row))}
 
 
 def _device_name(device: torch.device) -> str:
@@ -139,7 +148,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
     return {
         "status": state.status,
         "message": state.message,
-        "final": {**{key: last.get(key) for key in EVALUATED}, **{key: last[key] for key in DECODED if key in last}},
+        "final": {key: last.get(key) for key in ("train_loss", *_evaluated(last))},
         "best": _best(state.history),
         "restored_best_weights": restored_best,
         "epochs_run": len(state.history),
@@ -201,6 +210,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     display = make_display()
     if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
         write_record(run_dir, cfg)
+        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
+            write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
     else:
         _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
@@ -209,7 +220,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
 
     def save(trainer: Trainer, best: bool) -> None:
         checkpointer.save({**trainer.state_dict(), "rng": rng_state(parts.device), "config": config,
-                           "precision": parts.precision.actual}, trainer.state.step, best)
+                           "precision": parts.precision.actual, "chars": parts.data.chars}, trainer.state.step, best)
 
     trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
                       checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
@@ -242,6 +253,9 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)
+    if parts.data.char_lm and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
+        summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,
+                                           **cfg.sample)["file"]
     write_json_atomic(run_dir / "summary.json", summary)
     if cfg.get("curves", True) and not cfg.get("smoke"):  # drawing costs more than a smoke run's training; its errors never fail a run
         try:
@@ -263,7 +277,8 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc, **trainer.decoded(data.x_test, data.y_test)}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {}),
+            **trainer.decoded(data.x_test, data.y_test)}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
@@ -279,7 +294,7 @@ def start_record(parts: Parts) -> dict[str, Any]:
     features = data.x_train.is_floating_point()  # token ids are not features
     classification = data.task == "classification"
     if classification:  # predicting the class (or token) frequencies: the loss of a model that knows nothing
-        labels = data.y_train[data.y_train != IGNORE_INDEX]  # a sequence's padding is no class
+        labels = data.y_train[data.y_train != IGNORE_INDEX]  # (N,) or per position (N, L); padding is no class
         counts = torch.bincount(labels, minlength=data.num_outputs).float()
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
@@ -294,7 +309,7 @@ def start_record(parts: Parts) -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            # Token ids index an embedding: their mean and std say nothing about standardisation.
+            # Character and token ids are indices, not magnitudes: there is no scale to diagnose.
             "input_mean": float(x.mean()) if features else None, "input_std": float(x.std()) if features else None,
             "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}

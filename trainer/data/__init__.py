@@ -28,9 +28,8 @@ class DataSplits:
         x_test: test inputs, evaluated once, on the weights the run ends with; None when the
             data set has no test split.
         y_test: test targets.
-        chars: the vocabulary of a character language model (data=text): character i is token id i;
-            x and y are then int64 ids of shape (N, L), y the next character of each position. None
-            for every other data set. A run whose data has it reports bits per character.
+        chars: the vocabulary of character-id inputs (data=text, text_probe): character i is id i,
+            and x holds int64 ids of shape (N, L). None for every other data set.
     """
 
     x_train: torch.Tensor
@@ -47,6 +46,12 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def char_lm(self) -> bool:
+        """A character language model's data (data=text): the targets are characters too, the next
+        one at each position (N, L). Its runs report bits per character and write samples."""
+        return self.chars is not None and self.y_train.dim() == 2
 
     @property
     def has_test(self) -> bool:

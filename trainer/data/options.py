@@ -12,6 +12,7 @@ They run in a fixed order: plant (scale, then offset, then label noise), then st
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -71,6 +72,9 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
     check({"label_noise": label_noise, "standardise": standardise, "input_scale": input_scale,
            "input_offset": input_offset})
     x_train, x_val, x_test, y_train = data.x_train, data.x_val, data.x_test, data.y_train
+    if data.chars is not None and (input_scale != 1 or input_offset != 0 or standardise):
+        raise ConfigError("data.standardise, data.input_scale and data.input_offset apply to numeric inputs; "
+                          "this data set's inputs are character ids: leave them at false, 1 and 0")
     if input_scale != 1 or input_offset != 0:
         x_train, x_val = x_train * input_scale + input_offset, x_val * input_scale + input_offset
         x_test = x_test * input_scale + input_offset if x_test is not None else None
@@ -84,17 +88,19 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
         x_test = (x_test - mean) / std if x_test is not None else None
     if x_train is data.x_train and y_train is data.y_train:
         return data
-    return DataSplits(x_train, y_train, x_val, data.y_val, data.task, data.num_outputs, data.notices, x_test, data.y_test)
+    return dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_val, x_test=x_test)
 
 
 def noisy_labels(labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:
-    """`labels` with round(fraction * N) of them, chosen at random, replaced by random classes."""
+    """`labels` with round(fraction * N) of them, chosen at random, replaced by random classes
+    (N counts every position of per-position labels (N, L), each position a label)."""
     generator = torch.Generator().manual_seed(LABEL_NOISE_SEED)
-    count = round(fraction * len(labels))
-    chosen = torch.randperm(len(labels), generator=generator)[:count]
-    noisy = labels.clone()
+    flat = labels.flatten()
+    count = round(fraction * len(flat))
+    chosen = torch.randperm(len(flat), generator=generator)[:count]
+    noisy = flat.clone()
     noisy[chosen] = torch.randint(num_classes, (count,), generator=generator, dtype=labels.dtype)
-    return noisy
+    return noisy.reshape(labels.shape)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

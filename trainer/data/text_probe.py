@@ -6,6 +6,10 @@ helps a supervised task; Radford et al. 2017's sentiment neuron, in small), gene
 Each sample is a snippet of `snippet_len` characters; its label is a property of the string that
 a character language model must track to predict the next character well:
 
+- `shuffled` (the default): is the snippet as written (1), or are its last `shuffle_tail`
+  characters put in a random order (0)? Shuffling keeps every character count, so a
+  bag-of-characters model cannot tell; it takes knowing what the language's words and syntax look
+  like, which a small labelled set cannot teach but next-character prediction does.
 - `quote`: the snippet ends inside a double-quoted string (an odd number of `"` in it), so the
   next `"` closes rather than opens one. Parity is not a function of the character counts, so a
   bag-of-characters model cannot read it off; a model must keep the state along the string.
@@ -29,7 +33,7 @@ from trainer.data import DataSplits
 from trainer.data.text import block_bounds, build_vocab, encode, read_text
 from trainer.errors import ConfigError, DataError
 
-LABELS = ("quote", "paren")
+LABELS = ("shuffled", "quote", "paren")
 PARTS = ("train", "val", "test")
 
 
@@ -83,6 +87,31 @@ def held_out_text(lm: str | None, path: str | None) -> tuple[str, str]:
     return text[start:], chars
 
 
+def shuffled_snippets(text: str, count: int, length: int, tail: int, generator: torch.Generator) -> tuple[list[str], list[int]]:
+    """`count` snippets of `text` at random offsets; every other one (label 0) has its last `tail`
+    characters put in a random order (a permutation that changes the string), the rest (label 1) are intact."""
+    found: list[str] = []
+    labels: list[int] = []
+    tries = 0
+    while len(found) < count:
+        tries += 1
+        if tries > 100 * count + 1000:
+            raise DataError("data=text_probe: too few snippets whose end can be shuffled; use a longer text")
+        start = int(torch.randint(len(text) - length + 1, (1,), generator=generator))
+        snippet = text[start : start + length]
+        cls = len(found) % 2
+        if cls == 0:
+            end = snippet[-tail:]
+            scrambled = "".join(end[i] for i in torch.randperm(len(end), generator=generator).tolist())
+            if scrambled == end:
+                continue
+            snippet = snippet[:-tail] + scrambled
+        found.append(snippet)
+        labels.append(cls)
+    order = torch.randperm(count, generator=generator).tolist()
+    return [found[i] for i in order], [labels[i] for i in order]
+
+
 def snippets(text: str, count: int, length: int, label: str, generator: torch.Generator) -> tuple[list[str], list[int]]:
     """`count` snippets of `text` at random offsets, half of each class (the rule `label` names)."""
     if len(text) <= length:
@@ -106,17 +135,18 @@ def snippets(text: str, count: int, length: int, label: str, generator: torch.Ge
     return [pairs[i][0] for i in order], [pairs[i][1] for i in order]
 
 
-def build(lm: str | None = None, path: str | None = None, label: str = "quote", snippet_len: int = 64,
-          num_train: int = 200, num_val: int = 500, num_test: int = 1000, seed: int = 0) -> DataSplits:
+def build(lm: str | None = None, path: str | None = None, label: str = "shuffled", snippet_len: int = 64,
+          num_train: int = 100, num_val: int = 500, num_test: int = 1000, shuffle_tail: int = 32, seed: int = 0) -> DataSplits:
     """Args:
         lm: a char LM run (folder or checkpoint): its text's held-out blocks and its vocabulary.
         path: a UTF-8 text file instead of (or, with lm, in place of) the run's text; None: the run's,
             or the built-in text.
-        label: quote or paren (see the module's docstring).
+        label: shuffled, quote or paren (see the module's docstring).
         snippet_len: characters per snippet.
         num_train: labelled training snippets (small: the point is learning from few labels).
         num_val: validation snippets.
         num_test: test snippets, evaluated once at the end (0: none).
+        shuffle_tail: for label=shuffled, how many of a snippet's last characters are permuted.
         seed: the snippets' own generator (the global RNG is untouched).
     """
     if label not in LABELS:
@@ -135,7 +165,10 @@ def build(lm: str | None = None, path: str | None = None, label: str = "quote", 
         if count == 0:
             splits[name] = (None, None)
             continue
-        found, labels = snippets(parts[name], count, snippet_len, label, generator)
+        if label == "shuffled":
+            found, labels = shuffled_snippets(parts[name], count, snippet_len, shuffle_tail, generator)
+        else:
+            found, labels = snippets(parts[name], count, snippet_len, label, generator)
         splits[name] = (torch.stack([encode(s, chars) for s in found]), torch.tensor(labels, dtype=torch.int64))
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (splits[name] for name in PARTS)
     assert x_train is not None and y_train is not None and x_val is not None and y_val is not None

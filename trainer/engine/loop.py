@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data.seq2seq import IGNORE_INDEX
+from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
@@ -342,18 +343,24 @@ class Trainer:
     # ---- evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float | None]:
-        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a
-        sequence decoder also its decoded token and sequence accuracy (val_token_acc, val_seq_acc)."""
+        """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
+        LM (data=text) also the loss in bits per character; for a sequence decoder (model=seq2seq)
+        also its decoded token and sequence accuracy (val_token_acc, val_seq_acc)."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
+        metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
+        if self.data.char_lm:
+            metrics["val_bpc"] = bits_per_char(loss)
         decoded = self.decoded(self.data.x_val, self.data.y_val)
-        return {"val_loss": loss, "val_acc": acc, **{f"val_{name}": value for name, value in decoded.items()}}
+        return {**metrics, **{f"val_{name}": value for name, value in decoded.items()}}
 
     @torch.no_grad()
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
 
-        Sequence targets (N, T) count per token, IGNORE_INDEX positions excluded: the loss and the
-        accuracy of the next token given the true ones before it (teacher-forced)."""
+
+        Sequence targets (N, T) count per position (per character, per token), IGNORE_INDEX positions
+        (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
+        token given the true ones before it (teacher-forced)."""
         self.model.eval()
         classification = self.data.task == "classification"
         loss_sum = torch.zeros((), device=inputs.device)

@@ -5,6 +5,7 @@ so every path builds a config the same way.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
-from trainer.config import build, check_numbers
+from trainer.config import build, builder, check_numbers
 from trainer.data import DataSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
@@ -78,6 +79,7 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "deterministic", "log_every",
                   "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
+                  "sample",  # task=sample and the samples.txt of a character LM run
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
                   "early_stopping", "teacher_forcing", "decoding"}
 
@@ -159,6 +161,17 @@ def build_data(node: DictConfig) -> DataSplits:
     return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
 
 
+def token_inputs(model: DictConfig, data: DataSplits) -> dict[str, int]:
+    """`vocab_size` for a model that reads character ids (data=text, text_probe); a model that cannot
+    read them, given such data, is a one-line error."""
+    if data.chars is None:
+        return {}
+    if "vocab_size" not in inspect.signature(builder(str(model._target_))).parameters:
+        raise ConfigError(f"model={model.name} cannot read character ids, which this data set gives; "
+                          "use model=char_lstm (data=text) or model=char_probe (data=text_probe)")
+    return {"vocab_size": len(data.chars)}
+
+
 # Data sets of token pairs and the models that read them: neither works with anything else.
 SEQUENCE_PAIRS = {"seq2seq": "seq2seq"}
 
@@ -185,8 +198,13 @@ def build_decoding(cfg: DictConfig, model: nn.Module) -> Decoding | None:
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
-                  dropout=regularisation.dropout, input_dropout=regularisation.input_dropout)
+                  dropout=regularisation.dropout, input_dropout=regularisation.input_dropout,
+                  **token_inputs(cfg.model, data))
     build("init", cfg.init, model=model)
+    # Weights a model copies from a trained run (model=char_probe model.encoder=RUN) come after the init, which would overwrite them.
+    load_pretrained = getattr(model, "load_pretrained", None)
+    if load_pretrained is not None:
+        load_pretrained()
     return model
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from trainer.config import build
 from trainer.data import DataSplits
 from trainer.engine import checkpoint
-from trainer.engine.parts import build_data
+from trainer.engine.parts import build_data, token_inputs
 from trainer.errors import ConfigError
 
 
@@ -36,13 +36,17 @@ class TrainedRun:
     data: DataSplits
 
 
-def build_untrained(config: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    """The model a saved config names, with fresh (uninitialised-by-us) weights, ready to load a state dict."""
+def build_untrained(config: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int,
+                    vocab_size: int | None = None) -> nn.Module:
+    """The model a saved config names, with fresh (uninitialised-by-us) weights, ready to load a state
+    dict (a char_probe's encoder is not copied again: the state dict holds it). `vocab_size`: the
+    characters a character model reads (data=text, text_probe)."""
     node = OmegaConf.create(config)
     regularisation = build("regularisation", node.regularisation)
+    tokens = {"vocab_size": vocab_size} if vocab_size is not None else {}
     return build("model", node.model, input_shape=tuple(input_shape), num_outputs=num_outputs,
                  norm=build("norm", node.norm), dropout=regularisation.dropout,
-                 input_dropout=regularisation.input_dropout)
+                 input_dropout=regularisation.input_dropout, **tokens)
 
 
 def load_run(resume: str | None, task: str) -> TrainedRun:
@@ -54,6 +58,11 @@ def load_run(resume: str | None, task: str) -> TrainedRun:
     assert payload is not None and path is not None  # resolve raises for anything but resume=auto
     config = payload["config"]
     data = build_data(OmegaConf.create(config["data"]))  # with the run's data options, as it trained
-    model = build_untrained(config, data.input_shape, data.num_outputs)
+    saved_chars = payload.get("chars")
+    if saved_chars is not None and data.chars != saved_chars:
+        raise ConfigError(f"resume={resume}: the run's text has changed since it trained (its vocabulary differs), "
+                          "so its character ids no longer decode")
+    tokens = token_inputs(OmegaConf.create(config["model"]), data)
+    model = build_untrained(config, data.input_shape, data.num_outputs, **tokens)
     model.load_state_dict(payload["model"])
     return TrainedRun(model=model.eval(), config=config, path=path, data=data)

@@ -1,7 +1,10 @@
-"""`model=char_probe`: a snippet classifier on a char LSTM's last hidden state, from scratch or on the
+"""`model=char_probe`: a snippet classifier on a char LSTM's hidden states, from scratch or on the
 encoder (embedding + LSTM) of a trained char LM run: the transfer claim's classifier.
 
-    ids (N, L) -> embedding -> LSTM -> last step's output -> norm -> [dropout] -> linear head -> (N, classes)
+    ids (N, L) -> embedding -> LSTM -> outputs pooled over the steps -> norm -> [dropout] -> linear head -> (N, classes)
+
+`pool=mean` averages the last layer's outputs over the snippet (every position's state counts),
+`pool=last` takes the last step's alone (what the LM predicts the next character from).
 
 `encoder=RUN_DIR` copies the embedding and LSTM weights of that `model=char_lstm` run (its latest
 good checkpoint, or the checkpoint file named) after the init group has run, so the init choice
@@ -24,11 +27,12 @@ from trainer.models.char_lm import check_token_input
 from trainer.tricks.norm import NormFactory
 
 ENCODER_PREFIXES = ("embedding.", "rnn.")
+POOLS = ("mean", "last")
 
 
 class CharProbe(nn.Module):
     def __init__(self, embedding: nn.Embedding, rnn: nn.LSTM, post: nn.Sequential, head: nn.Linear,
-                 encoder: str | None, freeze: bool) -> None:
+                 encoder: str | None, freeze: bool, pool: str) -> None:
         super().__init__()
         self.embedding = embedding
         self.rnn = rnn
@@ -37,6 +41,7 @@ class CharProbe(nn.Module):
         self.activation = "tanh"
         self.encoder_source = encoder
         self.frozen = freeze
+        self.pool = pool
         if freeze:
             for module in (self.embedding, self.rnn):
                 module.requires_grad_(False)
@@ -50,7 +55,7 @@ class CharProbe(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(self.embedding(ids))
-        return self.head(self.post(out[:, -1]))
+        return self.head(self.post(out.mean(dim=1) if self.pool == "mean" else out[:, -1]))
 
     def load_pretrained(self) -> None:
         """Copy the encoder's weights from the run `encoder` names (called after init: parts.build_model)."""
@@ -85,10 +90,14 @@ def encoder_state(source: str) -> dict[str, Any]:
 
 def build(*, input_shape: tuple[int, ...], num_outputs: int, norm: NormFactory, dropout: float,
           input_dropout: float, vocab_size: int | None = None, activation: str = "tanh", embedding: int = 64,
-          hidden: int = 256, layers: int = 2, encoder: str | None = None, freeze: bool = False) -> CharProbe:
+          hidden: int = 256, layers: int = 2, encoder: str | None = None, freeze: bool = False,
+          pool: str = "mean") -> CharProbe:
     """Args: embedding, hidden, layers: the encoder's sizes (a run's, for `encoder`); encoder: a
     model=char_lstm run folder or checkpoint whose embedding and LSTM are copied; freeze: train the
-    head only. `vocab_size` comes from the data (its characters); `activation` is the cell's, tanh."""
+    head only; pool: mean (the outputs averaged over the snippet) or last (the last step's).
+    `vocab_size` comes from the data (its characters); `activation` is the cell's, tanh."""
+    if pool not in POOLS:
+        raise ConfigError(f"model.pool={pool!r} is unknown; valid: {', '.join(POOLS)}")
     check_token_input("char_probe", input_shape)
     if vocab_size is None:
         raise ConfigError("model=char_probe reads character ids: use data=text_probe")
@@ -101,4 +110,5 @@ def build(*, input_shape: tuple[int, ...], num_outputs: int, norm: NormFactory, 
         raise ConfigError("regularisation.input_dropout applies to model=char_lstm, not the probe; set it to 0")
     rnn = nn.LSTM(embedding, hidden, layers, batch_first=True, dropout=dropout if layers > 1 and not freeze else 0.0)
     post = nn.Sequential(norm(hidden, 0), *dropout_layers(dropout))
-    return CharProbe(nn.Embedding(vocab_size, embedding), rnn, post, nn.Linear(hidden, num_outputs), encoder, freeze)
+    return CharProbe(nn.Embedding(vocab_size, embedding), rnn, post, nn.Linear(hidden, num_outputs), encoder, freeze,
+                     pool)

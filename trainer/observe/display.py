@@ -12,14 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "elapsed")
-DECODED_COLUMNS = ("val_token_acc", "val_seq_acc")  # a sequence decoder's own outputs (model=seq2seq)
+# Measured by some runs only: bits per character (data=text), a sequence decoder's own outputs (model=seq2seq).
+OPTIONAL_COLUMNS = ("val_bpc", "val_token_acc", "val_seq_acc")
 
 
-def epoch_columns(row: dict[str, Any]) -> tuple[str, ...]:
-    """EPOCH_COLUMNS, with the decoded accuracies after val_acc when the row has them."""
-    decoded = tuple(key for key in DECODED_COLUMNS if key in row)
+def columns(row: dict[str, Any]) -> tuple[str, ...]:
+    """The epoch columns, with the optional ones the run measures after val_acc."""
     at = EPOCH_COLUMNS.index("val_acc") + 1
-    return EPOCH_COLUMNS[:at] + decoded + EPOCH_COLUMNS[at:]
+    return EPOCH_COLUMNS[:at] + tuple(key for key in OPTIONAL_COLUMNS if key in row) + EPOCH_COLUMNS[at:]
 
 
 def _format(key: str, value: Any) -> str:
@@ -54,7 +54,7 @@ class PlainDisplay:
         pass  # a log file gets the epoch lines; step-level figures are in metrics.jsonl
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in epoch_columns(row)[1:])
+        fields = " ".join(f"{key} {_format(key, row.get(key))}" for key in columns(row)[1:])
         print(f"epoch {row['epoch']}/{self.epochs} step {row['step']} {fields}", flush=True)
 
     def close(self) -> None:
@@ -71,7 +71,7 @@ class PlainDisplay:
             # "best" is one epoch, the one early stopping would keep: its val_acc need not be the highest.
             f"best epoch {best.get('epoch', '-')} (lowest val_loss): val_acc "
             f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}"
-            + "".join(f" {key} {_format(key, best[key])}" for key in DECODED_COLUMNS if key in best) + "; "
+            + "".join(f" {key} {_format(key, best[key])}" for key in OPTIONAL_COLUMNS if key in best) + "; "
             f"run folder {run_dir}",
             flush=True,
         )
@@ -106,11 +106,10 @@ class LiveDisplay(PlainDisplay):
                         lr=f"{lr:.2e}", speed=f"{samples_per_s:,.0f}")
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        columns = epoch_columns(row)
-        if not self.table.rows and len(columns) > len(self.table.columns):  # a sequence decoder's first epoch
-            self.table = Table(*columns, title="epochs", expand=False)
+        if len(columns(row)) > len(self.table.columns) and not self.table.rows:
+            self.table = Table(*columns(row), title="epochs", expand=False)  # the first row says what is measured
             self.live.update(Group(self.table, self.bar))
-        self.table.add_row(*(_format(key, row.get(key)) for key in columns))
+        self.table.add_row(*(_format(key, row.get(key)) for key in columns(row)))
         self.bar.update(self.task, completed=row["step"], epoch=f"{row['epoch']}/{self.epochs}",
                         loss=_format("train_loss", row["train_loss"]), lr=_format("lr", row["lr"]))
 

@@ -279,7 +279,7 @@ class ReportCallback(Callback):
     """Writes report.md, report.csv and report.png in the sweep folder when a multirun ends.
 
     `metric` ranks the configurations (hydra.callbacks.report.metric=best_val_loss); null picks
-    best_val_acc when the jobs have it, else best_val_loss."""
+    best_val_bpc for character LMs, else best_val_acc when the jobs have it, else best_val_loss."""
 
     def __init__(self, metric: str | None = None, plot: bool = True) -> None:
         from trainer.errors import ConfigError

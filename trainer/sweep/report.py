@@ -43,6 +43,9 @@ METRICS: dict[str, tuple[str, ...]] = {
     "final_val_token_acc": ("final", "val_token_acc"),
     "test_seq_acc": ("test", "seq_acc"),
     "test_token_acc": ("test", "token_acc"),
+    "best_val_bpc": ("best", "val_bpc"),  # bits per character: character LMs (data=text) only
+    "final_val_bpc": ("final", "val_bpc"),
+    "test_bpc": ("test", "bpc"),
     "epochs_to_best": ("best", "epoch"),
     "wall_s": ("wall_s",),
     "samples_per_s": ("samples_per_s",),
@@ -190,9 +193,10 @@ def group(jobs: list[Job], varying: list[str]) -> list[Row]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """best_val_seq_acc when any job has it (a sequence decoder: its decoded outputs, not the
-    teacher-forced val_acc), else best_val_acc when any job has it (classification), else best_val_loss."""
-    for metric in ("best_val_seq_acc", "best_val_acc"):
+    """best_val_bpc when any job has it (a character LM: its accuracy is only the top guess's), else
+    best_val_seq_acc (a sequence decoder: its decoded outputs, not the teacher-forced val_acc), else
+    best_val_acc when any job has it (classification), else best_val_loss."""
+    for metric in ("best_val_bpc", "best_val_seq_acc", "best_val_acc"):
         if any(job.value(metric) is not None for job in jobs):
             return metric
     return "best_val_loss"
@@ -257,16 +261,18 @@ def _failed(row: Row) -> str:
     return " ".join(f"{job.folder.name}:{job.status}" for job in row.failed)
 
 
-TABLE = ("best_val_acc", "best_val_loss", "final_val_acc", "final_val_loss", "final_train_loss",
-         "test_acc", "test_loss", "final_val_seq_acc", "final_val_token_acc", "test_seq_acc", "test_token_acc",
-         "epochs_to_best", "wall_s", "samples_per_s")
+TABLE = ("best_val_bpc", "final_val_bpc", "test_bpc", "best_val_acc", "best_val_loss", "final_val_acc",
+         "final_val_loss", "final_train_loss", "test_acc", "test_loss", "final_val_seq_acc", "final_val_token_acc",
+         "test_seq_acc", "test_token_acc", "epochs_to_best", "wall_s", "samples_per_s")
 
 
 def _columns(report: Report) -> list[str]:
     """The table's metric columns: the ranking metric first, accuracy and test figures only where a job has them."""
     has_acc = any(job.value("best_val_acc") is not None for job in report.jobs)
     has_test = any(job.value("test_loss") is not None for job in report.jobs)
+    has_bpc = any(job.value("best_val_bpc") is not None for job in report.jobs)
     shown = [m for m in TABLE if (has_acc or not m.endswith("_acc")) and (has_test or not m.startswith("test_"))
+             and (has_bpc or not m.endswith("_bpc"))
              and (m not in DECODED or any(job.value(m) is not None for job in report.jobs))]
     return [report.metric] + [m for m in shown if m != report.metric]
 
@@ -361,7 +367,8 @@ def plot(report: Report, path: Path) -> None:
 def table(report: Report) -> Any:
     from rich.table import Table
 
-    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "test_acc", "epochs_to_best", "wall_s", "samples_per_s"]
+    columns = _columns(report)[:1] + ["final_val_acc", "best_val_loss", "test_bpc", "test_acc", "epochs_to_best", "wall_s",
+                                       "samples_per_s"]
     columns = [m for m in dict.fromkeys(columns) if m in _columns(report)]
     result = Table(title=f"{report.sweep_dir.name}: ranked by {report.metric}",
                    caption="vs best: within noise = |mean difference| <= the larger std over seeds")
@@ -401,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="train-report", description="Write report.md, report.csv and report.png "
                                      "for a sweep folder (finished, running, interrupted or with failed jobs).")
     parser.add_argument("path", type=Path, help="a sweep folder, e.g. multirun/experiment=ablate_norm-1a2b3c4d")
-    parser.add_argument("--metric", help=f"rank by this (default best_val_seq_acc, else best_val_acc, if present, "
+    parser.add_argument("--metric", help="rank by this (default best_val_bpc, else best_val_seq_acc, else "
+                        "best_val_acc, if present, "
                         "else best_val_loss); "
                         f"one of {', '.join(METRICS)}")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")

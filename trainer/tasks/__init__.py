@@ -2,7 +2,7 @@
 range test), `task=check_init` (one batch through the fresh model, per-layer statistics) and
 `task=plan` (what a config would do and cost, checked without training); and tools that read a
 trained run (`resume=RUN_DIR`): `task=export` (an inference file, batch norm folded) and
-`task=tsne` (t-SNE of the penultimate-layer features). Each module has the
+`task=tsne` (t-SNE of the penultimate-layer features) and `task=sample` (text from a character LM). Each module has the
 task function and a `render` that turns its result into a rich renderable for the console."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ TASKS = {
     "plan": "check a config and estimate its cost without training (exit 2 on errors)",
     "export": "resume=RUN_DIR: inference.pt (weights_only) with conv/linear + batch norm folded, checked and timed",
     "tsne": "resume=RUN_DIR: tsne.png, t-SNE of the penultimate-layer validation features per perplexity (extra: tsne)",
+    "sample": "resume=RUN_DIR: samples.txt, text from a character LM run (data=text model=char_lstm)",
 }
 
 import json
@@ -55,7 +56,7 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
         return 0 if report.ok else 2
     with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
         check_unused(run_dir)
-        if cfg.task in ("export", "tsne"):  # these read a trained run and its own config, not the command's
+        if cfg.task in ("export", "tsne", "sample"):  # these read a trained run and its own config, not the command's
             result, render = _on_trained_run(cfg, run_dir)
         else:
             parts = build_parts(cfg)
@@ -75,13 +76,18 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
 
 
 def _on_trained_run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]:
-    """export or tsne of the run `resume=` names; their settings are the `export:` / `tsne:` config nodes."""
+    """export, tsne or sample of the run `resume=` names; their settings are the `export:` / `tsne:` /
+    `sample:` config nodes."""
     settings = OmegaConf.to_container(cfg[cfg.task], resolve=True)
     assert isinstance(settings, dict)
     if cfg.task == "export":
         from trainer.tasks.export import export, render
 
         return export(cfg.resume, run_dir, **settings), render
+    if cfg.task == "sample":
+        from trainer.tasks.sample import render, sample_run
+
+        return sample_run(cfg.resume, run_dir, seed=cfg.seed, **settings), render
     from trainer.tasks.tsne import render, tsne
 
     return tsne(cfg.resume, run_dir, seed=cfg.seed, **settings), render

@@ -59,7 +59,8 @@ def check_init(parts: Parts, run_dir: Path) -> dict[str, Any]:
     size = min(BATCH, len(parts.data.x_train))
     x, y = parts.data.x_train[:size], parts.data.y_train[:size]
     rows = collect(parts.model, x, y, parts.criterion, parts.precision, activation_samples=SAMPLES_PER_LAYER)
-    input_std = float(x.float().std())
+    # Character ids are indices, not a signal: the embedding's output is the input the layers see.
+    input_std = rows[0]["act_std"] if parts.data.chars is not None and rows[0]["act_std"] else float(x.float().std())
     samples = {row["name"]: row.pop("activations") for row in rows}
     graded = [row for row in rows if row["grad_std"] is not None]
     reference = graded[-1]["grad_std"] if graded else None  # the output layer's gradient scale

@@ -113,7 +113,8 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
         raise ConfigError(f"export.tolerance={tolerance} must be a number > 0")
     run = load_run(resume, "export")
     original = run.model
-    exported = build_untrained(run.config, run.data.input_shape, run.data.num_outputs).eval()
+    vocab_size = len(run.data.chars) if run.data.chars is not None else None  # character models read ids
+    exported = build_untrained(run.config, run.data.input_shape, run.data.num_outputs, vocab_size).eval()
     exported.load_state_dict(original.state_dict())
     folded = fold_batchnorm(exported) if fold_bn else []
     notice = None
@@ -129,7 +130,7 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
                            f"(> export.tolerance={tolerance} x {scale:.3g}); nothing written")
     before_s, after_s = time_inference([original, exported], x, batch_size)
     payload = {"format": FORMAT, "state_dict": exported.state_dict(), "config": run.config, "folded": folded,
-               "input_shape": list(run.data.input_shape), "num_outputs": run.data.num_outputs}
+               "input_shape": list(run.data.input_shape), "num_outputs": run.data.num_outputs, "vocab_size": vocab_size}
     path = run_dir / FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda file: torch.save(payload, file))
@@ -146,7 +147,8 @@ def load_inference(path: str | Path) -> nn.Module:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TrainerError(f"{path} is not an inference file written by `train task=export`")
-    model = build_untrained(payload["config"], tuple(payload["input_shape"]), payload["num_outputs"]).eval()
+    model = build_untrained(payload["config"], tuple(payload["input_shape"]), payload["num_outputs"],
+                            payload.get("vocab_size")).eval()
     if fold_batchnorm(model) != payload["folded"]:
         raise TrainerError(f"{path}: the model its config builds no longer has the folded layers {payload['folded']}")
     model.load_state_dict(payload["state_dict"])

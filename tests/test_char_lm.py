@@ -362,3 +362,49 @@ def json_chars(run_dir: Path) -> str:
     import json
 
     return json.loads((run_dir / "vocab.json").read_text())["chars"]
+
+
+def test_the_sweep_report_ranks_character_lms_by_bits_per_character(tmp_path: Path) -> None:
+    import json
+
+    from test_report import write_job
+    from trainer.sweep import report
+
+    # Accuracy and bits disagree on purpose: the ranking must follow the bits.
+    for name, acc, bpc in (("clipping=none,seed=0", 0.60, 3.4), ("clipping=norm,seed=0", 0.50, 3.1)):
+        folder = write_job(tmp_path, name, [name.split(",")[0], "seed=0"], val_acc=acc, val_loss=bpc * math.log(2))
+        summary = json.loads((folder / "summary.json").read_text())
+        for node in ("best", "final"):
+            summary[node]["val_bpc"] = bpc
+        (folder / "summary.json").write_text(json.dumps(summary))
+    built = report.build(tmp_path)
+    assert built.metric == "best_val_bpc" and built.rows[0].label == "clipping=norm"
+    header = report.markdown(built).split("| rank |")[1].splitlines()[0]
+    assert "best_val_bpc" in header and "final_val_bpc" in header
+
+
+def test_the_epoch_line_shows_bits_per_character_only_when_measured(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from trainer.observe.display import PlainDisplay
+
+    display = PlainDisplay(Console())
+    row = {"epoch": 1, "step": 10, "train_loss": 1.5, "val_loss": 1.4, "val_acc": 0.6, "lr": 0.01, "elapsed": 2.0}
+    display.epoch_end(row)
+    display.epoch_end({**row, "val_bpc": 2.0198})
+    plain, lm = capsys.readouterr().out.splitlines()
+    assert "val_bpc" not in plain and "val_acc 0.6000 val_bpc 2.0198 lr" in lm
+
+
+def test_the_live_table_gains_a_bits_column_for_a_character_lm() -> None:
+    import io
+
+    from rich.console import Console
+
+    from trainer.observe.display import LiveDisplay
+
+    display = LiveDisplay(Console(file=io.StringIO(), force_terminal=True))
+    display.epoch_end({"epoch": 1, "step": 10, "train_loss": 1.5, "val_loss": 1.4, "val_acc": 0.6, "val_bpc": 2.02,
+                       "lr": 0.01, "elapsed": 2.0})
+    assert [str(column.header) for column in display.table.columns][3:5] == ["val_acc", "val_bpc"]
+    assert display.table.row_count == 1

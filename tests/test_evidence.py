@@ -13,7 +13,7 @@ from trainer.run import run
 
 EXPERIMENTS = Path(CONF_DIR) / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("evidence_", "mnist1d_best")))
-SINGLE_RUN = {"mnist1d_best"}  # trains one run; `-m ... seed=0,1,2` for the seeds
+SINGLE_RUN = {"mnist1d_best", "evidence_char_lm"}  # one run each; `-m ... seed=0,1,2` for the seeds, the LM is probed
 # Shrink whatever data set a preset uses: a couple of steps only need a few batches (at least two
 # per epoch: with one, cosine_warmup's warmup covers the whole run and trainer/tricks/sched.py divides by zero).
 SMALL_DATA = {
@@ -21,6 +21,8 @@ SMALL_DATA = {
     "adding": ["data.num_train=256", "data.num_val=16", "data.seq_len=10"],
     "synthetic": [],
     "timing": ["data.num_train=256", "data.num_val=16"],
+    "text": ["data.max_chars=12000"],
+    "text_probe": ["data.num_val=16", "data.num_test=16"],
 }
 FEW_STEPS = ["epochs=1", "max_steps=2", "log_every=1", "device=cpu", "checkpoint.every_epochs=0"]
 

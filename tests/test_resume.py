@@ -201,6 +201,16 @@ def test_resume_ignores_target_a_builders_import_address(make_cfg: Callable[...,
         check_resumable(saved, cfg)
 
 
+def test_a_key_added_by_an_upgrade_blocks_resume_only_when_set(make_cfg: Callable[..., DictConfig]) -> None:
+    """A checkpoint from before `data.label_noise` existed resumes while the key holds its shipped
+    default; set to anything else, the data differ."""
+    saved = OmegaConf.to_container(make_cfg(), resolve=True)
+    del saved["data"]["label_noise"]
+    check_resumable(saved, make_cfg())
+    with pytest.raises(ConfigError, match=r"data.label_noise \(None -> 0.2\)"):
+        check_resumable(saved, make_cfg("data.label_noise=0.2"))
+
+
 def test_save_copies_the_state_and_writes_it_off_the_training_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """save() returns while the write is still held up; the checkpoint holds the state as it was at
     save(), though training went on changing its tensors in place meanwhile."""

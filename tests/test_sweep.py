@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -136,6 +136,24 @@ def test_target_is_not_part_of_the_configuration(tmp_path: Path) -> None:
     failed: list[str] = []
     assert sweep.resume_job(tmp_path / "job", moved, lambda _: pytest.fail("must not train"), failed) == 0.75
     assert not failed
+
+
+@pytest.mark.parametrize("label_noise, skipped", [(0.0, True), (0.2, False)])
+def test_a_key_added_by_an_upgrade_counts_only_when_set(tmp_path: Path, label_noise: float, skipped: bool,
+                                                        make_cfg: Callable[..., DictConfig],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A job finished before `data.label_noise` existed (its record lacks the key) is still this
+    job while the key holds its shipped default, 0.0; set to anything else, it is another job."""
+    now = make_cfg(f"data.label_noise={label_noise}")
+    finished_job(tmp_path / "job", now)
+    before_upgrade = {key: value for key, value in sweep.settings(now).items() if key != "data.label_noise"}
+    record = {"config": "0123456789abcdef", "objective": 0.75, "settings": before_upgrade}
+    (tmp_path / "job" / sweep.RESUME_RECORD).write_text(json.dumps(record))
+    failed: list[str] = []
+    result = sweep.resume_job(tmp_path / "job", now, lambda _: pytest.fail("must not train"), failed)
+    assert (result, failed) == ((0.75, []) if skipped else (None, ["job"]))
+    if not skipped:
+        assert "another configuration (data.label_noise (new))" in capsys.readouterr().err
 
 
 def test_crash_is_contained_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -142,3 +142,33 @@ def _describe(annotation: Any) -> str:
 def choices(cfg: DictConfig) -> dict[str, str]:
     """The chosen option of every group, e.g. {"init": "he", "norm": "layernorm", ...}."""
     return {group: str(cfg[group].name) for group in GROUPS}
+
+
+def shipped_defaults(cfg: DictConfig) -> dict[str, Any]:
+    """{dotted key: value} of the shipped config for `cfg`'s group choices with no value
+    overridden: config.yaml's keys and each chosen group's YAML, interpolations unresolved, lists
+    as single values.
+
+    What a key added by an upgrade holds unless the user set it. A finished sweep job or a
+    checkpoint recorded before the key existed matches a config that leaves it at this value (a
+    new switch's default is the behaviour before it), so upgrading re-runs and refuses nothing."""
+    root = config_root()
+    shipped = OmegaConf.to_container(OmegaConf.load(root / "config.yaml"), resolve=False)
+    tree: dict[str, Any] = {key: value for key, value in shipped.items() if key not in ("defaults", "hydra")}
+    for group, node in cfg.items():
+        name = node.get("name") if isinstance(node, DictConfig) else None
+        path = root / str(group) / f"{name}.yaml"
+        if isinstance(name, str) and path.is_file():
+            merged = OmegaConf.merge(OmegaConf.create(tree.get(group) or {}), OmegaConf.load(path))
+            tree[str(group)] = OmegaConf.to_container(merged, resolve=False)
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = node
+
+    walk(tree, "")
+    return flat

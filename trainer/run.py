@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import choices
+from trainer.config import choices, shipped_defaults
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
 from trainer.engine import checkpoint
@@ -56,10 +56,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    # A key the checkpoint does not know, at its shipped default, was added by an upgrade and
+    # changes nothing (config.shipped_defaults).
+    defaults = shipped_defaults(cfg)
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
-        and not key.endswith("._target_")
+        and not key.endswith("._target_") and not (key not in old and key in defaults and defaults[key] == new[key])
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])

@@ -42,6 +42,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.config import shipped_defaults
 from trainer.observe.history import read_json
 from trainer.observe.run_folder import write_record
 
@@ -211,11 +212,12 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     digest, current = fingerprint(cfg), settings(cfg)
     summary = read_json(job_dir / "summary.json")
     record = read_json(job_dir / RESUME_RECORD) or {}
-    same = _same_configuration(record, digest, current)
+    same = _same_configuration(record, digest, current, cfg)
     if summary is not None and summary.get("status") in FINISHED:
         if not same:
             recorded = record.get("settings")
-            why = differences(without_targets(recorded), current) if recorded is not None else "not recorded"
+            why = (differences(without_targets(recorded), _as_recorded(recorded, current, cfg))
+                   if recorded is not None else "not recorded")
             print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
                   "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
             record_failure(job_dir, failed_jobs)
@@ -250,11 +252,22 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed_jobs: list[str
     return result
 
 
-def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, str]) -> bool:
-    """Whether the job folder's record is of this configuration (a record written while `_target_`
-    still counted matches on its settings)."""
+def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, str], cfg: DictConfig) -> bool:
+    """Whether the job folder's record is of this configuration: a record written while `_target_`
+    still counted, or before an upgrade added keys that this job leaves at their defaults, matches
+    on its settings."""
     recorded = record.get("settings")
-    return record.get("config") == digest or (recorded is not None and without_targets(recorded) == current)
+    if record.get("config") == digest:
+        return True
+    return recorded is not None and without_targets(recorded) == _as_recorded(recorded, current, cfg)
+
+
+def _as_recorded(recorded: dict[str, str], current: dict[str, str], cfg: DictConfig) -> dict[str, str]:
+    """`current` less the keys the record does not know that hold their shipped default: keys an
+    upgrade added, which change nothing until someone sets them."""
+    defaults = shipped_defaults(cfg)
+    return {key: value for key, value in current.items()
+            if key in recorded or key not in defaults or json.dumps(defaults[key]) != value}
 
 
 def _continuable(job_dir: Path) -> bool:

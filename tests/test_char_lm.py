@@ -80,9 +80,14 @@ def test_bad_text_files_are_one_line_errors(tmp_path: Path, content: str | bytes
     assert "\n" not in str(error.value) and path in str(error.value)
 
 
-def test_a_text_too_short_for_one_sequence_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="too few for one sequence"):
+def test_a_text_too_short_for_one_sequence_is_refused_saying_how_long_it_must_be(tmp_path: Path) -> None:
+    import re
+
+    with pytest.raises(DataError, match="too few for one sequence") as error:
         text.build(path=write(tmp_path, "short text"), seq_len=64)
+    need = int(re.search(r"at least (\d+) characters", str(error.value)).group(1))  # type: ignore[union-attr]
+    data = text.build(path=write(tmp_path, "x" * need), seq_len=64)  # the length it names is enough
+    assert len(data.x_val) == len(data.x_test) == 1
 
 
 def test_logits_put_the_vocabulary_on_dim_1_for_cross_entropy() -> None:

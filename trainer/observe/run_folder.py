@@ -28,7 +28,10 @@ RECORD = ".hydra"
 # What this project itself puts in a run folder before a run writes anything of its own.
 OWN_FILES = {RECORD, ".claimed"}
 
+SWEEP_RECORD = "multirun.yaml"  # Hydra's record of the command that made a sweep folder
+
 _existed: set[Path] = set()  # folders that existed when this command started
+_sweep_record: tuple[Path, bytes] | None = None  # an earlier sweep's multirun.yaml, as it was
 _recorded = False  # whether the callback ran: without it no folder counts as made by this command
 
 
@@ -65,8 +68,22 @@ class RunFolderCallback(Callback):
         remember_existing(str(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _sweep_record
         _existed.clear()
         remember_existing(str(config.hydra.sweep.dir), depth=2)
+        record = _absolute(str(config.hydra.sweep.dir)) / SWEEP_RECORD
+        _sweep_record = (record, record.read_bytes()) if record.is_file() else None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Put back the multirun.yaml of the sweep that made this folder: Hydra's launcher rewrites
+        it with every command aimed at the folder, even one whose jobs are all skipped or refused.
+        The folder's record stays the first command's; each job's .hydra/ records that job."""
+        global _sweep_record
+        if _sweep_record is not None:
+            record, earlier = _sweep_record
+            _sweep_record = None
+            if not record.is_file() or record.read_bytes() != earlier:
+                write_atomic(record, lambda file: file.write(earlier))
 
 
 def discard_if_unused(run_dir: Path) -> None:

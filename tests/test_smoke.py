@@ -59,6 +59,9 @@ def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., Dic
         overrides += [f"data.path={tmp_path / 'arrays.pt'}"]
     if (group, choice) == ("init", "pretrained"):
         overrides += [f"init.path={save_weights(tmp_path, make_cfg)}"]
+    if (group, choice) == ("distill", "soft"):
+        run(make_cfg(), tmp_path / "teacher")  # a trained run on the same data to distil from
+        overrides += [f"distill.teacher={tmp_path / 'teacher'}"]
     return overrides
 
 

@@ -41,7 +41,7 @@ from trainer.tricks.precision import Precision
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate")
+              "batch_size", "trainer.accumulate", "distill")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

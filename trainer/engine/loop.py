@@ -1,6 +1,6 @@
 """The Trainer: one fixed step sequence, whatever tricks are switched on.
 
-    batch -> augment -> precision.autocast(forward) -> loss + penalty -> precision.backward  (x accumulate)
+    batch -> augment -> precision.autocast(forward) -> loss (distill) + penalty -> precision.backward  (x accumulate)
           -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
           -> schedule.step_end()
     each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
@@ -135,8 +135,11 @@ class Trainer:
         losses = []
         for micro in index.chunk(self.accumulate):
             with parts.precision.autocast():
-                loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
-            objective = parts.penalty(loss)
+                inputs = parts.augment(x_train[micro])
+                # The objective to minimise, and the hard-label loss reported as train_loss
+                # (the same tensor unless distill=soft mixes in the teacher's soft targets).
+                objective, loss = parts.loss(self.net(inputs), y_train[micro], inputs)
+            objective = parts.penalty(objective)
             # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
             parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
             losses.append(loss.detach())
@@ -401,6 +404,7 @@ class Trainer:
             "schedule": self.parts.schedule.state_dict(),
             "scaler": self.parts.precision.state_dict(),
             "early_stopping": self.parts.early_stopping.state_dict(),
+            "distill": self.parts.loss.state_dict(),  # the teacher's path and hash, never its weights
             "train_state": {**self.state.to_dict(), "best_score": self.best_score},
         }
 
@@ -410,6 +414,7 @@ class Trainer:
         self.parts.schedule.load_state_dict(payload["schedule"])
         self.parts.precision.load_state_dict(payload["scaler"])
         self.parts.early_stopping.load_state_dict(payload["early_stopping"])
+        self.parts.loss.load_state_dict(payload.get("distill", {}))  # older checkpoints: no teacher
         train_state = dict(payload["train_state"])
         self.best_score = train_state.pop("best_score")
         self.state = TrainState.from_dict(train_state)

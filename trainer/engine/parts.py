@@ -27,6 +27,7 @@ from trainer.errors import ConfigError
 from trainer.tricks.clipping import Clipping
 from trainer.tricks.early_stopping import EarlyStopping, NoEarlyStopping
 from trainer.tricks.precision import Precision
+from trainer.tricks.distill import HardLoss, SoftLoss
 from trainer.tricks.regularisation import Penalty, Regularisation
 from trainer.tricks.sched import Schedule
 
@@ -79,7 +80,7 @@ TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "determ
                   "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "sample",  # task=sample and the samples.txt of a character LM run
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
-                  "early_stopping"}
+                  "early_stopping", "distill"}
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -133,6 +134,7 @@ class Parts:
     clipping: Clipping
     regularisation: Regularisation
     criterion: nn.Module
+    loss: HardLoss | SoftLoss
     penalty: Penalty
     early_stopping: EarlyStopping | NoEarlyStopping
     augment: Callable[[torch.Tensor], torch.Tensor]
@@ -192,11 +194,14 @@ def build_parts(cfg: DictConfig) -> Parts:
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
     if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
         data = slice_data(data, effective_batch)
+    regularisation = build("regularisation", cfg.regularisation)
+    criterion = regularisation.criterion(data.task)
+    # Before seeding: building the teacher's model draws from torch's RNG, which must not move the student's start.
+    loss = build("distill", cfg.distill, criterion=criterion, data=data, device=device)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
-    regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
+    notices = list(data.notices) + [notice for notice in (determinism_notice, loss.notice) if notice]
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.
@@ -218,7 +223,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     return Parts(
         cfg=cfg, device=device, data=data.to(device), model=model, net=net, optimizer=optimizer,
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
-        regularisation=regularisation, criterion=regularisation.criterion(data.task),
+        regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
         augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
         notices=notices,

@@ -2,7 +2,10 @@
 Network"): a student learns from a trained teacher's softened outputs as well as from the labels.
 
 One loss object per `distill=` choice, called as `loss(logits, targets, inputs)` by the training
-step, so the loop never asks which one it holds:
+step, so the loop never asks which one it holds. It returns `Losses(objective, hard)`: the loop
+minimises the objective and reports the hard-label loss as `train_loss`, so that figure stays the
+cross-entropy the validation loss, the diagnosis and an undistilled run measure (the T^2-scaled KL
+is on another scale: a fresh student starts several times above its cross-entropy).
 
 - `distill=none`: `HardLoss`, the hard-label loss alone (the regularisation group's criterion).
 - `distill=soft`: `SoftLoss`, with T the temperature and alpha the weight of the soft term:
@@ -27,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,14 +44,25 @@ from trainer.errors import ConfigError, TrainerError
 CHOICES = ("none", "soft")
 
 
+class Losses(NamedTuple):
+    """Args:
+        objective: what the step minimises (before the regularisation penalty).
+        hard: the hard-label loss alone, reported as train_loss.
+    """
+
+    objective: torch.Tensor
+    hard: torch.Tensor
+
+
 class HardLoss:
     """`distill=none`: the hard-label loss, nothing else."""
 
     def __init__(self, criterion: nn.Module, notice: str | None = None) -> None:
         self.criterion, self.notice = criterion, notice
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits, targets)
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> Losses:
+        hard = self.criterion(logits, targets)
+        return Losses(hard, hard)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -97,10 +111,10 @@ class SoftLoss:
         self.criterion, self.teacher, self.temperature, self.alpha = criterion, teacher, temperature, alpha
         self.notice: str | None = None
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> Losses:
         hard = self.criterion(logits, targets)
         soft = soft_target_loss(logits, self.teacher.logits(inputs), self.temperature)
-        return (1 - self.alpha) * hard + self.alpha * soft
+        return Losses((1 - self.alpha) * hard + self.alpha * soft, hard)
 
     def state_dict(self) -> dict[str, Any]:
         """Which teacher, not its weights: a resumed run loads it again from its file."""

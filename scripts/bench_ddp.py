@@ -6,7 +6,7 @@ training time (`wall_s` of summary.json: the loop's own seconds, not Python's an
 Prints the medians, milliseconds per step and the overhead per step, and writes them as JSON.
 
     .venv/bin/python scripts/bench_ddp.py --repeats 3            # MLP on synthetic data, CPU, N=2
-    .venv/bin/python scripts/bench_ddp.py --processes 4 --batch 16 -- model=cnn1d data=mnist1d
+    .venv/bin/python scripts/bench_ddp.py --processes 4 --batch 16 -- model.width=1024   # a wider MLP, 4 processes
 """
 from __future__ import annotations
 

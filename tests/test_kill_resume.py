@@ -25,7 +25,7 @@ RUN = ["data=synthetic", "data.num_train=192", "batch_size=32", "epochs=4", "log
 TIMING = {"elapsed", "samples_per_s"}
 SUMMARY_KEYS = ("status", "final", "best", "restored", "epochs_run", "steps", "skipped_steps", "restored_best_weights")
 
-# The configurations whose state (schedule, early stopping, RNG draws, scaler, accumulation) a
+# The configurations whose state (schedule, early stopping, RNG draws, scaler, accumulation, teacher forcing) a
 # checkpoint must carry for the resumed run to be exact.
 CONFIGS = {
     "defaults": [],
@@ -37,6 +37,9 @@ CONFIGS = {
     "nan_skip": ["nan_policy=skip"],
     "accumulate": ["trainer.accumulate=2", "batch_size=16"],  # 2 x 16: still 6 steps an epoch
     "bf16": ["precision=bf16"],
+    # The scheduled-sampling step (the teacher-forcing ratio decays with it) and its per-token draws.
+    "scheduled_sampling": ["data=seq2seq", "model=seq2seq", "data.num_val=32", "data.num_test=32", "model.hidden=16",
+                           "teacher_forcing=inverse_sigmoid", "teacher_forcing.k=4"],
 }
 # Kill points, one KILL_AT per process (counted within that process; see killing_train.py); the
 # run is resumed after each and finally runs to its end.

@@ -22,6 +22,7 @@ Usage:
   train init=he norm=layernorm sched=cosine_warmup
   train epochs=5 batch_size=256 optim.lr=3e-3 regularisation=dropout regularisation.l1=1e-5
   train -m init=xavier,he,orthogonal norm=none,batchnorm seed=0,1,2   # one run per combination
+  train data=seq2seq model=seq2seq norm=none model.attention=additive teacher_forcing=linear decoding=beam
 """
 
 FOOTER = """\

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import choices, shipped_defaults
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer, TrainState
@@ -41,7 +42,7 @@ from trainer.tricks.precision import Precision
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate", "distill")
+              "batch_size", "trainer.accumulate", "distill", "teacher_forcing")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -115,9 +116,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_lines_atomic(path, kept)
 
 
+# Measured by some runs only: bits per character (data=text), a sequence decoder's own outputs (model=seq2seq).
+OPTIONAL_METRICS = ("val_bpc", "val_token_acc", "val_seq_acc")
+
+
 def _evaluated(row: dict[str, Any]) -> tuple[str, ...]:
-    """What an evaluation measured (Trainer.evaluate): val_bpc too for a character LM (data=text)."""
-    return ("val_loss", "val_acc", "val_bpc") if "val_bpc" in row else ("val_loss", "val_acc")
+    """What an evaluation measured (Trainer.evaluate): val_loss, val_acc, and the optional ones it has."""
+    return ("val_loss", "val_acc", *(key for key in OPTIONAL_METRICS if key in row))
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -275,7 +280,8 @@ def evaluate_test(trainer: Trainer, state: TrainState) -> dict[str, float | None
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {})}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {}),
+            **trainer.decoded(data.x_test, data.y_test)}
 
 
 START_SAMPLES = 256  # training samples the fresh model's loss is measured on: a stable mean, no time
@@ -288,9 +294,11 @@ def start_record(parts: Parts) -> dict[str, Any]:
     the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
     data, model = parts.data, parts.model
     x = data.x_train.float()
+    features = data.x_train.is_floating_point()  # token ids are not features
     classification = data.task == "classification"
-    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train.flatten(), minlength=data.num_outputs).float()  # (N,) or per position (N, L)
+    if classification:  # predicting the class (or token) frequencies: the loss of a model that knows nothing
+        labels = data.y_train[data.y_train != IGNORE_INDEX]  # (N,) or per position (N, L); padding is no class
+        counts = torch.bincount(labels, minlength=data.num_outputs).float()
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
     else:  # predicting the mean target
@@ -304,9 +312,9 @@ def start_record(parts: Parts) -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            # Character ids are indices, not magnitudes: there is no scale to diagnose.
-            "input_mean": None if data.chars is not None else float(x.mean()),
-            "input_std": None if data.chars is not None else float(x.std()), "chance_loss": chance,
+            # Character and token ids are indices, not magnitudes: there is no scale to diagnose.
+            "input_mean": float(x.mean()) if features else None, "input_std": float(x.std()) if features else None,
+            "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from trainer.data import DataSplits
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.errors import ConfigError, DataError
 
 NUMERIC_INPUTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
@@ -101,10 +102,12 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             labels = getattr(data, name)
             if len(labels) == 0:
                 continue  # an empty test split (num_test=0 gives none at all)
-            # (N,): one label per sample; (N, L): one per position (data=text: the next character's id)
-            if labels.dim() not in (1, 2) or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
+            # (N,): one label per sample; (N, L): one per position (data=text: the next character's id;
+            # data=seq2seq: the target's tokens, IGNORE_INDEX past its end, which no loss counts)
+            real = labels[labels != IGNORE_INDEX] if labels.dim() == 2 else labels
+            if labels.dim() not in (1, 2) or len(real) and (int(real.min()) < 0 or int(real.max()) >= data.num_outputs):
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
-                                f"(shape {tuple(labels.shape)}, min {int(labels.min())}, max {int(labels.max())})")
+                                f"(shape {tuple(labels.shape)}, min {int(real.min())}, max {int(real.max())})")
     if len(data.x_train) < batch_size * accumulate:
         typed = f"batch_size={batch_size}" if accumulate == 1 else (
             f"batch_size={batch_size} x trainer.accumulate={accumulate} = {batch_size * accumulate} samples per step")

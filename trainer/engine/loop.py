@@ -2,8 +2,8 @@
 
     batch -> augment -> precision.autocast(forward) -> loss (distill) + penalty -> precision.backward  (x accumulate)
           -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
-          -> schedule.step_end()
-    each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
+          -> schedule.step_end(), teacher_forcing.step_end()
+    each epoch: evaluate (+ decoding, for sequence decoders) -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
 
 Nothing in the per-step path waits on the device: each step's loss and gradient norm go into
 small device buffers that are read in one transfer at log intervals and epoch ends. Everything
@@ -20,10 +20,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
+from trainer.tricks.early_stopping import MONITORS
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
 DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
@@ -145,6 +147,7 @@ class Trainer:
             losses.append(loss.detach())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)
         parts.schedule.step_end()
+        parts.teacher_forcing.step_end()
         self.loss_buffer[self.pending] = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         self.grad_buffer[self.pending] = grad_norm
         self.pending += 1
@@ -235,7 +238,7 @@ class Trainer:
         score = metrics[monitor]
         if score is None:
             return False
-        score = -score if monitor == "val_acc" else score
+        score = -score if MONITORS[monitor] == "max" else score
         if self.best_score is None or score < self.best_score:
             self.best_score = score
             return True
@@ -344,33 +347,54 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float | None]:
         """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
-        LM (data=text) also the loss in bits per character."""
+        LM (data=text) also the loss in bits per character; for a sequence decoder (model=seq2seq)
+        also its decoded token and sequence accuracy (val_token_acc, val_seq_acc)."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
         metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
         if self.data.char_lm:
             metrics["val_bpc"] = bits_per_char(loss)
-        return metrics
+        decoded = self.decoded(self.data.x_val, self.data.y_val)
+        return {**metrics, **{f"val_{name}": value for name, value in decoded.items()}}
 
     @torch.no_grad()
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
-        Sequence targets (N, L) count every position: the means are per position (per character)."""
+
+
+        Sequence targets (N, T) count per position (per character, per token), IGNORE_INDEX positions
+        (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
+        token given the true ones before it (teacher-forced)."""
         self.model.eval()
         classification = self.data.task == "classification"
         loss_sum = torch.zeros((), device=inputs.device)
         correct = torch.zeros((), device=inputs.device)
+        counted = torch.zeros((), device=inputs.device)
         for start in range(0, len(inputs), EVAL_BATCH_SIZE):
             x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
-                correct += (out.argmax(dim=1) == y).sum()
+                real = y != IGNORE_INDEX
+                correct += ((out.argmax(dim=1) == y) & real).sum()
+                counted += real.sum()
             else:
                 loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
+                counted += len(y)
         self.model.train()
-        count = targets.numel() if classification else len(inputs)
-        return loss_sum.item() / count, correct.item() / count if classification else None
+        return loss_sum.item() / counted.item(), correct.item() / counted.item() if classification else None
+
+    @torch.no_grad()
+    def decoded(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """`token_acc` and `seq_acc` of the model's own outputs (parts.decoding: greedy or beam
+        search); nothing for a model that does not decode."""
+        if self.parts.decoding is None:
+            return {}
+        self.model.eval()
+        with self.parts.precision.autocast():
+            accuracy = self.parts.decoding.accuracy(self.model, inputs, targets, EVAL_BATCH_SIZE)
+        self.model.train()
+        return accuracy
 
     # ---- signals --------------------------------------------------------------------------
 
@@ -405,6 +429,7 @@ class Trainer:
             "scaler": self.parts.precision.state_dict(),
             "early_stopping": self.parts.early_stopping.state_dict(),
             "distill": self.parts.loss.state_dict(),  # the teacher's path and hash, never its weights
+            "teacher_forcing": self.parts.teacher_forcing.state_dict(),
             "train_state": {**self.state.to_dict(), "best_score": self.best_score},
         }
 
@@ -415,6 +440,8 @@ class Trainer:
         self.parts.precision.load_state_dict(payload["scaler"])
         self.parts.early_stopping.load_state_dict(payload["early_stopping"])
         self.parts.loss.load_state_dict(payload.get("distill", {}))  # older checkpoints: no teacher
+        if "teacher_forcing" in payload:  # checkpoints from before scheduled sampling have none (and no decoder)
+            self.parts.teacher_forcing.load_state_dict(payload["teacher_forcing"])
         train_state = dict(payload["train_state"])
         self.best_score = train_state.pop("best_score")
         self.state = TrainState.from_dict(train_state)

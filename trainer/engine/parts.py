@@ -24,12 +24,14 @@ from trainer.data.checks import check_splits
 from trainer.engine.smoke import slice_data
 from trainer.engine.threads import resolve as resolve_threads
 from trainer.errors import ConfigError
+from trainer.models.decoding import Decoding
 from trainer.tricks.clipping import Clipping
-from trainer.tricks.early_stopping import EarlyStopping, NoEarlyStopping
+from trainer.tricks.early_stopping import SEQUENCE_MONITORS, EarlyStopping, NoEarlyStopping
 from trainer.tricks.precision import Precision
 from trainer.tricks.distill import HardLoss, SoftLoss
 from trainer.tricks.regularisation import Penalty, Regularisation
 from trainer.tricks.sched import Schedule
+from trainer.tricks.teacher_forcing import TeacherForcing
 
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
@@ -80,7 +82,7 @@ TOP_LEVEL_KEYS = {"seed", "epochs", "max_steps", "batch_size", "device", "determ
                   "nan_policy", "resume", "smoke", "curves", "trainer", "checkpoint", "task", "export", "tsne", "logger", "experiment", "hparams_search", "augment",
                   "sample",  # task=sample and the samples.txt of a character LM run
                   "data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping", "precision",
-                  "early_stopping", "distill"}
+                  "early_stopping", "distill", "teacher_forcing", "decoding"}
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -121,6 +123,8 @@ class Parts:
         total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
         threads: torch's intra-op threads for this run (trainer.threads).
         notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
+        teacher_forcing: sets a sequence decoder's teacher-forcing ratio at every step.
+        decoding: how evaluation decodes sequences; None for a model that does not decode.
     """
 
     cfg: DictConfig
@@ -140,6 +144,8 @@ class Parts:
     augment: Callable[[torch.Tensor], torch.Tensor]
     steps_per_epoch: int
     total_steps: int
+    teacher_forcing: TeacherForcing
+    decoding: Decoding | None
     threads: int = 1
     notices: list[str] = field(default_factory=list)
 
@@ -168,6 +174,29 @@ def token_inputs(model: DictConfig, data: DataSplits) -> dict[str, int]:
     return {"vocab_size": len(data.chars)}
 
 
+# Data sets of token pairs and the models that read them: neither works with anything else.
+SEQUENCE_PAIRS = {"seq2seq": "seq2seq"}
+
+
+def check_sequence_pairing(cfg: DictConfig) -> None:
+    data, model = str(cfg.data.name), str(cfg.model.name)
+    if data in SEQUENCE_PAIRS and SEQUENCE_PAIRS[data] != model:
+        raise ConfigError(f"data={data} gives token sequences for an encoder-decoder; use model={SEQUENCE_PAIRS[data]}")
+
+
+def build_decoding(cfg: DictConfig, model: nn.Module) -> Decoding | None:
+    """The decoding of a model that decodes (models/seq2seq.py); None for any other, which must keep the default."""
+    decoding = build("decoding", cfg.decoding)
+    if hasattr(model, "decode_step"):
+        return decoding
+    if decoding.name != "greedy":
+        raise ConfigError(f"decoding={decoding.name} decodes sequences: it needs model=seq2seq (model={cfg.model.name} does not decode)")
+    if cfg.early_stopping.get("monitor") in SEQUENCE_MONITORS:
+        raise ConfigError(f"early_stopping.monitor={cfg.early_stopping.monitor} is measured by decoding sequences: "
+                          f"it needs model=seq2seq; use val_loss or val_acc")
+    return None
+
+
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
@@ -189,6 +218,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
+    check_sequence_pairing(cfg)
     data = build_data(cfg.data)
     check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate
@@ -217,6 +247,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     if precision.notice:
         notices.append(precision.notice)
     early_stopping = build("early_stopping", cfg.early_stopping)
+    decoding = build_decoding(cfg, model)
+    teacher_forcing = build("teacher_forcing", cfg.teacher_forcing, model=model)
     if early_stopping.monitor == "val_acc" and data.task != "classification":
         raise ConfigError(f"early_stopping=val_acc needs a classification task; data={cfg.data.name} is "
                           f"{data.task}: use early_stopping=val_loss")
@@ -225,6 +257,7 @@ def build_parts(cfg: DictConfig) -> Parts:
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
         regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
+        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total,
+        teacher_forcing=teacher_forcing, decoding=decoding, threads=threads,
         notices=notices,
     )

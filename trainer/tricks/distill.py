@@ -89,14 +89,18 @@ class Teacher:
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the classes (dim 1, as for
+    cross_entropy), averaged over the samples and, for sequence logits (N, C, L), the positions.
 
     Computed in float32 with autocast off: under fp16 or bf16 autocast the logits may arrive in
     low precision, and a difference of two nearly equal log-probabilities loses its digits there."""
     with torch.autocast(student_logits.device.type, enabled=False):
         student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
         teacher = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
-        # batchmean: the sum over classes, mean over samples, which is the KL divergence per sample.
+        # Positions become rows (a no-op for (N, C) logits); batchmean then sums each row's KL
+        # divergence over the classes and averages the rows, as cross_entropy averages.
+        classes = student.shape[1]
+        student, teacher = student.movedim(1, -1).reshape(-1, classes), teacher.movedim(1, -1).reshape(-1, classes)
         return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 

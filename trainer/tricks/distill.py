@@ -154,8 +154,9 @@ def _read_teacher_checkpoint(spec: str) -> tuple[dict[str, Any], Path]:
 def load_teacher(spec: str, data: DataSplits, device: torch.device) -> Teacher:
     """The trained model `spec` names (a run folder or a checkpoint file), checked against the
     student's data (classification, the same classes and input shape), frozen, in eval mode."""
+    # Imported here: engine.parts imports this module for the loss objects' types.
     from trainer.engine.parts import build_data
-    from trainer.engine.trained import build_untrained  # builds with the parts' builders, which import this module's peers
+    from trainer.engine.trained import build_untrained
 
     payload, path = _read_teacher_checkpoint(spec)
     config = payload["config"]
@@ -194,7 +195,7 @@ def build(name: str, criterion: nn.Module, data: DataSplits, device: torch.devic
         notice = f"distill=none: distill.teacher={teacher} is not used (distill=soft uses it)" if teacher else None
         return HardLoss(criterion, notice)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-        raise ConfigError(f"distill.temperature={temperature} must be a number > 0 (the paper: 1 to 20)")
+        raise ConfigError(f"distill.temperature={temperature} must be a number > 0 (the seed list: about 1 to 10)")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
         raise ConfigError(f"distill.alpha={alpha} must be in [0, 1]: the weight of the soft-target term (0: labels only)")
     if teacher in (None, ""):

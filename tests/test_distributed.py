@@ -204,3 +204,16 @@ def test_train_ddp_needs_the_process_count_first(args: list[str], capsys: pytest
 
 def test_train_ddp_passes_the_rest_to_train() -> None:
     assert launch.split_args(["--nproc_per_node=4", "model=mlp", "-m"]) == (4, ["model=mlp", "-m"])
+
+
+@pytest.mark.parametrize(("overrides", "status", "epochs"), [
+    # The first evaluation is the best; the second improves by less than min_delta: stop after epoch 2.
+    (["early_stopping=val_loss", "early_stopping.patience=1", "early_stopping.min_delta=1000", "epochs=5"],
+     "early_stopped", 2),
+    (["optim=sgd", "optim.lr=1e30"], "diverged", 0),  # the NaN guard, on losses averaged over the ranks
+])
+def test_every_rank_stops_at_the_same_point(tmp_path: Path, overrides: list[str], status: str, epochs: int) -> None:
+    outcomes = train_ranks([*BASE, PER_RANK, *overrides, "hydra.run.dir=run"], tmp_path, timeout=60)
+    assert [outcome.code for outcome in outcomes] == [0, 0], outcomes[0].stderr + outcomes[1].stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_run"]) == (status, epochs)

@@ -80,9 +80,14 @@ def test_bad_text_files_are_one_line_errors(tmp_path: Path, content: str | bytes
     assert "\n" not in str(error.value) and path in str(error.value)
 
 
-def test_a_text_too_short_for_one_sequence_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="too few for one sequence"):
+def test_a_text_too_short_for_one_sequence_is_refused_saying_how_long_it_must_be(tmp_path: Path) -> None:
+    import re
+
+    with pytest.raises(DataError, match="too few for one sequence") as error:
         text.build(path=write(tmp_path, "short text"), seq_len=64)
+    need = int(re.search(r"at least (\d+) characters", str(error.value)).group(1))  # type: ignore[union-attr]
+    data = text.build(path=write(tmp_path, "x" * need), seq_len=64)  # the length it names is enough
+    assert len(data.x_val) == len(data.x_test) == 1
 
 
 def test_logits_put_the_vocabulary_on_dim_1_for_cross_entropy() -> None:
@@ -408,3 +413,15 @@ def test_the_live_table_gains_a_bits_column_for_a_character_lm() -> None:
                        "lr": 0.01, "elapsed": 2.0})
     assert [str(column.header) for column in display.table.columns][3:5] == ["val_acc", "val_bpc"]
     assert display.table.row_count == 1
+
+
+def test_sampling_refuses_a_run_whose_text_has_changed(tmp_path: Path, make_cfg) -> None:
+    from trainer.run import run
+    from trainer.tasks import run_task
+
+    corpus = write(tmp_path, TEXT)
+    overrides = [o for o in TINY_LM if not o.startswith("data.max_chars")] + [f"data.path={corpus}", "max_steps=1"]
+    run(make_cfg(*overrides, small=False), tmp_path / "run")
+    (tmp_path / "corpus.txt").write_text(TEXT + "Zebra!", encoding="utf-8")  # two characters it never had
+    with pytest.raises(ConfigError, match="has changed since it trained"):
+        run_task(make_cfg("task=sample", f"resume={tmp_path / 'run'}"), tmp_path / "sampled")

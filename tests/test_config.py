@@ -41,7 +41,7 @@ def test_bare_config_defaults(make_cfg: Callable[..., DictConfig]) -> None:
     assert choices(cfg) == {
         "data": "mnist1d", "model": "cnn1d", "init": "default", "norm": "batchnorm", "regularisation": "none",
         "optim": "adamw", "sched": "cosine_warmup", "clipping": "none", "precision": "auto", "early_stopping": "none",
-        "augment": "none",
+        "augment": "none", "distill": "none", "teacher_forcing": "constant", "decoding": "greedy",
     }
 
 

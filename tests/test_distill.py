@@ -2,6 +2,7 @@
 softened outputs; the teacher is loaded safely, frozen, and must fit the data."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Callable
@@ -10,10 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from rich.console import Console
 from torch import nn
 
-from trainer.engine.parts import build_data
+from in_process import train_in_process
+from trainer.engine import checkpoint
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import Parts, build_data, build_parts
 from trainer.errors import ConfigError
+from trainer.observe.display import PlainDisplay
+from trainer.run import run
 from trainer.tricks.distill import HardLoss, SoftLoss, Teacher, build, load_teacher, soft_target_loss
 
 CPU = torch.device("cpu")
@@ -47,9 +54,11 @@ def test_loss_equals_the_formula_computed_by_hand(temperature: float, alpha: flo
     student = [[1.0, -0.5, 2.0], [0.2, 0.3, -1.0]]
     teacher = [[3.0, 0.0, 1.0], [-1.0, 2.5, 0.5]]
     labels = [2, 1]
-    loss = SoftLoss(nn.CrossEntropyLoss(), identity_teacher(), temperature, alpha)(
+    losses = SoftLoss(nn.CrossEntropyLoss(), identity_teacher(), temperature, alpha)(
         torch.tensor(student, dtype=torch.float64), torch.tensor(labels), torch.tensor(teacher, dtype=torch.float64))
-    assert loss.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, alpha), rel=1e-12)
+    assert losses.objective.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, alpha), rel=1e-12)
+    # the figure reported as train_loss: the hard-label term alone
+    assert losses.hard.item() == pytest.approx(hand_loss(student, teacher, labels, temperature, 0.0), rel=1e-12)
 
 
 def test_alpha_zero_is_the_hard_label_loss_exactly() -> None:
@@ -58,13 +67,13 @@ def test_alpha_zero_is_the_hard_label_loss_exactly() -> None:
     labels = torch.randint(0, 5, (8,), generator=generator)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)  # whatever the regularisation group built
     student_soft, student_hard = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    soft = SoftLoss(criterion, identity_teacher(), 4.0, 0.0)(student_soft, labels, teacher_logits)
-    hard = HardLoss(criterion)(student_hard, labels, teacher_logits)
+    soft = SoftLoss(criterion, identity_teacher(), 4.0, 0.0)(student_soft, labels, teacher_logits).objective
+    hard = HardLoss(criterion)(student_hard, labels, teacher_logits).objective
     soft.backward()
     hard.backward()
     assert torch.equal(soft, hard) and torch.equal(student_soft.grad, student_hard.grad)
     # and the teacher does change the loss once alpha > 0
-    assert not torch.equal(SoftLoss(criterion, identity_teacher(), 4.0, 0.5)(logits, labels, teacher_logits), hard)
+    assert not torch.equal(SoftLoss(criterion, identity_teacher(), 4.0, 0.5)(logits, labels, teacher_logits).objective, hard)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 10.0])
@@ -94,6 +103,13 @@ def test_t_squared_keeps_the_soft_gradient_the_same_size_at_high_temperature() -
         # the error of the limit shrinks like 1/T
         assert (logits.grad - limit).norm() / limit.norm() < (0.1 if temperature == 10 else 0.01)
     assert norms[1] == pytest.approx(norms[0], rel=0.1)
+
+
+def test_sequence_logits_average_the_soft_term_over_positions_as_cross_entropy_does() -> None:
+    generator = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(3, 5, 7, generator=generator), torch.randn(3, 5, 7, generator=generator)  # (N, C, L)
+    per_position = [soft_target_loss(student[:, :, t], teacher[:, :, t], 2.0) for t in range(7)]
+    assert soft_target_loss(student, teacher, 2.0).item() == pytest.approx(torch.stack(per_position).mean().item(), rel=1e-6)
 
 
 def test_soft_term_is_computed_in_float32_under_autocast() -> None:
@@ -156,3 +172,98 @@ def test_resuming_with_another_teacher_file_is_refused() -> None:
     loss.load_state_dict(loss.state_dict())  # the same teacher: fine
     with pytest.raises(ConfigError, match="is not the one this run was distilled from"):
         loss.load_state_dict({"teacher": "old.pt", "sha256": "f" * 64})
+
+
+# ---- in a run ------------------------------------------------------------------------------------
+
+def distilled(teacher: Path, *more: str) -> list[str]:
+    return ["distill=soft", f"distill.teacher={teacher}", *more]
+
+
+def fit(parts: Parts) -> Trainer:
+    trainer = Trainer(parts, PlainDisplay(Console(file=io.StringIO())), [], torch.Generator().manual_seed(0))
+    trainer.fit()
+    return trainer
+
+
+def test_training_never_touches_the_teacher(make_cfg: Callable[..., DictConfig], trained_run: Path) -> None:
+    parts = build_parts(make_cfg(*distilled(trained_run), "max_steps=4"))
+    teacher = parts.loss.teacher.model
+    before = {key: value.clone() for key, value in teacher.state_dict().items()}  # batch-norm statistics too
+    in_optimizer = {id(p) for group in parts.optimizer.param_groups for p in group["params"]}
+    assert not in_optimizer & {id(p) for p in teacher.parameters()}
+    student_before = [p.detach().clone() for p in parts.model.parameters()]
+    fit(parts)
+    assert all(torch.equal(before[key], value) for key, value in teacher.state_dict().items())
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert not any(module.training for module in teacher.modules())
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, parts.model.parameters()))
+
+
+def test_the_teacher_changes_the_training_not_the_start_or_the_validation_metric(
+        make_cfg: Callable[..., DictConfig], trained_run: Path) -> None:
+    alone, taught = build_parts(make_cfg("max_steps=4")), build_parts(make_cfg(*distilled(trained_run), "max_steps=4"))
+    # Loading the teacher draws no random number: the student starts from the same weights.
+    assert all(torch.equal(a, b) for a, b in zip(alone.model.parameters(), taught.model.parameters()))
+    fit(alone)
+    trainer = fit(taught)
+    assert any(not torch.equal(a, b) for a, b in zip(alone.model.parameters(), taught.model.parameters()))
+    data = taught.data
+    with torch.no_grad():
+        logits = taught.model.eval()(data.x_val)
+    expected = F.cross_entropy(logits, data.y_val).item(), (logits.argmax(1) == data.y_val).float().mean().item()
+    metrics = trainer.evaluate()  # the student's plain cross-entropy and accuracy, not the distillation loss
+    assert metrics["val_loss"] == pytest.approx(expected[0], rel=1e-5) and metrics["val_acc"] == pytest.approx(expected[1])
+
+
+def test_a_student_checkpoint_names_its_teacher_but_holds_none_of_its_weights(
+        make_cfg: Callable[..., DictConfig], trained_run: Path, tmp_path: Path) -> None:
+    run(make_cfg(*distilled(trained_run)), tmp_path / "taught")
+    run(make_cfg(), tmp_path / "alone")
+
+    def latest(run_dir: Path) -> dict:
+        index = checkpoint.read_index(run_dir / checkpoint.FOLDER)
+        return torch.load(run_dir / checkpoint.FOLDER / index["checkpoints"][-1]["file"], weights_only=True)
+
+    taught, alone = latest(tmp_path / "taught"), latest(tmp_path / "alone")
+    teacher = load_teacher(str(trained_run), build_data(make_cfg().data), CPU)
+    assert taught["distill"] == {"teacher": str(teacher.path), "sha256": teacher.sha256} and alone["distill"] == {}
+    assert taught.keys() == alone.keys() and taught["model"].keys() == alone["model"].keys()
+
+
+def test_resuming_refuses_a_teacher_whose_file_changed(make_cfg: Callable[..., DictConfig], trained_run: Path,
+                                                      tmp_path: Path) -> None:
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained_run, teacher)
+    run(make_cfg(*distilled(teacher), "max_steps=2"), tmp_path / "student")
+    payload = checkpoint.latest_good(teacher)[0]
+    payload["model"] = {key: value + 1 if value.is_floating_point() else value for key, value in payload["model"].items()}
+    index = checkpoint.read_index(teacher / checkpoint.FOLDER)
+    for entry in index["checkpoints"]:  # rewritten in place, hashes listed, as if trained further
+        checkpoint.Checkpointer(teacher, 1, 0, 5).write(payload, entry["step"])
+    with pytest.raises(ConfigError, match="is not the one this run was distilled from"):
+        run(make_cfg(*distilled(teacher), "max_steps=4", f"resume={tmp_path / 'student'}"), tmp_path / "student")
+
+
+def test_distillation_composes_with_bf16_accumulation_and_clipping(make_cfg: Callable[..., DictConfig],
+                                                                  trained_run: Path, tmp_path: Path) -> None:
+    summary = run(make_cfg(*distilled(trained_run), "precision=bf16", "trainer.accumulate=2", "batch_size=16",
+                           "clipping=norm"), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["tricks"]["distill"] == "soft"
+    assert summary["precision"]["actual"] == "bf16"
+
+
+@pytest.mark.parametrize(("teacher", "message"), [
+    ("no/such/run", "error: distill.teacher=no/such/run does not exist"),
+    ("TRAINED", "error: distill.teacher=TRAINED does not fit this data: the teacher is 4 classes"),
+])
+def test_the_command_refuses_a_bad_teacher_in_one_line(trained_run: Path, tmp_path: Path, teacher: str,
+                                                       message: str) -> None:
+    teacher = teacher.replace("TRAINED", str(trained_run))
+    outcome = train_in_process(["data=synthetic", "data.num_classes=3", "epochs=1", "device=cpu",
+                                *distilled(Path(teacher)), f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    lines = outcome.stderr.strip().splitlines()
+    assert outcome.code == 2 and len(lines) == 1 and lines[0].startswith(message.replace("TRAINED", str(trained_run)))
+    assert not (tmp_path / "run").exists()

@@ -25,7 +25,7 @@ RUN = ["data=synthetic", "data.num_train=192", "batch_size=32", "epochs=4", "log
 TIMING = {"elapsed", "samples_per_s"}
 SUMMARY_KEYS = ("status", "final", "best", "restored", "epochs_run", "steps", "skipped_steps", "restored_best_weights")
 
-# The configurations whose state (schedule, early stopping, RNG draws, scaler, accumulation) a
+# The configurations whose state (schedule, early stopping, RNG draws, scaler, accumulation, teacher forcing) a
 # checkpoint must carry for the resumed run to be exact.
 CONFIGS = {
     "defaults": [],
@@ -37,6 +37,9 @@ CONFIGS = {
     "nan_skip": ["nan_policy=skip"],
     "accumulate": ["trainer.accumulate=2", "batch_size=16"],  # 2 x 16: still 6 steps an epoch
     "bf16": ["precision=bf16"],
+    # The scheduled-sampling step (the teacher-forcing ratio decays with it) and its per-token draws.
+    "scheduled_sampling": ["data=seq2seq", "model=seq2seq", "data.num_val=32", "data.num_test=32", "model.hidden=16",
+                           "teacher_forcing=inverse_sigmoid", "teacher_forcing.k=4"],
 }
 # Kill points, one KILL_AT per process (counted within that process; see killing_train.py); the
 # run is resumed after each and finally runs to its end.
@@ -142,3 +145,28 @@ def test_killed_sweep_job_continues_from_its_checkpoint_exactly(uninterrupted: A
     (job,) = [path.parent for path in (tmp_path / "sweep").glob("*/summary.json")]
     assert not (job / "previous").exists()
     assert_same_outcome(uninterrupted("defaults"), job)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run of the same data to distil from (made in this process: no interpreter start)."""
+    from hydra import compose, initialize_config_dir
+
+    from helpers import CONF_DIR
+    from trainer.run import run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*RUN, "epochs=1", "curves=false"])
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    run(cfg, run_dir)
+    return run_dir
+
+
+# The only coverage of exact resume under distillation (the teacher loaded again from its file, its
+# hash checked), so one point is in the default run; every kind of point in turn is slow.
+@pytest.mark.parametrize("kills", [POINTS["epoch_end"], pytest.param(CHAIN, marks=pytest.mark.slow)], ids=["epoch_end", "chain"])
+def test_distilled_run_killed_resumes_exactly(teacher: Path, tmp_path: Path, kills: list[str]) -> None:
+    overrides = ["distill=soft", f"distill.teacher={teacher}"]
+    assert train(tmp_path / "full", overrides).returncode == 0
+    killed_and_resumed(tmp_path / "run", overrides, kills)
+    assert_same_outcome(tmp_path / "full", tmp_path / "run")

@@ -164,6 +164,34 @@ def test_keeps_last_k_and_best(tmp_path: Path) -> None:
     assert checkpoint.resolve(str(tmp_path / checkpoint.FOLDER / "best.pt"), tmp_path)[0]["train_state"]["epoch"] == 2
 
 
+def test_best_verifies_at_every_point_of_its_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resume=best.pt, read (or killed) between best.pt's rename and the index's update, loads the
+    new best, and a flipped byte is still refused."""
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
+    saver.write({"train_state": {"epoch": 1}}, step=1, best=True)
+    write_atomic = checkpoint._write_atomic
+    index_writes: list[Path] = []
+
+    def killed_after_the_rename(path: Path, data: bytes) -> None:
+        if path.name == checkpoint.INDEX:
+            index_writes.append(path)
+            if len(index_writes) == 2:  # the index update that follows best.pt's rename
+                raise KeyboardInterrupt
+        write_atomic(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_atomic", killed_after_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        saver.write({"train_state": {"epoch": 2}}, step=2, best=True)
+    best = tmp_path / checkpoint.FOLDER / checkpoint.BEST
+    assert checkpoint.resolve(str(best), tmp_path)[0]["train_state"]["epoch"] == 2
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    best.unlink()  # a hard link: writing through it would damage step 2's file as well
+    best.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+        checkpoint.resolve(str(best), tmp_path)
+
+
 def test_best_is_a_second_name_for_the_checkpoint_not_a_second_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=0, keep_last=2)
     saver.write({"train_state": {"epoch": 2}}, step=1, best=True)

@@ -8,12 +8,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
+from in_process import train_in_process
 from trainer.data import seq2seq as tasks
 from trainer.data.seq2seq import BOS, EOS, FIRST_SYMBOL, IGNORE_INDEX, PAD
+from trainer.engine.loop import Trainer
+from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
 from trainer.models import decoding
 from trainer.models import seq2seq as models
+from trainer.observe.display import PlainDisplay
+from trainer.observe.history import read_metrics
+from trainer.run import run
 from trainer.tricks import teacher_forcing
 from trainer.tricks.norm import factory
 
@@ -42,7 +49,9 @@ def test_targets_follow_the_task_and_the_layout(task: str) -> None:
     for x, y in zip(data.x_train, data.y_train):
         source, decoder_input = x[0], x[1]
         target = symbols_of(y)
-        if task == "reverse":
+        if task == "copy":
+            assert target == symbols_of(source)
+        elif task == "reverse":
             assert target == symbols_of(source)[::-1]
         elif task == "sort":
             assert target == sorted(symbols_of(source))
@@ -82,7 +91,7 @@ def test_reverse_input_reverses_the_source_only() -> None:
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"task": "copy"}, "data.task='copy' is unknown; valid: reverse, sort, add"),
+    ({"task": "echo"}, "data.task='echo' is unknown; valid: copy, reverse, sort, add"),
     ({"min_len": 0}, "data.min_len=0 must be at least 1"),
     ({"min_len": 5, "max_len": 4}, "data.max_len=4 must be at least data.min_len=5"),
     ({"symbols": 2, "min_len": 1, "max_len": 2, "num_train": 100}, "6 distinct sources"),
@@ -121,6 +130,7 @@ def test_attention_weights_sum_to_one_over_the_real_source_positions(kind: str, 
 @pytest.mark.parametrize("switches", [
     {"attention": "none"}, {"attention": "multiplicative", "cell": "gru"},
     {"layers": 3, "residual": "previous", "bidirectional": True}, {"layers": 3, "residual": "dense", "cell": "rnn"},
+    {"cell": "gru", "decoder_cell": "lstm", "layers": 2},
 ])
 def test_the_whole_sequence_path_equals_decoding_step_by_step(switches: dict, reverse_data: tasks.DataSplits) -> None:
     """Teacher-forced logits come from one call over every step when no input is sampled; they
@@ -134,6 +144,23 @@ def test_the_whole_sequence_path_equals_decoding_step_by_step(switches: dict, re
         step_logits, state = net.decode_step(x[:, 1, t], state, memory)
         assert torch.allclose(step_logits, logits[:, :, t], atol=1e-5)
     assert (logits[:, :, steps:] == 0).all()
+
+
+@pytest.mark.parametrize("cell, decoder_cell", [("lstm", "gru"), ("gru", "lstm"), ("lstm", "rnn")])
+def test_the_decoder_cell_can_differ_and_starts_from_the_encoder_s_final_h(cell: str, decoder_cell: str,
+                                                                           reverse_data: tasks.DataSplits) -> None:
+    net = model(reverse_data, cell=cell, decoder_cell=decoder_cell, layers=2)
+    assert all(isinstance(layer, models.CELLS[cell]) for layer in net.encoder.layers)
+    assert all(isinstance(layer, models.CELLS[decoder_cell]) for layer in net.decoder.layers)
+    source = reverse_data.x_val[:, 0]
+    _, encoder_state = net.encoder(net.source_embedding(source), lengths=(source != PAD).sum(1))
+    start = net.encode(source).state
+    for encoded, started in zip(encoder_state, start):
+        h = encoded[0] if isinstance(encoded, tuple) else encoded
+        assert torch.equal(started[0] if decoder_cell == "lstm" else started, h)
+        if decoder_cell == "lstm" and cell != "lstm":
+            assert (started[1] == 0).all()  # a fresh memory cell
+    assert net(reverse_data.x_val).shape == (16, reverse_data.num_outputs, reverse_data.x_val.shape[2])
 
 
 @pytest.mark.parametrize("residual", ["previous", "dense"])
@@ -163,6 +190,8 @@ def test_residual_connections_feed_each_layer_as_defined(residual: str, reverse_
     ({"residual": "dense"}, "model.residual=dense connects stacked layers: it needs model.layers >= 2"),
     ({"shared": True, "bidirectional": True}, "model.shared=true needs the encoder and decoder to have the same shape"),
     ({"shared": True, "attention": "additive"}, "model.shared=true needs the encoder and decoder"),
+    ({"shared": True, "decoder_cell": "gru"}, "a different decoder_cell makes them differ"),
+    ({"decoder_cell": "lstmx"}, "model.decoder_cell='lstmx' is unknown"),
     ({"bidirectional": True, "hidden": 15}, "model.hidden=15 must be even"),
 ])
 def test_bad_model_settings_are_one_line_errors(setting: dict, message: str, reverse_data: tasks.DataSplits) -> None:
@@ -340,3 +369,81 @@ def test_the_loss_skips_padding() -> None:
     by_hand = torch.stack([F.cross_entropy(logits[i, :, t], target[i, t]) for i, t in
                            [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]]).mean()
     assert torch.allclose(F.cross_entropy(logits, target), by_hand)
+
+
+# ---- through the loop: metrics, early stopping, resume, the command line ---------------------------
+
+SEQ2SEQ = ["data=seq2seq", "model=seq2seq", "norm=none", "data.num_train=64", "data.num_val=24", "data.num_test=24",
+           "data.max_len=5", "model.hidden=16", "model.embedding=8", "batch_size=16"]
+
+
+def test_a_run_records_decoded_accuracies_in_metrics_summary_and_test(make_cfg, tmp_path) -> None:
+
+    summary = run(make_cfg(*SEQ2SEQ, "max_steps=8", "epochs=2", "decoding=beam", "decoding.beam_size=2"), tmp_path / "run")
+    assert summary["tricks"]["decoding"] == "beam" and summary["tricks"]["teacher_forcing"] == "constant"
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")["epoch"]
+    for row in epochs:
+        assert 0 <= row["val_seq_acc"] <= row["val_token_acc"] <= 1
+    assert summary["final"]["val_seq_acc"] == epochs[-1]["val_seq_acc"]
+    assert set(summary["test"]) == {"loss", "acc", "token_acc", "seq_acc"}
+    start = read_metrics(tmp_path / "run" / "metrics.jsonl")["start"][0]
+    assert start["input_mean"] is None  # token ids are not features to standardise
+
+
+def test_the_loop_s_accuracy_counts_tokens_not_padding(make_cfg) -> None:
+    """measure() on sequence targets: per-token loss and teacher-forced accuracy over real tokens only."""
+
+    parts = build_parts(make_cfg(*SEQ2SEQ))
+    trainer = Trainer(parts, PlainDisplay(Console()), [], torch.Generator())
+    x, y = parts.data.x_val, parts.data.y_val
+    loss, acc = trainer.measure(x, y)
+    parts.model.eval()
+    with torch.no_grad():
+        out = parts.model(x)
+    real = y != IGNORE_INDEX
+    assert loss == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-5)
+    assert acc == pytest.approx(float((out.argmax(1) == y)[real].float().mean()))
+    decoded = trainer.decoded(x, y)
+    predicted = decoding.greedy(parts.model, x[:, 0], y.shape[1])
+    assert decoded["seq_acc"] == decoding.sequence_accuracy(predicted, y)[0] / len(y)
+
+
+def test_early_stopping_on_sequence_accuracy_keeps_the_highest(make_cfg, tmp_path) -> None:
+
+    summary = run(make_cfg(*SEQ2SEQ, "epochs=6", "max_steps=null", "early_stopping=val_seq_acc",
+                           "early_stopping.patience=2", "optim.lr=0.02"), tmp_path / "run")
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl")["epoch"]
+    best = max(row["val_seq_acc"] for row in epochs)
+    assert summary["restored"]["val_seq_acc"] == best  # the highest, not the lowest
+
+
+def test_the_teacher_forcing_step_travels_in_the_checkpoint(make_cfg) -> None:
+
+    cfg = make_cfg(*SEQ2SEQ, "teacher_forcing=linear", "teacher_forcing.c=0.1")
+    parts = build_parts(cfg)
+    trainer = Trainer(parts, PlainDisplay(Console()), [], torch.Generator().manual_seed(0))
+    trainer.fit()
+    assert parts.teacher_forcing.step == 3 and parts.model.teacher_forcing_ratio == pytest.approx(0.7)
+    payload = trainer.state_dict()
+    fresh = build_parts(cfg)
+    Trainer(fresh, PlainDisplay(Console()), [], torch.Generator()).load_state_dict(payload)
+    assert fresh.teacher_forcing.step == 3 and fresh.model.teacher_forcing_ratio == pytest.approx(0.7)
+
+
+# On the seq2seq task, then on the default data and model, which do not decode.
+@pytest.mark.parametrize("base, overrides, message", [
+    (SEQ2SEQ, ["model.cell=lstmx"], "model.cell='lstmx' is unknown; valid: lstm, gru, rnn"),
+    (SEQ2SEQ, ["decoding=beam", "decoding.beam_size=0"], "decoding.beam_size=0 must be >= 1"),
+    (SEQ2SEQ, ["teacher_forcing.ratio=1.5"], "teacher_forcing.ratio=1.5 must be in [0, 1]"),
+    (SEQ2SEQ, ["teacher_forcing=inverse_sigmoid", "teacher_forcing.k=0"], "teacher_forcing.k=0 must be >= 1"),
+    ([], ["data=seq2seq"], "data=seq2seq gives token sequences for an encoder-decoder; use model=seq2seq"),
+    ([], ["decoding=beam"], "decoding=beam decodes sequences: it needs model=seq2seq"),
+    ([], ["teacher_forcing=linear"], "teacher_forcing=linear needs a decoder"),
+    ([], ["early_stopping=val_seq_acc"], "early_stopping.monitor=val_seq_acc is measured by decoding sequences"),
+])
+def test_bad_values_are_one_line_and_exit_2(base: list[str], overrides: list[str], message: str, tmp_path) -> None:
+    outcome = train_in_process([*base, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert outcome.code == 2, outcome.stderr
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in outcome.stderr
+    assert not (tmp_path / "run").exists()

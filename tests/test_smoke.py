@@ -20,6 +20,8 @@ CHAR_PROBE = ["data.num_train=96", "data.num_val=16", "data.num_test=16", "data.
               "model.hidden=8", "model.layers=1"]
 # What a choice needs beside it to run here: 2-D models need images; groupnorm needs a width its
 # groups divide. Files for the downloadable sets are written by `prepare` below.
+# The switches only a sequence decoder has run on the seq2seq task, small.
+SEQ2SEQ = ["data=seq2seq", "model=seq2seq", "data.num_train=96", "data.num_val=16", "data.num_test=16", "model.hidden=16"]
 COMPANIONS = {
     ("model", "cnn"): ["data.image_size=8"],
     ("model", "resnet18"): ["data.image_size=8", "model.width=8"],  # the real width is for the benchmark
@@ -33,6 +35,10 @@ COMPANIONS = {
     ("data", "text_probe"): ["model=char_probe", *CHAR_PROBE],
     ("model", "char_lstm"): ["data=text", *CHAR_LSTM],
     ("model", "char_probe"): ["data=text_probe", *CHAR_PROBE],
+    ("data", "seq2seq"): ["model=seq2seq"],
+    ("decoding", "beam"): SEQ2SEQ,
+    ("early_stopping", "val_seq_acc"): SEQ2SEQ,
+    **{("teacher_forcing", choice): SEQ2SEQ for choice in ("linear", "exponential", "inverse_sigmoid")},
 }
 # CIFAR-10's loader verifies the archive's checksums, so no small fake can stand in for it:
 # its offline error is tested in test_data.py and test_cli.py.
@@ -59,6 +65,9 @@ def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., Dic
         overrides += [f"data.path={tmp_path / 'arrays.pt'}"]
     if (group, choice) == ("init", "pretrained"):
         overrides += [f"init.path={save_weights(tmp_path, make_cfg)}"]
+    if (group, choice) == ("distill", "soft"):
+        run(make_cfg(), tmp_path / "teacher")  # a trained run on the same data to distil from
+        overrides += [f"distill.teacher={tmp_path / 'teacher'}"]
     return overrides
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import CONF_DIR
 from helpers import group_choices
+from in_process import train_in_process
 from trainer.sweep import jobs as sweep
 from trainer.sweep.report import METRICS
 
@@ -294,6 +295,20 @@ def test_failed_job_under_the_joblib_launcher_fails_the_sweep(tmp_path: Path) ->
     assert "| data.seed=1 | crashed |" in (sweep_dir / "report.md").read_text()
     summaries = [json.loads((sweep_dir / f"data.seed={seed}" / "summary.json").read_text()) for seed in (0, 2)]
     assert all(s["status"] == "completed" and s["threads"] == 1 for s in summaries)  # 2 cores / 2 jobs, or OMP's 1
+
+
+def test_another_command_into_a_sweep_folder_leaves_its_record(tmp_path: Path) -> None:
+    """Hydra rewrites multirun.yaml whenever a sweep starts in the folder; the record of the sweep
+    that made it comes back byte for byte, whether the later command's jobs run or are skipped."""
+    sweep_dir = tmp_path / "sweep"
+    first = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", "seed=0", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert first.code == 0, first.stderr
+    record = (sweep_dir / "multirun.yaml").read_bytes()
+    for _ in range(2):  # the second time, its job is skipped
+        other = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", "seed=1", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+        assert other.code == 0, other.stderr
+        assert (sweep_dir / "multirun.yaml").read_bytes() == record
+    assert "skipped" in other.stdout and len([p for p in sweep_dir.iterdir() if p.is_dir()]) == 2
 
 
 def test_bad_report_metric_stops_before_any_job(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def config_root() -> Path:
 
 # The trick groups, in the order the summary lists them.
 GROUPS = ("data", "model", "init", "norm", "regularisation", "optim", "sched", "clipping",
-          "precision", "early_stopping", "augment")
+          "precision", "early_stopping", "augment", "distill", "teacher_forcing", "decoding")
 
 
 # Training computes in float32 (or narrower): a larger number becomes inf in the first multiplication.

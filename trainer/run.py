@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import choices
-from trainer.engine import checkpoint
+from trainer.engine import checkpoint, distributed
 from trainer.engine.checkpoint import NoCheckpoints
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
-from trainer.engine.resume import RunCheckpoints, check_resumable, precision_change, set_rng_state, truncate_metrics
+from trainer.engine.resume import (RunCheckpoints, check_resumable, check_world_size, precision_change, set_rng_state,
+                                    truncate_metrics)
 from trainer.engine.summary import evaluate_test, summarise
 from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
@@ -53,41 +55,53 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     `overrides` (the command line's) make the diagnosis's `train ...` commands complete."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
-        _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
-        assert found is not None  # resolve raises for a file or folder it cannot use
-        run_dir = found.parent.parent
-    with claim(run_dir):
-        payload, notices = None, []
-        if cfg.resume:  # the latest checkpoint, read now that no other process can write one
-            payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
-            if payload is not None:
-                check_resumable(payload["config"], cfg)
-        if payload is None:
-            check_unused(run_dir)
+    ranks = distributed.current()
+    with ExitStack() as held:
+        with ranks.all_or_none():  # under torchrun: a rank that stops here stops them all
+            if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
+                _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
+                assert found is not None  # resolve raises for a file or folder it cannot use
+                run_dir = found.parent.parent
+            if ranks.is_main:  # rank 0 holds the folder for all ranks
+                held.enter_context(claim(run_dir))
+            payload, notices = None, []
+            if cfg.resume:  # the latest checkpoint, read now that no other process can write one
+                payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
+                if payload is not None:
+                    check_resumable(payload["config"], cfg)
+                    check_world_size(payload.get("world_size", 1), ranks)
+            if payload is None and ranks.is_main:
+                check_unused(run_dir)
         return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
 def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notices: list[str],
            started: float, overrides: list[str]) -> dict[str, Any]:
-    checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
-    parts = build_parts(cfg)
-    display = make_display()
-    if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
-        write_record(run_dir, cfg)
-        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
-            write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
-    else:
-        truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
-    extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
+    ranks = distributed.current()
+    main = ranks.is_main  # under torchrun rank 0 alone writes the run's files and shows it
+    with ranks.all_or_none():  # every rank checks the config and builds its parts before rank 0 writes anything
+        checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
+        parts = build_parts(cfg)
+    display = make_display(quiet=not main)
+    with ranks.all_or_none():
+        if main and payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
+            write_record(run_dir, cfg)
+            if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
+                write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
+        elif main:
+            truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl") if main else None
+        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model) if main else [])
     config = OmegaConf.to_container(cfg, resolve=True)
-    # A checkpoint holds the config (to check a resume against), the precision trained in, and a
-    # character LM's vocabulary; both intervals 0: not even best.pt.
-    saved_with = {"config": config, "precision": parts.precision.actual, "chars": parts.data.chars}
-    policy = RunCheckpoints(checkpointer, parts.device, saved_with) if checkpointer.enabled else NoCheckpoints()
-    trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
-                      checkpoints=policy, probes=[layers_probe])
+
+    # A checkpoint holds the config (to check a resume against), the precision trained in, a
+    # character LM's vocabulary and the number of processes; both intervals 0: not even best.pt.
+    saved_with = {"config": config, "precision": parts.precision.actual, "chars": parts.data.chars,
+                  "world_size": ranks.world_size}
+    policy = (RunCheckpoints(checkpointer, parts.device, saved_with, writes=main) if checkpointer.enabled
+              else NoCheckpoints())
+    trainer = Trainer(parts, display, [metrics_log, extra_loggers] if main else [], torch.Generator().manual_seed(cfg.seed),
+                      checkpoints=policy, probes=[layers_probe] if main else [])
     if payload is not None:
         trainer.load_state_dict(payload)
         set_rng_state(payload["rng"], parts.device)
@@ -99,20 +113,24 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     tricks = choices(cfg)
     display.start(parts.total_steps, cfg.epochs, _header(tricks, parts))
     try:
-        if payload is None:  # what the diagnosis needs from before the first step (a resumed run has it)
+        if payload is None and metrics_log is not None:  # what the diagnosis needs from before the first step (a resumed run has it)
             metrics_log.log(start_record(parts))
             metrics_log.log({**layers_probe(trainer), "epoch": 0})
         state = trainer.fit()
     finally:
         display.close()
-        metrics_log.close()
+        if metrics_log is not None:
+            metrics_log.close()
         extra_loggers.close()
         checkpointer.close()  # also when fit raised: nothing is left in flight
+    ranks.barrier()  # no rank goes on (a resume= may read them) before rank 0's checkpoints are on disk
     restored = parts.early_stopping.restore_best(parts.model)
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
     summary["test"] = evaluate_test(trainer, state)
+    if not main:
+        return summary
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from trainer.data import DataSplits
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.errors import ConfigError, DataError
 
 NUMERIC_INPUTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
@@ -79,9 +80,10 @@ def check_arrays(arrays: dict[str, torch.Tensor], source: str, num_classes: int 
     return notices
 
 
-def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
+def check_splits(data: DataSplits, batch_size: int, accumulate: int, processes: int = 1) -> None:
     """What every data set hands the loop: finite values, non-empty splits of one sample shape, labels
-    within the classes, and at least one batch of training samples."""
+    within the classes, and at least one step's batch of training samples (`processes` x `batch_size`
+    x `accumulate`: under torchrun batch_size is per process)."""
     for name, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
         if len(x) == 0:
             raise DataError(f"the data set's {name} split is empty; both the training and validation splits need samples")
@@ -101,12 +103,16 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             labels = getattr(data, name)
             if len(labels) == 0:
                 continue  # an empty test split (num_test=0 gives none at all)
-            # (N,): one label per sample; (N, L): one per position (data=text: the next character's id)
-            if labels.dim() not in (1, 2) or int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
+            # (N,): one label per sample; (N, L): one per position (data=text: the next character's id;
+            # data=seq2seq: the target's tokens, IGNORE_INDEX past its end, which no loss counts)
+            real = labels[labels != IGNORE_INDEX] if labels.dim() == 2 else labels
+            if labels.dim() not in (1, 2) or len(real) and (int(real.min()) < 0 or int(real.max()) >= data.num_outputs):
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
-                                f"(shape {tuple(labels.shape)}, min {int(labels.min())}, max {int(labels.max())})")
-    if len(data.x_train) < batch_size * accumulate:
-        typed = f"batch_size={batch_size}" if accumulate == 1 else (
-            f"batch_size={batch_size} x trainer.accumulate={accumulate} = {batch_size * accumulate} samples per step")
+                                f"(shape {tuple(labels.shape)}, min {int(real.min())}, max {int(real.max())})")
+    if len(data.x_train) < batch_size * accumulate * processes:
+        factors = [f"batch_size={batch_size}"] + ([f"trainer.accumulate={accumulate}"] if accumulate > 1 else []) + (
+            [f"{processes} processes"] if processes > 1 else [])
+        typed = factors[0] if len(factors) == 1 else (
+            f"{' x '.join(factors)} = {batch_size * accumulate * processes} samples per step")
         raise ConfigError(f"{typed} is larger than the training set ({len(data.x_train)} samples); "
                           "lower it to at most the training set's size")

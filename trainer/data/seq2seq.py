@@ -1,5 +1,6 @@
-"""Generated sequence-to-sequence tasks over a small vocabulary: reverse, sort, add.
+"""Generated sequence-to-sequence tasks over a small vocabulary: copy, reverse, sort, add.
 
+    copy     3 1 4 1 5   ->  3 1 4 1 5    (the target in the source's order, as translation mostly is)
     reverse  3 1 4 1 5   ->  5 1 4 1 3
     sort     3 1 4 1 5   ->  1 1 3 4 5
     add      1 2 + 3 4 9 ->  3 6 1        (numbers written most significant digit first, base `symbols`)
@@ -29,7 +30,7 @@ from trainer.errors import ConfigError
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 3  # token id of symbol 0 (digit 0 for `add`)
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: target positions past EOS count nowhere
-TASKS = ("reverse", "sort", "add")
+TASKS = ("copy", "reverse", "sort", "add")
 
 Example = tuple[tuple[int, ...], tuple[int, ...]]  # (source symbols, target symbols), without BOS/EOS
 
@@ -65,7 +66,11 @@ def _draw_number(rng: random.Random, base: int, min_len: int, max_len: int) -> i
 
 def drawer(task: str, symbols: int, min_len: int, max_len: int) -> Callable[[random.Random], Example]:
     """A function that draws one (source, target) example of `task`."""
-    if task == "reverse":
+    if task == "copy":
+        def draw(rng: random.Random) -> Example:
+            source = _draw_sequence(rng, symbols, min_len, max_len)
+            return source, source
+    elif task == "reverse":
         def draw(rng: random.Random) -> Example:
             source = _draw_sequence(rng, symbols, min_len, max_len)
             return source, source[::-1]
@@ -146,7 +151,7 @@ def build(
     seed: int = 0,
 ) -> DataSplits:
     """Args:
-        task: reverse, sort or add (two numbers of min_len..max_len digits each).
+        task: copy, reverse, sort or add (two numbers of min_len..max_len digits each).
         symbols: distinct symbols (the base of the numbers for `add`).
         min_len: shortest source sequence (or number, for `add`).
         max_len: longest.

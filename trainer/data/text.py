@@ -85,6 +85,21 @@ def block_bounds(length: int, val_fraction: float, test_fraction: float) -> tupl
     return val_start, test_start
 
 
+def block_lengths(length: int, val_fraction: float, test_fraction: float) -> list[int]:
+    """The lengths of the blocks a text of `length` characters is split into (train, val[, test])."""
+    val_start, test_start = block_bounds(length, val_fraction, test_fraction)
+    return [val_start, test_start - val_start] + ([length - test_start] if test_fraction else [])
+
+
+def shortest_text(seq_len: int, val_fraction: float, test_fraction: float) -> int:
+    """The fewest characters whose every block holds one sequence (seq_len + 1 characters: inputs and targets)."""
+    shares = [share for share in (1 - val_fraction - test_fraction, val_fraction, test_fraction) if share]
+    length = max(math.ceil((seq_len + 1) / share) for share in shares)
+    while min(block_lengths(length, val_fraction, test_fraction)) <= seq_len:  # rounding can leave one short
+        length += 1
+    return length
+
+
 def windows(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping inputs of `seq_len` ids and their next-character targets, (N, seq_len) each.
     Consecutive windows start seq_len apart, so every character of the block is a target once."""
@@ -119,11 +134,9 @@ def build(path: str | None = None, seq_len: int = 128, val_fraction: float = 0.0
     blocks = {"train": ids[:val_start], "val": ids[val_start:test_start], "test": ids[test_start:]}
     for name in ("train", "val") + (("test",) if test_fraction else ()):
         if len(blocks[name]) <= seq_len:
-            need = math.ceil((seq_len + 1) / min(f for f in (1 - val_fraction - test_fraction, val_fraction,
-                                                                 test_fraction) if f))
             raise DataError(f"data=text: the {name} block holds {len(blocks[name])} characters, too few for one "
-                            f"sequence of data.seq_len={seq_len}; use a text of at least {need} characters "
-                            "or a smaller data.seq_len")
+                            f"sequence of data.seq_len={seq_len}; use a text of at least "
+                            f"{shortest_text(seq_len, val_fraction, test_fraction)} characters or a smaller data.seq_len")
     x_train, y_train = windows(blocks["train"], seq_len)
     x_val, y_val = windows(blocks["val"], seq_len)
     x_test, y_test = windows(blocks["test"], seq_len) if test_fraction else (None, None)

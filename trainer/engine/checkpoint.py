@@ -204,6 +204,9 @@ class Checkpointer:
         entries.append({"file": name, "sha256": digest, "step": step, "epoch": payload["train_state"]["epoch"]})
         index["checkpoints"], stale = entries[-self.keep_last :], entries[: -self.keep_last]
         if best:  # the same bytes: a second name for the file, not a second write
+            # The new file is listed before best.pt names it, so best.pt always holds bytes the
+            # index lists (as best, or as a checkpoint): read or killed at any point, it verifies.
+            _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
             _link_atomic(self.folder / name, self.folder / BEST, data)
             index["best"] = {"file": BEST, "sha256": digest, "step": step}
         _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
@@ -212,13 +215,15 @@ class Checkpointer:
         return self.folder / name
 
 
-def load(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs."""
+def load(path: Path, expected_sha256: str | set[str] | None = None) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs.
+    Its bytes must hash to `expected_sha256` (or to one of a set of them) when one is given."""
     try:
         data = path.read_bytes()
     except OSError as error:
         raise CheckpointError(f"resume={path} cannot be read: {error.strerror or error}") from None
-    if expected_sha256 is not None and _digest(data) != expected_sha256:
+    expected = {expected_sha256} if isinstance(expected_sha256, str) else expected_sha256
+    if expected is not None and _digest(data) not in expected:
         raise CheckpointError(f"{path} is corrupted: its bytes do not match the hash recorded when it was written")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -255,8 +260,9 @@ def resolve(spec: str, run_dir: Path) -> tuple[dict[str, Any] | None, Path | Non
         return payload, found, notices
     if not path.is_file():
         raise CheckpointError(f"resume={spec} does not exist; give a checkpoint file, a run folder, or auto")
-    listed = {e["file"]: e["sha256"] for e in read_index(path.parent)["checkpoints"]}
-    best = read_index(path.parent)["best"]
-    if best:
-        listed[best["file"]] = best["sha256"]
+    index = read_index(path.parent)
+    listed = {e["file"]: e["sha256"] for e in index["checkpoints"]}
+    if path.name == BEST and index["best"]:
+        # best.pt was the index's best or, renamed before the index caught up, a listed checkpoint.
+        return load(path, {index["best"]["sha256"], *listed.values()}), path, []
     return load(path, listed.get(path.name)), path, []

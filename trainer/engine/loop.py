@@ -1,9 +1,9 @@
 """The Trainer: one fixed step sequence, whatever tricks are switched on.
 
-    batch -> augment -> precision.autocast(forward) -> loss + penalty -> precision.backward  (x accumulate)
+    batch -> augment -> precision.autocast(forward) -> loss (distill) + penalty -> precision.backward  (x accumulate)
           -> precision.step(optimizer, clipping)     # unscale, clip, step, zero grads
-          -> schedule.step_end()
-    each epoch: evaluate -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
+          -> schedule.step_end(), teacher_forcing.step_end()
+    each epoch: evaluate (+ decoding, for sequence decoders) -> schedule.eval_end -> early_stopping.eval_end -> checkpoint
 
 Nothing in the per-step path waits on the device: each step's loss and gradient norm go into
 the device-side meter (meter.py), read in one transfer at log intervals and epoch ends. Everything
@@ -21,7 +21,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
+from trainer.engine import distributed
 from trainer.engine.checkpoint import CheckpointPolicy, NoCheckpoints
 from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
@@ -112,14 +114,22 @@ class Trainer:
         checkpoints: CheckpointPolicy | None = None, probes: list[Probe] | None = None,
     ) -> None:
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
-        self.settings = parts.settings
+        self.settings = settings = parts.settings
         self.model, self.net, self.optimizer, self.data = parts.model, parts.net, parts.optimizer, parts.data
+        # Under torchrun: training goes through DistributedDataParallel, evaluation through the
+        # plain net (each rank evaluates its shard; no DDP collective may run on one rank alone).
+        self.ranks = parts.distributed
+        self.ddp = self.ranks.data_parallel(self.model, parts.device)
+        self.train_net = self.net if self.ddp is None else torch.compile(self.ddp) if settings.compile else self.ddp
+        # Samples per step, all ranks together.
+        self.step_batch = settings.batch_size * settings.accumulate * self.ranks.world_size
+        self.stop_vote = distributed.StopVote(self.ranks)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = checkpoints or NoCheckpoints()
         self.probes = probes or []
         self.state = TrainState()
         self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
-        self.meter = StepMeter(self.settings.log_every, self.data.x_train.device)
+        self.meter = StepMeter(settings.log_every, self.data.x_train.device)
         self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
         self.started = 0.0
@@ -131,16 +141,23 @@ class Trainer:
         x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
         accumulate = self.settings.accumulate
         losses = []
-        for micro in index.chunk(accumulate):
-            with parts.precision.autocast():
-                loss = parts.criterion(self.net(parts.augment(x_train[micro])), y_train[micro])
-            objective = parts.penalty(loss)
-            # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
-            parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
+        micros = self.ranks.share(index).chunk(accumulate)  # this rank's part of the global batch
+        for number, micro in enumerate(micros):
+            # Under torchrun, gradients are averaged across ranks once per step: in the last backward.
+            with self.ranks.no_sync(self.ddp, last=number == len(micros) - 1):
+                with parts.precision.autocast():
+                    inputs = parts.augment(x_train[micro])
+                    # The objective to minimise, and the hard-label loss reported as train_loss
+                    # (the same tensor unless distill=soft mixes in the teacher's soft targets).
+                    objective, loss = parts.loss(self.train_net(inputs), y_train[micro], inputs)
+                objective = parts.penalty(objective)
+                # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
+                parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
             losses.append(loss.detach())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params,
                                                   self.settings.skip_nonfinite)
         parts.schedule.step_end()
+        parts.teacher_forcing.step_end()
         self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)
         self.state.interval.skipped += skipped
 
@@ -152,8 +169,9 @@ class Trainer:
         try:
             with self.signals:
                 self._epochs()
+            self.stop_vote.settle()  # the last step's vote: every rank waits for it, so none is left in flight
         except StopTraining:
-            pass
+            self.stop_vote.settle()
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside our handler: stop now
             self.state.status, self.state.message = "interrupted", f"interrupted at step {self.state.step}"
         finally:
@@ -167,7 +185,7 @@ class Trainer:
 
     def _epochs(self) -> None:
         state, settings, n = self.state, self.settings, len(self.data.x_train)
-        per_epoch, step_batch = self.parts.steps_per_epoch, settings.batch_size * settings.accumulate
+        per_epoch, step_batch = self.parts.steps_per_epoch, self.step_batch
         self.model.train()
         while state.epoch <= settings.epochs:
             if state.order_state is None:
@@ -181,7 +199,7 @@ class Trainer:
                 state.samples_seen += min(step_batch, n)
                 if state.step % settings.log_every == 0:
                     self._log_interval()
-                if self.signals.received is not None:
+                if self._stop_requested():
                     self._interrupt()
                 if settings.max_steps and state.step >= settings.max_steps:
                     break
@@ -233,6 +251,13 @@ class Trainer:
             return True
         return False
 
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived; under torchrun, on any rank, and all ranks stop after the same step."""
+        agreed = self.stop_vote(self.signals.received)
+        if agreed is not None:
+            self.signals.received = agreed
+        return agreed is not None
+
     def _interrupt(self) -> None:
         """A signal arrived: the step is done; checkpoint and stop."""
         self._flush()
@@ -252,7 +277,7 @@ class Trainer:
             return
         state, interval = self.state, self.state.interval
         first_step = state.step - self.meter.pending + 1
-        losses, norms = self.meter.read()
+        losses, norms = self.meter.read(losses_across_ranks=self.ranks.mean)  # the global batch's loss
         self._check_finite(losses, norms, first_step)
         # Non-finite entries are steps whose update was skipped (nan_policy=skip, or the fp16
         # scaler calibrating): they are counted there and kept out of the means.
@@ -313,8 +338,7 @@ class Trainer:
             "clipped_fraction": (interval.clipped / max(interval.steps, 1)
                                  if self.parts.clipping.max_norm is not None else None),
             "loss_scale": self.parts.precision.loss_scale, "skipped_steps": interval.skipped,
-            "samples_per_s": (interval.steps * self.settings.batch_size * self.settings.accumulate
-                              / max(now - interval.started, 1e-9)),
+            "samples_per_s": interval.steps * self.step_batch / max(now - interval.started, 1e-9),
             "elapsed": now,
         }
         state.skipped_steps += interval.skipped
@@ -334,33 +358,56 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float | None]:
         """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
-        LM (data=text) also the loss in bits per character."""
+        LM (data=text) also the loss in bits per character; for a sequence decoder (model=seq2seq)
+        also its decoded token and sequence accuracy (val_token_acc, val_seq_acc)."""
         loss, acc = self.measure(self.data.x_val, self.data.y_val)
         metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
         if self.data.char_lm:
             metrics["val_bpc"] = bits_per_char(loss)
-        return metrics
+        decoded = self.decoded(self.data.x_val, self.data.y_val)
+        return {**metrics, **{f"val_{name}": value for name, value in decoded.items()}}
 
     @torch.no_grad()
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
-        Sequence targets (N, L) count every position: the means are per position (per character)."""
+
+
+        Sequence targets (N, T) count per position (per character, per token), IGNORE_INDEX positions
+        (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
+        token given the true ones before it (teacher-forced). Under torchrun each rank measures its
+        shard and the sums are added up."""
         self.model.eval()
         classification = self.data.task == "classification"
-        loss_sum = torch.zeros((), device=inputs.device)
-        correct = torch.zeros((), device=inputs.device)
+        sums = torch.zeros(3, device=inputs.device)  # loss, correct, counted: this rank's shard
+        shard = self.ranks.shard(len(inputs))
+        inputs, targets = inputs[shard], targets[shard]
         for start in range(0, len(inputs), EVAL_BATCH_SIZE):
             x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:
-                loss_sum += F.cross_entropy(out, y, reduction="sum")
-                correct += (out.argmax(dim=1) == y).sum()
+                sums[0] += F.cross_entropy(out, y, reduction="sum")
+                real = y != IGNORE_INDEX
+                sums[1] += ((out.argmax(dim=1) == y) & real).sum()
+                sums[2] += real.sum()
             else:
-                loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
+                sums[0] += F.mse_loss(out, y, reduction="sum") / y.shape[1]
+                sums[2] += len(y)
         self.model.train()
-        count = targets.numel() if classification else len(inputs)
-        return loss_sum.item() / count, correct.item() / count if classification else None
+        loss_sum, correct, counted = self.ranks.sum(sums).tolist()
+        return loss_sum / counted, correct / counted if classification else None
+
+    @torch.no_grad()
+    def decoded(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """`token_acc` and `seq_acc` of the model's own outputs (parts.decoding: greedy or beam
+        search); nothing for a model that does not decode."""
+        if self.parts.decoding is None:
+            return {}
+        self.model.eval()
+        with self.parts.precision.autocast():
+            accuracy = self.parts.decoding.accuracy(self.model, inputs, targets, EVAL_BATCH_SIZE)
+        self.model.train()
+        return accuracy
 
     # ---- checkpoint state -----------------------------------------------------------------
 
@@ -373,6 +420,8 @@ class Trainer:
             "schedule": self.parts.schedule.state_dict(),
             "scaler": self.parts.precision.state_dict(),
             "early_stopping": self.parts.early_stopping.state_dict(),
+            "distill": self.parts.loss.state_dict(),  # the teacher's path and hash, never its weights
+            "teacher_forcing": self.parts.teacher_forcing.state_dict(),
             "train_state": {**self.state.to_dict(), "best_score": self.best_score},
         }
 
@@ -382,6 +431,9 @@ class Trainer:
         self.parts.schedule.load_state_dict(payload["schedule"])
         self.parts.precision.load_state_dict(payload["scaler"])
         self.parts.early_stopping.load_state_dict(payload["early_stopping"])
+        self.parts.loss.load_state_dict(payload.get("distill", {}))  # older checkpoints: no teacher
+        if "teacher_forcing" in payload:  # checkpoints from before scheduled sampling have none (and no decoder)
+            self.parts.teacher_forcing.load_state_dict(payload["teacher_forcing"])
         train_state = dict(payload["train_state"])
         self.best_score = train_state.pop("best_score")
         self.state = TrainState.from_dict(train_state)

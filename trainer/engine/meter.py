@@ -2,6 +2,8 @@
 in one transfer at log intervals and epoch ends, so nothing in the per-step path waits on the device."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -19,9 +21,12 @@ class StepMeter:
         self.grad_norms[self.pending] = grad_norm
         self.pending += 1
 
-    def read(self) -> tuple[list[float], list[float]]:
-        """The pending losses and gradient norms, oldest first (one host sync), and empty the meter."""
-        losses = self.losses[: self.pending].tolist()
+    def read(self, losses_across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             ) -> tuple[list[float], list[float]]:
+        """The pending losses and gradient norms, oldest first (one host sync), and empty the meter.
+        `losses_across_ranks` combines the ranks' losses first (under torchrun: their mean)."""
+        pending = self.losses[: self.pending]
+        losses = (losses_across_ranks(pending) if losses_across_ranks else pending).tolist()
         norms = self.grad_norms[: self.pending].tolist()
         self.pending = 0
         return losses, norms

@@ -22,14 +22,18 @@ from trainer.config import build, builder, check_numbers, config_root
 from trainer.data import DataSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
+from trainer.engine import distributed
 from trainer.engine.smoke import slice_data
 from trainer.engine.threads import resolve as resolve_threads
 from trainer.errors import ConfigError
+from trainer.models.decoding import Decoding
 from trainer.tricks.clipping import Clipping
-from trainer.tricks.early_stopping import EarlyStopping, NoEarlyStopping
+from trainer.tricks.distill import HardLoss, SoftLoss
+from trainer.tricks.early_stopping import SEQUENCE_MONITORS, EarlyStopping, NoEarlyStopping
 from trainer.tricks.precision import Precision
 from trainer.tricks.regularisation import Penalty, Regularisation
 from trainer.tricks.sched import Schedule
+from trainer.tricks.teacher_forcing import TeacherForcing
 
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
@@ -124,6 +128,7 @@ class LoopSettings:
     Args:
         accumulate: micro-batches of `batch_size` per optimizer step (trainer.accumulate).
         skip_nonfinite: nan_policy=skip (else stop at the first non-finite loss or gradient).
+        compile: torch.compile what the step calls (trainer.compile; under torchrun, the DDP wrapper).
         best_metric: the metric that picks best.pt: the early-stopping monitor, else val_loss.
     """
 
@@ -133,6 +138,7 @@ class LoopSettings:
     accumulate: int
     log_every: int
     skip_nonfinite: bool
+    compile: bool
     best_metric: str
 
 
@@ -144,7 +150,10 @@ class Parts:
         total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
         settings: the loop's typed settings.
         threads: torch's intra-op threads for this run (trainer.threads).
+        distributed: this process's place among the ranks training the run (world size 1 without torchrun).
         notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
+        teacher_forcing: sets a sequence decoder's teacher-forcing ratio at every step.
+        decoding: how evaluation decodes sequences; None for a model that does not decode.
     """
 
     cfg: DictConfig
@@ -158,14 +167,18 @@ class Parts:
     clipping: Clipping
     regularisation: Regularisation
     criterion: nn.Module
+    loss: HardLoss | SoftLoss
     penalty: Penalty
     early_stopping: EarlyStopping | NoEarlyStopping
     augment: Callable[[torch.Tensor], torch.Tensor]
     steps_per_epoch: int
     total_steps: int
     settings: LoopSettings
+    teacher_forcing: TeacherForcing
+    decoding: Decoding | None
     threads: int = 1
     notices: list[str] = field(default_factory=list)
+    distributed: distributed.Context = field(default_factory=distributed.Context)
 
     @property
     def num_params(self) -> int:
@@ -192,6 +205,29 @@ def token_inputs(model: DictConfig, data: DataSplits) -> dict[str, int]:
     return {"vocab_size": len(data.chars)}
 
 
+# Data sets of token pairs and the models that read them: neither works with anything else.
+SEQUENCE_PAIRS = {"seq2seq": "seq2seq"}
+
+
+def check_sequence_pairing(cfg: DictConfig) -> None:
+    data, model = str(cfg.data.name), str(cfg.model.name)
+    if data in SEQUENCE_PAIRS and SEQUENCE_PAIRS[data] != model:
+        raise ConfigError(f"data={data} gives token sequences for an encoder-decoder; use model={SEQUENCE_PAIRS[data]}")
+
+
+def build_decoding(cfg: DictConfig, model: nn.Module) -> Decoding | None:
+    """The decoding of a model that decodes (models/seq2seq.py); None for any other, which must keep the default."""
+    decoding = build("decoding", cfg.decoding)
+    if hasattr(model, "decode_step"):
+        return decoding
+    if decoding.name != "greedy":
+        raise ConfigError(f"decoding={decoding.name} decodes sequences: it needs model=seq2seq (model={cfg.model.name} does not decode)")
+    if cfg.early_stopping.get("monitor") in SEQUENCE_MONITORS:
+        raise ConfigError(f"early_stopping.monitor={cfg.early_stopping.monitor} is measured by decoding sequences: "
+                          f"it needs model=seq2seq; use val_loss or val_acc")
+    return None
+
+
 def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
@@ -209,20 +245,26 @@ def build_parts(cfg: DictConfig) -> Parts:
     """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
     check_top_level(cfg)
     check_numbers(cfg)
-    device = resolve_device(cfg.device)
+    ranks = distributed.current()
+    device = ranks.device(resolve_device(cfg.device))
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
+    check_sequence_pairing(cfg)
     data = build_data(cfg.data)
-    check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
-    effective_batch = cfg.batch_size * cfg.trainer.accumulate
+    # batch_size is per process: under torchrun a step takes batch_size x accumulate samples on each rank.
+    check_splits(data, cfg.batch_size, cfg.trainer.accumulate, ranks.world_size)
+    effective_batch = cfg.batch_size * cfg.trainer.accumulate * ranks.world_size
     if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
         data = slice_data(data, effective_batch)
+    regularisation = build("regularisation", cfg.regularisation)
+    criterion = regularisation.criterion(data.task)
+    # Before seeding: building the teacher's model draws from torch's RNG, which must not move the student's start.
+    loss = build("distill", cfg.distill, criterion=criterion, data=data, device=device)
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
-    regularisation = build("regularisation", cfg.regularisation)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = list(data.notices) + ([determinism_notice] if determinism_notice else [])
+    notices = list(data.notices) + [notice for notice in (determinism_notice, loss.notice) if notice]
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.
@@ -238,18 +280,21 @@ def build_parts(cfg: DictConfig) -> Parts:
     if precision.notice:
         notices.append(precision.notice)
     early_stopping = build("early_stopping", cfg.early_stopping)
+    decoding = build_decoding(cfg, model)
+    teacher_forcing = build("teacher_forcing", cfg.teacher_forcing, model=model)
     if early_stopping.monitor == "val_acc" and data.task != "classification":
         raise ConfigError(f"early_stopping=val_acc needs a classification task; data={cfg.data.name} is "
                           f"{data.task}: use early_stopping=val_loss")
     return Parts(
         cfg=cfg, device=device, data=data.to(device), model=model, net=net, optimizer=optimizer,
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
-        regularisation=regularisation, criterion=regularisation.criterion(data.task),
+        regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total, threads=threads,
+        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total,
+        teacher_forcing=teacher_forcing, decoding=decoding, threads=threads,
         settings=LoopSettings(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                               accumulate=cfg.trainer.accumulate, log_every=cfg.log_every,
-                              skip_nonfinite=cfg.nan_policy == "skip",
+                              skip_nonfinite=cfg.nan_policy == "skip", compile=cfg.trainer.compile,
                               best_metric=early_stopping.monitor or "val_loss"),
-        notices=notices,
+        notices=notices, distributed=ranks,
     )

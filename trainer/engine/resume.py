@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import flatten, shipped_defaults
+from trainer.engine import distributed
 from trainer.engine.checkpoint import Checkpointer
 from trainer.errors import ConfigError
 from trainer.observe.records import write_lines_atomic
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
 # `_target_`, a builder's import address: moving the code changes no experiment.
 MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.name", "precision.name",
-              "batch_size", "trainer.accumulate")
+              "batch_size", "trainer.accumulate", "distill", "teacher_forcing")
 
 
 def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
@@ -42,6 +43,16 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
         raise ConfigError(f"cannot resume: the config differs in keys that matter: {shown}; "
                           "resume with the original values (only epochs, max_steps, logging and the like may change)")
+
+
+def check_world_size(saved: int, ranks: distributed.Context) -> None:
+    """A run resumes with the number of processes it was trained with: batch_size is per process,
+    so another number would change the global batch, and with it the run."""
+    if saved == ranks.world_size:
+        return
+    how = "without torchrun (or --nproc_per_node=1)" if saved == 1 else f"with torchrun --nproc_per_node={saved} (in all, across nodes)"
+    raise ConfigError(f"cannot resume: the checkpoint was trained by {saved} process(es), this run has {ranks.world_size}; "
+                      f"resume it {how}: batch_size is per process, so another count would change the global batch")
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -94,10 +105,13 @@ class RunCheckpoints:
     """The checkpoint policy of a training run: when a checkpoint is due (the `checkpoint:` config
     node, through `checkpointer`), and what it holds: the trainer's state, the random states of
     `device`'s run, and `saved_with`, what the run adds that does not change as it trains (the
-    resolved config, to check a resume against; the precision trained in; ...)."""
+    resolved config, to check a resume against; the precision trained in; ...). Under torchrun
+    every rank takes the trainer's state (it reads metrics reduced across the ranks), and rank 0
+    alone (`writes`) writes the file."""
 
-    def __init__(self, checkpointer: Checkpointer, device: torch.device, saved_with: dict[str, Any]) -> None:
-        self.checkpointer, self.device, self.saved_with = checkpointer, device, saved_with
+    def __init__(self, checkpointer: Checkpointer, device: torch.device, saved_with: dict[str, Any],
+                 writes: bool = True) -> None:
+        self.checkpointer, self.device, self.saved_with, self.writes = checkpointer, device, saved_with, writes
 
     def due_at_step(self, step: int) -> bool:
         return self.checkpointer.due_at_step(step)
@@ -106,8 +120,10 @@ class RunCheckpoints:
         return self.checkpointer.due_at_epoch(epoch)
 
     def save(self, trainer: "Trainer", best: bool) -> None:
-        payload = {**trainer.state_dict(), "rng": rng_state(self.device), **self.saved_with}
-        self.checkpointer.save(payload, trainer.state.step, best)
+        state = trainer.state_dict()
+        if self.writes:
+            payload = {**state, "rng": rng_state(self.device), **self.saved_with}
+            self.checkpointer.save(payload, trainer.state.step, best)
 
     def wait(self) -> None:
         self.checkpointer.wait()

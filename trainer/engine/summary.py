@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from trainer.engine.loop import Trainer, TrainState
 
 
+# Measured by some runs only: bits per character (data=text), a sequence decoder's own outputs (model=seq2seq).
+OPTIONAL_METRICS = ("val_bpc", "val_token_acc", "val_seq_acc")
+
+
 def _evaluated(row: dict[str, Any]) -> tuple[str, ...]:
-    """What an evaluation measured (Trainer.evaluate): val_bpc too for a character LM (data=text)."""
-    return ("val_loss", "val_acc", "val_bpc") if "val_bpc" in row else ("val_loss", "val_acc")
+    """What an evaluation measured (Trainer.evaluate): val_loss, val_acc, and the optional ones it has."""
+    return ("val_loss", "val_acc", *(key for key in OPTIONAL_METRICS if key in row))
 
 
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -67,6 +71,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: "TrainState", restored_best:
         "signal": state.signal,
         "memory": peak_memory(parts.device),
         "threads": parts.threads,
+        "world_size": parts.distributed.world_size,
         "torch": torch.__version__,
     }
 
@@ -79,4 +84,5 @@ def evaluate_test(trainer: "Trainer", state: "TrainState") -> dict[str, float | 
     if not data.has_test or state.status == "interrupted":
         return None
     loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {})}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {}),
+            **trainer.decoded(data.x_test, data.y_test)}

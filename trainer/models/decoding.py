@@ -134,6 +134,18 @@ class Decoding:
             return greedy(model, source, max_len)
         return beam_search(model, source, max_len, self.beam_size, self.length_penalty)
 
+    def accuracy(self, model: Seq2Seq, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """Token and whole-sequence accuracy of the decoded outputs of `inputs` (x of data/seq2seq.py)."""
+        tokens, sequences = [0, 0], [0, 0]
+        for start in range(0, len(inputs), batch_size):
+            source, target = inputs[start : start + batch_size, 0], targets[start : start + batch_size]
+            predicted = self(model, source, target.shape[1])
+            for total, (correct, counted) in ((tokens, token_accuracy(predicted, target)),
+                                              (sequences, sequence_accuracy(predicted, target))):
+                total[0] += correct
+                total[1] += counted
+        return {"token_acc": tokens[0] / max(tokens[1], 1), "seq_acc": sequences[0] / max(sequences[1], 1)}
+
 
 def greedy_decoding() -> Decoding:
     """Builder named by conf/decoding/greedy.yaml."""

@@ -40,6 +40,14 @@ RESIDUALS = ("none", "previous", "dense")
 LayerState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def convert_state(state: list[LayerState], cell: str) -> list[LayerState]:
+    """The encoder's final states as a decoder of `cell` takes them: an LSTM's (h, c) gives a GRU or
+    plain RNN its h; a GRU's or RNN's h starts an LSTM with an empty memory cell c."""
+    if cell == "lstm":
+        return [layer if isinstance(layer, tuple) else (layer, torch.zeros_like(layer)) for layer in state]
+    return [layer[0] if isinstance(layer, tuple) else layer for layer in state]
+
+
 def select_state(state: list[LayerState], index: torch.Tensor) -> list[LayerState]:
     """The state of the batch rows `index` (beam search reorders and copies hypotheses)."""
     return [tuple(part[:, index] for part in layer) if isinstance(layer, tuple) else layer[:, index]
@@ -154,10 +162,11 @@ class Memory:
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, vocab: int, embedding: int, hidden: int, cell: str, layers: int, bidirectional: bool,
-                 attention: str, residual: str, shared: bool, dropout: float, norm: NormFactory) -> None:
+    def __init__(self, vocab: int, embedding: int, hidden: int, cell: str, decoder_cell: str, layers: int,
+                 bidirectional: bool, attention: str, residual: str, shared: bool, dropout: float,
+                 norm: NormFactory) -> None:
         super().__init__()
-        self.attention_kind, self.cell = attention, cell
+        self.attention_kind, self.cell, self.decoder_cell = attention, cell, decoder_cell
         self.activation = "tanh"  # the cells' non-linearity; init reads it for the recurrent weights' gain
         self.teacher_forcing_ratio = 1.0
         self.source_embedding = nn.Embedding(vocab, embedding, padding_idx=PAD)
@@ -167,7 +176,7 @@ class Seq2Seq(nn.Module):
             self.target_embedding, self.decoder = self.source_embedding, self.encoder
         else:
             self.target_embedding = nn.Embedding(vocab, embedding, padding_idx=PAD)
-            self.decoder = RecurrentStack(cell, decoder_input, hidden, layers, residual, dropout, False)
+            self.decoder = RecurrentStack(decoder_cell, decoder_input, hidden, layers, residual, dropout, False)
         self.attention: AdditiveAttention | MultiplicativeAttention | None = None
         if attention == "additive":
             self.attention = AdditiveAttention(hidden, hidden, hidden)
@@ -185,7 +194,7 @@ class Seq2Seq(nn.Module):
         mask = source != PAD
         outputs, state = self.encoder(self.source_embedding(source), lengths=mask.sum(1).clamp_min(1))
         keys = self.attention.keys(outputs) if self.attention is not None else outputs
-        return Memory(outputs, keys, mask, state)
+        return Memory(outputs, keys, mask, convert_state(state, self.decoder_cell))
 
     def decode_step(self, token: torch.Tensor, state: list[LayerState], memory: Memory
                     ) -> tuple[torch.Tensor, list[LayerState]]:
@@ -249,7 +258,7 @@ class Seq2Seq(nn.Module):
         return self.head(normed), state
 
     def extra_repr(self) -> str:
-        return f"cell={self.cell}, attention={self.attention_kind}"
+        return f"cell={self.cell}, decoder_cell={self.decoder_cell}, attention={self.attention_kind}"
 
 
 def build(
@@ -261,6 +270,7 @@ def build(
     input_dropout: float,
     activation: str,
     cell: str = "lstm",
+    decoder_cell: str | None = None,
     embedding: int = 64,
     hidden: int = 128,
     layers: int = 1,
@@ -270,7 +280,8 @@ def build(
     shared: bool = False,
 ) -> Seq2Seq:
     """Args:
-        cell: lstm, gru or rnn (tanh), for encoder and decoder.
+        cell: lstm, gru or rnn (tanh), for the encoder, and for the decoder unless decoder_cell says otherwise.
+        decoder_cell: the decoder's cell (null: the same as the encoder's).
         embedding: token embedding size.
         hidden: state size (a bidirectional encoder: half per direction).
         layers: stacked recurrent layers, on each side.
@@ -282,8 +293,10 @@ def build(
     if len(input_shape) != 2 or input_shape[0] != 2:
         raise ConfigError(f"model=seq2seq needs the token pairs of data=seq2seq (input shape (2, L)); "
                           f"this data set gives {tuple(input_shape)}")
-    if cell not in CELLS:
-        raise ConfigError(f"model.cell={cell!r} is unknown; valid: {', '.join(CELLS)}")
+    decoder_cell = cell if decoder_cell is None else decoder_cell
+    for key, value in (("cell", cell), ("decoder_cell", decoder_cell)):
+        if value not in CELLS:
+            raise ConfigError(f"model.{key}={value!r} is unknown; valid: {', '.join(CELLS)}")
     if activation != "tanh":
         raise ConfigError(f"model.activation={activation!r}: the seq2seq cells compute tanh; valid: tanh")
     if attention not in ATTENTIONS:
@@ -300,9 +313,10 @@ def build(
         raise ConfigError(f"model.residual={residual} connects stacked layers: it needs model.layers >= 2")
     if bidirectional and hidden % 2:
         raise ConfigError(f"model.hidden={hidden} must be even with model.bidirectional=true (half per direction)")
-    if shared and (bidirectional or attention == "additive"):
-        why = "a bidirectional encoder" if bidirectional else "additive attention (the decoder also reads the context)"
+    if shared and (bidirectional or attention == "additive" or decoder_cell != cell):
+        why = ("a bidirectional encoder" if bidirectional else "a different decoder_cell" if decoder_cell != cell
+               else "additive attention (the decoder also reads the context)")
         raise ConfigError(f"model.shared=true needs the encoder and decoder to have the same shape; {why} "
                           "makes them differ: use model.shared=false")
-    return Seq2Seq(num_outputs, embedding, hidden, cell, layers, bidirectional, attention, residual, shared,
+    return Seq2Seq(num_outputs, embedding, hidden, cell, decoder_cell, layers, bidirectional, attention, residual, shared,
                    dropout, norm)

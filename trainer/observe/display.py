@@ -12,11 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "elapsed")
+# Measured by some runs only: bits per character (data=text), a sequence decoder's own outputs (model=seq2seq).
+OPTIONAL_COLUMNS = ("val_bpc", "val_token_acc", "val_seq_acc")
 
 
 def columns(row: dict[str, Any]) -> tuple[str, ...]:
-    """The epoch columns, with bits per character after val_acc when the run measures it (data=text)."""
-    return EPOCH_COLUMNS[:4] + ("val_bpc",) + EPOCH_COLUMNS[4:] if "val_bpc" in row else EPOCH_COLUMNS
+    """The epoch columns, with the optional ones the run measures after val_acc."""
+    at = EPOCH_COLUMNS.index("val_acc") + 1
+    return EPOCH_COLUMNS[:at] + tuple(key for key in OPTIONAL_COLUMNS if key in row) + EPOCH_COLUMNS[at:]
 
 
 def _format(key: str, value: Any) -> str:
@@ -67,7 +70,8 @@ class PlainDisplay:
             f"{summary['wall_s']:.1f}s ({summary['samples_per_s']:.0f} samples/s); "
             # "best" is one epoch, the one early stopping would keep: its val_acc need not be the highest.
             f"best epoch {best.get('epoch', '-')} (lowest val_loss): val_acc "
-            f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}; "
+            f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}"
+            + "".join(f" {key} {_format(key, best[key])}" for key in OPTIONAL_COLUMNS if key in best) + "; "
             f"run folder {run_dir}",
             flush=True,
         )
@@ -102,7 +106,7 @@ class LiveDisplay(PlainDisplay):
                         lr=f"{lr:.2e}", speed=f"{samples_per_s:,.0f}")
 
     def epoch_end(self, row: dict[str, Any]) -> None:
-        if "val_bpc" in row and not self.table.rows:
+        if len(columns(row)) > len(self.table.columns) and not self.table.rows:
             self.table = Table(*columns(row), title="epochs", expand=False)  # the first row says what is measured
             self.live.update(Group(self.table, self.bar))
         self.table.add_row(*(_format(key, row.get(key)) for key in columns(row)))
@@ -113,6 +117,27 @@ class LiveDisplay(PlainDisplay):
         self.live.stop()
 
 
-def make_display() -> PlainDisplay:
+class QuietDisplay(PlainDisplay):
+    """Shows nothing: under torchrun, the ranks other than 0 (rank 0 shows the run)."""
+
+    def start(self, total_steps: int, epochs: int, header: str) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+    def show(self, renderable: Any) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any], run_dir: str) -> None:
+        pass
+
+
+def make_display(quiet: bool = False) -> PlainDisplay:
     console = Console(file=sys.stdout)
+    if quiet:
+        return QuietDisplay(console)
     return LiveDisplay(console) if console.is_terminal else PlainDisplay(console)

@@ -59,7 +59,8 @@ class TensorBoardLogger:
     Args:
         run_dir: the run folder.
         model: when given, each "layers" record also writes a histogram of every parameter
-            (weights/<name>) and of its gradient where one is present (grads/<name>).
+            (weights/<name>). Not of gradients: at an evaluation the loop has cleared them, and
+            the per-layer gradient norm and std are in the "layers" record's scalars.
         histograms: False skips the histograms (they are the largest part of the event file).
     """
 
@@ -104,8 +105,6 @@ class TensorBoardLogger:
             return
         for name, parameter in self.model.named_parameters():
             self._histogram(f"weights/{name}", parameter, step)
-            if parameter.grad is not None:
-                self._histogram(f"grads/{name}", parameter.grad, step)
 
     def _histogram(self, tag: str, tensor: Any, step: int) -> None:
         """A histogram of the finite values (np.histogram rejects NaN and inf: a diverged model has them)."""

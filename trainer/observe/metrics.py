@@ -14,12 +14,13 @@ HIGHER_IS_BETTER = ("acc", "samples_per_s")
 # validation loss (every task has it).
 OBJECTIVE = ("val_acc", "val_loss")
 # What the sweep report ranks by when not told: bits per character first for a character LM (its
-# accuracy is only the top guess's), then as the objective.
-RANKING = ("val_bpc", *OBJECTIVE)
+# accuracy is only the top guess's), then a sequence decoder's decoded whole-sequence accuracy (not
+# the teacher-forced val_acc), then as the objective.
+RANKING = ("val_bpc", "val_seq_acc", *OBJECTIVE)
 
 
 def higher_is_better(metric: str) -> bool:
-    """`val_acc`, `best_val_acc`, `test_acc`, `samples_per_s`: True; `val_loss`, `val_bpc`, `wall_s`: False."""
+    """`val_acc`, `best_val_seq_acc`, `test_token_acc`, `samples_per_s`: True; `val_loss`, `val_bpc`, `wall_s`: False."""
     return any(metric == name or metric.endswith(f"_{name}") for name in HIGHER_IS_BETTER)
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.observe import layer_stats
 
 if TYPE_CHECKING:
@@ -23,9 +24,11 @@ def start_record(parts: "Parts") -> dict[str, Any]:
     the init start near chance?). Measured in eval mode, so no BatchNorm statistic or RNG moves."""
     data, model = parts.data, parts.model
     x = data.x_train.float()
+    features = data.x_train.is_floating_point()  # token ids are not features
     classification = data.task == "classification"
-    if classification:  # predicting the class frequencies: the loss of a model that knows nothing
-        counts = torch.bincount(data.y_train.flatten(), minlength=data.num_outputs).float()  # (N,) or per position (N, L)
+    if classification:  # predicting the class (or token) frequencies: the loss of a model that knows nothing
+        labels = data.y_train[data.y_train != IGNORE_INDEX]  # (N,) or per position (N, L); padding is no class
+        counts = torch.bincount(labels, minlength=data.num_outputs).float()
         p = counts[counts > 0] / counts.sum()
         chance = float(-(p * p.log()).sum())
     else:  # predicting the mean target
@@ -39,9 +42,9 @@ def start_record(parts: "Parts") -> dict[str, Any]:
     finally:
         model.train()
     return {"kind": "start", "epoch": 0, "step": 0, "task": data.task, "num_outputs": data.num_outputs,
-            # Character ids are indices, not magnitudes: there is no scale to diagnose.
-            "input_mean": None if data.chars is not None else float(x.mean()),
-            "input_std": None if data.chars is not None else float(x.std()), "chance_loss": chance,
+            # Character and token ids are indices, not magnitudes: there is no scale to diagnose.
+            "input_mean": float(x.mean()) if features else None, "input_std": float(x.std()) if features else None,
+            "chance_loss": chance,
             "initial_loss": float(loss), "train_samples": len(data.x_train)}
 
 

@@ -39,6 +39,13 @@ METRICS: dict[str, tuple[str, ...]] = {
     "final_train_loss": ("final", "train_loss"),
     "test_acc": ("test", "acc"),
     "test_loss": ("test", "loss"),
+    # Sequence decoders (model=seq2seq): the decoded outputs' accuracy, per token and per whole sequence.
+    "best_val_seq_acc": ("best", "val_seq_acc"),
+    "best_val_token_acc": ("best", "val_token_acc"),
+    "final_val_seq_acc": ("final", "val_seq_acc"),
+    "final_val_token_acc": ("final", "val_token_acc"),
+    "test_seq_acc": ("test", "seq_acc"),
+    "test_token_acc": ("test", "token_acc"),
     "best_val_bpc": ("best", "val_bpc"),  # bits per character: character LMs (data=text) only
     "final_val_bpc": ("final", "val_bpc"),
     "test_bpc": ("test", "bpc"),
@@ -46,6 +53,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "wall_s": ("wall_s",),
     "samples_per_s": ("samples_per_s",),
 }
+DECODED = ("best_val_seq_acc", "best_val_token_acc", "final_val_seq_acc", "final_val_token_acc", "test_seq_acc",
+           "test_token_acc")
 OK = ("completed", "early_stopped")
 SEED = "seed"
 NOT_JOBS = {"previous", ".hydra", ".submitit", ".failed"}  # set-aside attempts and tool folders hold no jobs
@@ -185,8 +194,8 @@ def group(jobs: list[Job], varying: list[str]) -> list[Row]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """best_val_bpc when any job has it (a character LM), else best_val_acc when any job has it
-    (classification), else best_val_loss: metrics.RANKING."""
+    """best_val_bpc when any job has it (a character LM), else best_val_seq_acc (a sequence decoder),
+    else best_val_acc (classification), else best_val_loss: metrics.RANKING."""
     for metric in RANKING:
         if any(job.value(f"best_{metric}") is not None for job in jobs):
             return f"best_{metric}"
@@ -253,7 +262,8 @@ def _failed(row: Row) -> str:
 
 
 TABLE = ("best_val_bpc", "final_val_bpc", "test_bpc", "best_val_acc", "best_val_loss", "final_val_acc",
-         "final_val_loss", "final_train_loss", "test_acc", "test_loss", "epochs_to_best", "wall_s", "samples_per_s")
+         "final_val_loss", "final_train_loss", "test_acc", "test_loss", "final_val_seq_acc", "final_val_token_acc",
+         "test_seq_acc", "test_token_acc", "epochs_to_best", "wall_s", "samples_per_s")
 
 
 def _columns(report: Report) -> list[str]:
@@ -262,7 +272,8 @@ def _columns(report: Report) -> list[str]:
     has_test = any(job.value("test_loss") is not None for job in report.jobs)
     has_bpc = any(job.value("best_val_bpc") is not None for job in report.jobs)
     shown = [m for m in TABLE if (has_acc or not m.endswith("_acc")) and (has_test or not m.startswith("test_"))
-             and (has_bpc or not m.endswith("_bpc"))]
+             and (has_bpc or not m.endswith("_bpc"))
+             and (m not in DECODED or any(job.value(m) is not None for job in report.jobs))]
     return [report.metric] + [m for m in shown if m != report.metric]
 
 
@@ -322,22 +333,25 @@ def _curve(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[floa
 
 
 def plot(report: Report, path: Path) -> None:
-    """Validation curves of every configuration: mean over seeds, band from min to max."""
-    import matplotlib
+    """Validation curves of every configuration: mean over seeds, band from min to max.
 
-    matplotlib.use("Agg")  # no display needed, and none is touched
-    import matplotlib.pyplot as plt
+    matplotlib's object API on the Agg canvas (no pyplot: no global backend, no figure left open
+    in a process that writes many reports), with fixed margins: tight_layout took most of the
+    drawing time, as constrained layout did for curves.png."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    keys = [key for key in ("val_acc", "val_loss")
+    keys = [key for key in ("val_seq_acc", "val_acc", "val_loss")
             if any(isinstance(line.get(key), (int, float)) for job in report.jobs for line in job.curve)]
-    figure, axes = plt.subplots(1, max(len(keys), 1), figsize=(6.5 * max(len(keys), 1), 4.5), squeeze=False)
+    figure = Figure(figsize=(6.5 * max(len(keys), 1), 4.5))
+    figure.subplots_adjust(left=0.1 / max(len(keys), 1), right=0.98, bottom=0.12, top=0.88, wspace=0.22)
+    axes = figure.subplots(1, max(len(keys), 1), squeeze=False)
     for axis, key in zip(axes[0], keys):
         for number, row in enumerate(report.rows):
             epochs, mean, low, high = _curve(row.ok, key)
             if not epochs:
                 continue
-            color = plt.cm.tab10(number % 10)
+            color = f"C{number % 10}"  # the default colour cycle, tab10
             axis.plot(epochs, mean, color=color, label=f"{row.label} (n={len(row.ok)})")
             axis.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
         axis.set_xlabel("epoch")
@@ -349,9 +363,7 @@ def plot(report: Report, path: Path) -> None:
     if keys:
         axes[0][0].legend(fontsize="small")
     figure.suptitle(f"{report.sweep_dir.name}: validation curves, mean over seeds (band: min to max)", fontsize="medium")
-    figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def table(report: Report) -> Any:
@@ -398,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="train-report", description="Write report.md, report.csv and report.png "
                                      "for a sweep folder (finished, running, interrupted or with failed jobs).")
     parser.add_argument("path", type=Path, help="a sweep folder, e.g. multirun/experiment=ablate_norm-1a2b3c4d")
-    parser.add_argument("--metric", help="rank by this (default best_val_bpc if present, else best_val_acc if present, "
+    parser.add_argument("--metric", help="rank by this (default best_val_bpc, else best_val_seq_acc, else "
+                        "best_val_acc, if present, "
                         "else best_val_loss); "
                         f"one of {', '.join(METRICS)}")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")

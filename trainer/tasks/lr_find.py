@@ -151,7 +151,7 @@ def _train_step(parts: Parts, x: torch.Tensor, y: torch.Tensor, params: list[tor
     total = torch.zeros((), device=x.device)
     for x_micro, y_micro in zip(x.chunk(accumulate), y.chunk(accumulate)):
         with parts.precision.autocast():
-            loss = parts.criterion(parts.net(x_micro), y_micro)
+            loss = parts.loss(parts.net(x_micro), y_micro, x_micro).objective  # distill=soft: the mix it trains on
         parts.precision.backward(parts.penalty(loss) / accumulate)
         total += loss.detach().float()
     parts.precision.step(parts.optimizer, parts.clipping, params)

@@ -15,7 +15,9 @@ from torch import nn
 from trainer.errors import ConfigError
 from trainer.observe.metrics import improves
 
-MONITORS = ("val_loss", "val_acc")  # which way each improves: trainer.observe.metrics
+MONITORS = ("val_loss", "val_acc", "val_token_acc", "val_seq_acc")  # which way each improves: trainer.observe.metrics
+# Measured by decoding (models that decode sequences only): token and whole-sequence accuracy.
+SEQUENCE_MONITORS = ("val_token_acc", "val_seq_acc")
 
 
 class NoEarlyStopping:
@@ -38,7 +40,7 @@ class EarlyStopping:
     """Stop when `monitor` has not improved by more than `min_delta` for `patience` evaluations.
 
     Args:
-        monitor: "val_loss" (lower is better) or "val_acc" (higher is better).
+        monitor: "val_loss" (lower is better), or "val_acc", "val_token_acc", "val_seq_acc" (higher is better).
         patience: evaluations without improvement tolerated before stopping.
         min_delta: the smallest change that counts as an improvement.
         restore_best_weights: load the best evaluation's weights when the run ends.

@@ -54,10 +54,6 @@ class TeacherForcing:
         if self.model is not None:
             self.model.teacher_forcing_ratio = self.ratio(self.step)
 
-    @property
-    def current(self) -> float:
-        return self.ratio(self.step)
-
     def step_end(self) -> None:
         self.step += 1
         self._apply()
@@ -105,7 +101,7 @@ def exponential(model: nn.Module, k: float = 0.999) -> TeacherForcing:
     return TeacherForcing("exponential", lambda step: exponential_ratio(step, k), _target(model, "exponential", False))
 
 
-def inverse_sigmoid(model: nn.Module, k: float = 500.0) -> TeacherForcing:
+def inverse_sigmoid(model: nn.Module, k: float = 100.0) -> TeacherForcing:
     if k < 1:
         raise ConfigError(f"teacher_forcing.k={k} must be >= 1 (eps = k / (k + exp(step / k)))")
     return TeacherForcing("inverse_sigmoid", lambda step: inverse_sigmoid_ratio(step, k),

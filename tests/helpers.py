@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trainer.sweep.jobs  # noqa: F401 - registers the resolvers conf/config.yaml's hydra.sweep names (as the CLI does)
 from trainer.config import config_root
 
 CONF_DIR = str(config_root())

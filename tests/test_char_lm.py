@@ -413,3 +413,15 @@ def test_the_live_table_gains_a_bits_column_for_a_character_lm() -> None:
                        "lr": 0.01, "elapsed": 2.0})
     assert [str(column.header) for column in display.table.columns][3:5] == ["val_acc", "val_bpc"]
     assert display.table.row_count == 1
+
+
+def test_sampling_refuses_a_run_whose_text_has_changed(tmp_path: Path, make_cfg) -> None:
+    from trainer.run import run
+    from trainer.tasks import run_task
+
+    corpus = write(tmp_path, TEXT)
+    overrides = [o for o in TINY_LM if not o.startswith("data.max_chars")] + [f"data.path={corpus}", "max_steps=1"]
+    run(make_cfg(*overrides, small=False), tmp_path / "run")
+    (tmp_path / "corpus.txt").write_text(TEXT + "Zebra!", encoding="utf-8")  # two characters it never had
+    with pytest.raises(ConfigError, match="has changed since it trained"):
+        run_task(make_cfg("task=sample", f"resume={tmp_path / 'run'}"), tmp_path / "sampled")

@@ -105,6 +105,13 @@ def test_t_squared_keeps_the_soft_gradient_the_same_size_at_high_temperature() -
     assert norms[1] == pytest.approx(norms[0], rel=0.1)
 
 
+def test_sequence_logits_average_the_soft_term_over_positions_as_cross_entropy_does() -> None:
+    generator = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(3, 5, 7, generator=generator), torch.randn(3, 5, 7, generator=generator)  # (N, C, L)
+    per_position = [soft_target_loss(student[:, :, t], teacher[:, :, t], 2.0) for t in range(7)]
+    assert soft_target_loss(student, teacher, 2.0).item() == pytest.approx(torch.stack(per_position).mean().item(), rel=1e-6)
+
+
 def test_soft_term_is_computed_in_float32_under_autocast() -> None:
     generator = torch.Generator().manual_seed(3)
     student, teacher = torch.randn(16, 10, generator=generator), torch.randn(16, 10, generator=generator)

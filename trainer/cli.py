@@ -41,9 +41,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from trainer.run import run  # torch loads here, not for --help
     from trainer.tasks import run_task
 
+    from trainer.engine import distributed
+
+    ranks = distributed.current()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        with ranks.all_or_none():
+            refuse_under_torchrun(cfg, ranks.enabled)
         if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level
             from trainer.engine.smoke import smoke_run
 
@@ -59,11 +64,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 sys.exit(code)
             return None
         summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
-        discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
+        if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it
+            discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
     except TrainerError as error:
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
-        discard_if_unused(run_dir)
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        if ranks.is_main:
+            discard_if_unused(run_dir)
+        if not isinstance(error, distributed.PeerFailed):  # that rank's own error line is the one to read
+            print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
         sweep.record_failure(run_dir, failed_jobs)
@@ -72,6 +80,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     best = summary["best"].get("val_acc")
     return best if best is not None else summary["best"].get("val_loss")  # the objective a sweeper reads
+
+
+def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
+    """Under torchrun only training runs: the tools and smoke runs are one-process commands."""
+    if distributed and cfg.smoke is True:
+        raise TrainerError("smoke=true does not run under torchrun; run it as a plain `train ... smoke=true`")
+    if distributed and cfg.task != "train":
+        raise TrainerError(f"task={cfg.task} does not run under torchrun; run it as a plain `train task={cfg.task} ...`")
 
 
 def one_line(error: BaseException) -> str:
@@ -123,7 +139,17 @@ def main() -> None:
     # Let exceptions reach us instead of Hydra's own multi-line report, so we can shorten them.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     failed_jobs.clear()
+    # Under torchrun every rank runs this; errors that stop it here (a bad override) are the same on
+    # every rank, so rank 0 alone prints them.
+    speaks = os.environ.get("RANK", "0") == "0"
+    group = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun started this process as one of a group
+        from trainer.engine import distributed as group
+
+        group.setup()
     try:
+        if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
+            raise TrainerError("train -m does not run under torchrun yet; run each configuration as its own torchrun command")
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it
@@ -132,14 +158,20 @@ def main() -> None:
             print(f"error: {len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if speaks:
+            print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except (TrainerError, HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        if speaks:
+            print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except OSError as error:  # an output folder that cannot be made or written, a full disk
-        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        if speaks:
+            print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    finally:
+        if group is not None:
+            group.teardown()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import random
 import resource
 import textwrap
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import choices, shipped_defaults
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
-from trainer.engine import checkpoint
+from trainer.engine import checkpoint, distributed
 from trainer.engine.loop import Trainer, TrainState
 from trainer.engine.parts import Parts, build_parts
 from trainer.errors import ConfigError
@@ -68,6 +69,16 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
         raise ConfigError(f"cannot resume: the config differs in keys that matter: {shown}; "
                           "resume with the original values (only epochs, max_steps, logging and the like may change)")
+
+
+def check_world_size(saved: int, ranks: distributed.Context) -> None:
+    """A run resumes with the number of processes it was trained with: batch_size is per process,
+    so another number would change the global batch, and with it the run."""
+    if saved == ranks.world_size:
+        return
+    how = "without torchrun (or --nproc_per_node=1)" if saved == 1 else f"with torchrun --nproc_per_node={saved} (in all, across nodes)"
+    raise ConfigError(f"cannot resume: the checkpoint was trained by {saved} process(es), this run has {ranks.world_size}; "
+                      f"resume it {how}: batch_size is per process, so another count would change the global batch")
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -168,6 +179,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: TrainState, restored_best: b
         "signal": state.signal,
         "memory": peak_memory(parts.device),
         "threads": parts.threads,
+        "world_size": parts.distributed.world_size,
         "torch": torch.__version__,
     }
 
@@ -191,43 +203,55 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     `overrides` (the command line's) make the diagnosis's `train ...` commands complete."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
-        _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
-        assert found is not None  # resolve raises for a file or folder it cannot use
-        run_dir = found.parent.parent
-    with claim(run_dir):
-        payload, notices = None, []
-        if cfg.resume:  # the latest checkpoint, read now that no other process can write one
-            payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
-            if payload is not None:
-                check_resumable(payload["config"], cfg)
-        if payload is None:
-            check_unused(run_dir)
+    ranks = distributed.current()
+    with ExitStack() as held:
+        with ranks.all_or_none():  # under torchrun: a rank that stops here stops them all
+            if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
+                _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
+                assert found is not None  # resolve raises for a file or folder it cannot use
+                run_dir = found.parent.parent
+            if ranks.is_main:  # rank 0 holds the folder for all ranks
+                held.enter_context(claim(run_dir))
+            payload, notices = None, []
+            if cfg.resume:  # the latest checkpoint, read now that no other process can write one
+                payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
+                if payload is not None:
+                    check_resumable(payload["config"], cfg)
+                    check_world_size(payload.get("world_size", 1), ranks)
+            if payload is None and ranks.is_main:
+                check_unused(run_dir)
         return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
 def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notices: list[str],
            started: float, overrides: list[str]) -> dict[str, Any]:
-    checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
-    parts = build_parts(cfg)
-    display = make_display()
-    if payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
-        write_record(run_dir, cfg)
-        if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
-            write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
-    else:
-        _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
-    extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model))
+    ranks = distributed.current()
+    main = ranks.is_main  # under torchrun rank 0 alone writes the run's files and shows it
+    with ranks.all_or_none():  # every rank checks the config and builds its parts before rank 0 writes anything
+        checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
+        parts = build_parts(cfg)
+    display = make_display(quiet=not main)
+    with ranks.all_or_none():
+        if main and payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
+            write_record(run_dir, cfg)
+            if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
+                write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
+        elif main:
+            _truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl") if main else None
+        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model) if main else [])
     config = OmegaConf.to_container(cfg, resolve=True)
 
     def save(trainer: Trainer, best: bool) -> None:
-        checkpointer.save({**trainer.state_dict(), "rng": rng_state(parts.device), "config": config,
-                           "precision": parts.precision.actual, "chars": parts.data.chars}, trainer.state.step, best)
+        state = trainer.state_dict()  # on every rank: it reads the metrics reduced across ranks
+        if main:
+            checkpointer.save({**state, "rng": rng_state(parts.device), "config": config,
+                               "precision": parts.precision.actual, "chars": parts.data.chars,
+                               "world_size": ranks.world_size}, trainer.state.step, best)
 
-    trainer = Trainer(parts, display, [metrics_log, extra_loggers], torch.Generator().manual_seed(cfg.seed),
+    trainer = Trainer(parts, display, [metrics_log, extra_loggers] if main else [], torch.Generator().manual_seed(cfg.seed),
                       checkpoint=save if checkpointer.enabled else None, due_at_step=checkpointer.due_at_step, due_at_epoch=checkpointer.due_at_epoch,
-                      probes=[layers_probe], wait_for_checkpoints=checkpointer.wait)
+                      probes=[layers_probe] if main else [], wait_for_checkpoints=checkpointer.wait)
     if payload is not None:
         trainer.load_state_dict(payload)
         set_rng_state(payload["rng"], parts.device)
@@ -239,20 +263,24 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     tricks = choices(cfg)
     display.start(parts.total_steps, cfg.epochs, _header(tricks, parts))
     try:
-        if payload is None:  # what the diagnosis needs from before the first step (a resumed run has it)
+        if payload is None and metrics_log is not None:  # what the diagnosis needs from before the first step (a resumed run has it)
             metrics_log.log(start_record(parts))
             metrics_log.log({**layers_probe(trainer), "epoch": 0})
         state = trainer.fit()
     finally:
         display.close()
-        metrics_log.close()
+        if metrics_log is not None:
+            metrics_log.close()
         extra_loggers.close()
         checkpointer.close()  # also when fit raised: nothing is left in flight
+    ranks.barrier()  # no rank goes on (a resume= may read them) before rank 0's checkpoints are on disk
     restored = parts.early_stopping.restore_best(parts.model)
     summary = summarise(cfg, parts, state, restored, started)
     if restored:  # `final` is the last epoch trained; this is the model the run ends with
         summary["restored"] = trainer.evaluate()
     summary["test"] = evaluate_test(trainer, state)
+    if not main:
+        return summary
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
     diagnosis.with_commands(findings, overrides)
     summary["diagnosis"] = diagnosis.to_dicts(findings)

@@ -80,9 +80,10 @@ def check_arrays(arrays: dict[str, torch.Tensor], source: str, num_classes: int 
     return notices
 
 
-def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
+def check_splits(data: DataSplits, batch_size: int, accumulate: int, processes: int = 1) -> None:
     """What every data set hands the loop: finite values, non-empty splits of one sample shape, labels
-    within the classes, and at least one batch of training samples."""
+    within the classes, and at least one step's batch of training samples (`processes` x `batch_size`
+    x `accumulate`: under torchrun batch_size is per process)."""
     for name, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
         if len(x) == 0:
             raise DataError(f"the data set's {name} split is empty; both the training and validation splits need samples")
@@ -108,8 +109,10 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int) -> None:
             if labels.dim() not in (1, 2) or len(real) and (int(real.min()) < 0 or int(real.max()) >= data.num_outputs):
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
                                 f"(shape {tuple(labels.shape)}, min {int(real.min())}, max {int(real.max())})")
-    if len(data.x_train) < batch_size * accumulate:
-        typed = f"batch_size={batch_size}" if accumulate == 1 else (
-            f"batch_size={batch_size} x trainer.accumulate={accumulate} = {batch_size * accumulate} samples per step")
+    if len(data.x_train) < batch_size * accumulate * processes:
+        factors = [f"batch_size={batch_size}"] + ([f"trainer.accumulate={accumulate}"] if accumulate > 1 else []) + (
+            [f"{processes} processes"] if processes > 1 else [])
+        typed = factors[0] if len(factors) == 1 else (
+            f"{' x '.join(factors)} = {batch_size * accumulate * processes} samples per step")
         raise ConfigError(f"{typed} is larger than the training set ({len(data.x_train)} samples); "
                           "lower it to at most the training set's size")

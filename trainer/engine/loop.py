@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.text import bits_per_char
+from trainer.engine import distributed
 from trainer.engine.parts import Parts
 from trainer.observe.display import PlainDisplay
 from trainer.observe.loggers import Logger
@@ -113,6 +114,13 @@ class Trainer:
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
         self.model, self.net, self.optimizer, self.data = parts.model, parts.net, parts.optimizer, parts.data
         self.batch_size, self.accumulate = cfg.batch_size, cfg.trainer.accumulate
+        # Under torchrun: training goes through DistributedDataParallel, evaluation through the
+        # plain net (each rank evaluates its shard; no DDP collective may run on one rank alone).
+        self.ranks = parts.distributed
+        self.ddp = self.ranks.data_parallel(self.model, parts.device)
+        self.train_net = self.net if self.ddp is None else torch.compile(self.ddp) if cfg.trainer.compile else self.ddp
+        self.step_batch = self.batch_size * self.accumulate * self.ranks.world_size  # samples per step, all ranks
+        self.stop_vote = distributed.StopVote(self.ranks)
         self.epochs, self.max_steps, self.log_every = cfg.epochs, cfg.max_steps, cfg.log_every
         self.skip_nonfinite = cfg.nan_policy == "skip"
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -135,15 +143,18 @@ class Trainer:
         """One optimizer step over `accumulate` micro-batches of the shuffled training set."""
         x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
         losses = []
-        for micro in index.chunk(self.accumulate):
-            with parts.precision.autocast():
-                inputs = parts.augment(x_train[micro])
-                # The objective to minimise, and the hard-label loss reported as train_loss
-                # (the same tensor unless distill=soft mixes in the teacher's soft targets).
-                objective, loss = parts.loss(self.net(inputs), y_train[micro], inputs)
-            objective = parts.penalty(objective)
-            # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
-            parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
+        micros = self.ranks.share(index).chunk(self.accumulate)  # this rank's part of the global batch
+        for number, micro in enumerate(micros):
+            # Under torchrun, gradients are averaged across ranks once per step: in the last backward.
+            with self.ranks.no_sync(self.ddp, last=number == len(micros) - 1):
+                with parts.precision.autocast():
+                    inputs = parts.augment(x_train[micro])
+                    # The objective to minimise, and the hard-label loss reported as train_loss
+                    # (the same tensor unless distill=soft mixes in the teacher's soft targets).
+                    objective, loss = parts.loss(self.train_net(inputs), y_train[micro], inputs)
+                objective = parts.penalty(objective)
+                # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
+                parts.precision.backward(objective / self.accumulate if self.accumulate > 1 else objective)
             losses.append(loss.detach())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params, self.skip_nonfinite)
         parts.schedule.step_end()
@@ -161,8 +172,9 @@ class Trainer:
         previous = self._install_signal_handlers()
         try:
             self._epochs()
+            self.stop_vote.settle()  # the last step's vote: every rank waits for it, so none is left in flight
         except StopTraining:
-            pass
+            self.stop_vote.settle()
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside our handler: stop now
             self.state.status, self.state.message = "interrupted", f"interrupted at step {self.state.step}"
         finally:
@@ -177,7 +189,7 @@ class Trainer:
 
     def _epochs(self) -> None:
         state, n = self.state, len(self.data.x_train)
-        per_epoch, step_batch = self.parts.steps_per_epoch, self.batch_size * self.accumulate
+        per_epoch, step_batch = self.parts.steps_per_epoch, self.step_batch
         self.model.train()
         while state.epoch <= self.epochs:
             if state.order_state is None:
@@ -191,7 +203,7 @@ class Trainer:
                 state.samples_seen += min(step_batch, n)
                 if state.step % self.log_every == 0:
                     self._log_interval()
-                if self.stop_signal is not None:
+                if self._stop_requested():
                     self._interrupt()
                 if self.max_steps and state.step >= self.max_steps:
                     break
@@ -244,6 +256,13 @@ class Trainer:
             return True
         return False
 
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived; under torchrun, on any rank, and all ranks stop after the same step."""
+        agreed = self.stop_vote(self.stop_signal)
+        if agreed is not None:
+            self.stop_signal = agreed
+        return agreed is not None
+
     def _interrupt(self) -> None:
         """A signal arrived: the step is done; checkpoint and stop."""
         self._flush()
@@ -264,7 +283,7 @@ class Trainer:
         if not self.pending:
             return
         state, interval = self.state, self.state.interval
-        losses = self.loss_buffer[: self.pending].tolist()
+        losses = self.ranks.mean(self.loss_buffer[: self.pending]).tolist()  # the global batch's loss
         norms = self.grad_buffer[: self.pending].tolist()
         first_step = state.step - self.pending + 1
         self.pending = 0
@@ -327,7 +346,7 @@ class Trainer:
             "grad_norm": interval.grad_sum / max(interval.steps, 1), "grad_norm_max": interval.grad_max,
             "clipped_fraction": interval.clipped / max(interval.steps, 1) if hasattr(self.parts.clipping, "max_norm") else None,
             "loss_scale": self.parts.precision.loss_scale, "skipped_steps": interval.skipped,
-            "samples_per_s": interval.steps * self.batch_size * self.accumulate / max(now - interval.started, 1e-9),
+            "samples_per_s": interval.steps * self.step_batch / max(now - interval.started, 1e-9),
             "elapsed": now,
         }
         state.skipped_steps += interval.skipped
@@ -362,26 +381,28 @@ class Trainer:
 
         Sequence targets (N, T) count per position (per character, per token), IGNORE_INDEX positions
         (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
-        token given the true ones before it (teacher-forced)."""
+        token given the true ones before it (teacher-forced). Under torchrun each rank measures its
+        shard and the sums are added up."""
         self.model.eval()
         classification = self.data.task == "classification"
-        loss_sum = torch.zeros((), device=inputs.device)
-        correct = torch.zeros((), device=inputs.device)
-        counted = torch.zeros((), device=inputs.device)
+        sums = torch.zeros(3, device=inputs.device)  # loss, correct, counted: this rank's shard
+        shard = self.ranks.shard(len(inputs))
+        inputs, targets = inputs[shard], targets[shard]
         for start in range(0, len(inputs), EVAL_BATCH_SIZE):
             x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:
-                loss_sum += F.cross_entropy(out, y, reduction="sum")
+                sums[0] += F.cross_entropy(out, y, reduction="sum")
                 real = y != IGNORE_INDEX
-                correct += ((out.argmax(dim=1) == y) & real).sum()
-                counted += real.sum()
+                sums[1] += ((out.argmax(dim=1) == y) & real).sum()
+                sums[2] += real.sum()
             else:
-                loss_sum += F.mse_loss(out, y, reduction="sum") / y.shape[1]
-                counted += len(y)
+                sums[0] += F.mse_loss(out, y, reduction="sum") / y.shape[1]
+                sums[2] += len(y)
         self.model.train()
-        return loss_sum.item() / counted.item(), correct.item() / counted.item() if classification else None
+        loss_sum, correct, counted = self.ranks.sum(sums).tolist()
+        return loss_sum / counted, correct / counted if classification else None
 
     @torch.no_grad()
     def decoded(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

@@ -21,6 +21,7 @@ from trainer.config import build, builder, check_numbers
 from trainer.data import DataSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
+from trainer.engine import distributed
 from trainer.engine.smoke import slice_data
 from trainer.engine.threads import resolve as resolve_threads
 from trainer.errors import ConfigError
@@ -122,6 +123,7 @@ class Parts:
         net: what the training step calls: `model`, or its torch.compile'd wrapper.
         total_steps: optimizer steps the run plans (epochs x steps per epoch, capped by max_steps).
         threads: torch's intra-op threads for this run (trainer.threads).
+        distributed: this process's place among the ranks training the run (world size 1 without torchrun).
         notices: one-line explanations of fallbacks (tf32 on a CPU, say) for the user.
         teacher_forcing: sets a sequence decoder's teacher-forcing ratio at every step.
         decoding: how evaluation decodes sequences; None for a model that does not decode.
@@ -148,6 +150,7 @@ class Parts:
     decoding: Decoding | None
     threads: int = 1
     notices: list[str] = field(default_factory=list)
+    distributed: distributed.Context = field(default_factory=distributed.Context)
 
     @property
     def num_params(self) -> int:
@@ -214,14 +217,16 @@ def build_parts(cfg: DictConfig) -> Parts:
     """Build every part `cfg` names; raises ConfigError / DataError for bad input, before any file is written."""
     check_top_level(cfg)
     check_numbers(cfg)
-    device = resolve_device(cfg.device)
+    ranks = distributed.current()
+    device = ranks.device(resolve_device(cfg.device))
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     check_sequence_pairing(cfg)
     data = build_data(cfg.data)
-    check_splits(data, cfg.batch_size, cfg.trainer.accumulate)
-    effective_batch = cfg.batch_size * cfg.trainer.accumulate
+    # batch_size is per process: under torchrun a step takes batch_size x accumulate samples on each rank.
+    check_splits(data, cfg.batch_size, cfg.trainer.accumulate, ranks.world_size)
+    effective_batch = cfg.batch_size * cfg.trainer.accumulate * ranks.world_size
     if cfg.get("smoke"):  # after the checks, which read all of it: a NaN anywhere fails a smoke run too
         data = slice_data(data, effective_batch)
     regularisation = build("regularisation", cfg.regularisation)
@@ -259,5 +264,5 @@ def build_parts(cfg: DictConfig) -> Parts:
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
         augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total,
         teacher_forcing=teacher_forcing, decoding=decoding, threads=threads,
-        notices=notices,
+        notices=notices, distributed=ranks,
     )

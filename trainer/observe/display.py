@@ -117,6 +117,27 @@ class LiveDisplay(PlainDisplay):
         self.live.stop()
 
 
-def make_display() -> PlainDisplay:
+class QuietDisplay(PlainDisplay):
+    """Shows nothing: under torchrun, the ranks other than 0 (rank 0 shows the run)."""
+
+    def start(self, total_steps: int, epochs: int, header: str) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+    def show(self, renderable: Any) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any], run_dir: str) -> None:
+        pass
+
+
+def make_display(quiet: bool = False) -> PlainDisplay:
     console = Console(file=sys.stdout)
+    if quiet:
+        return QuietDisplay(console)
     return LiveDisplay(console) if console.is_terminal else PlainDisplay(console)

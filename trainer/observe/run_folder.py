@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from trainer.observe.records import write_atomic
 
@@ -66,6 +66,7 @@ class RunFolderCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _existed.clear()  # a new command (tests run several in one process)
         remember_existing(str(config.hydra.run.dir))
+        share_run_dir(config)  # after rank 0 noted what existed: the other ranks make the folder once they know it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_record
@@ -84,6 +85,27 @@ class RunFolderCallback(Callback):
             _sweep_record = None
             if not record.is_file() or record.read_bytes() != earlier:
                 write_atomic(record, lambda file: file.write(earlier))
+
+
+def _under_torchrun() -> bool:
+    """Without importing torch (the CLI's --help and its refusals stay fast): torchrun's variables are set."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def share_run_dir(config: DictConfig) -> None:
+    """Under torchrun every rank composes its own config, and `${now:}` in hydra.run.dir resolves to
+    each process's own clock: every rank would make a run folder of its own. Rank 0's folder is
+    given to every rank here, before Hydra resolves it to make the folder."""
+    if not _under_torchrun():
+        return
+    from trainer.engine import distributed
+
+    ranks = distributed.current()
+    if not ranks.enabled:
+        return
+    folder = ranks.broadcast_text(str(config.hydra.run.dir) if ranks.is_main else "")
+    with read_write(config.hydra.run):
+        config.hydra.run.dir = folder
 
 
 def discard_if_unused(run_dir: Path) -> None:

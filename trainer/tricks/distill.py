@@ -89,14 +89,18 @@ class Teacher:
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the classes (dim 1, as for
+    cross_entropy), averaged over the samples and, for sequence logits (N, C, L), the positions.
 
     Computed in float32 with autocast off: under fp16 or bf16 autocast the logits may arrive in
     low precision, and a difference of two nearly equal log-probabilities loses its digits there."""
     with torch.autocast(student_logits.device.type, enabled=False):
         student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
         teacher = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=1)
-        # batchmean: the sum over classes, mean over samples, which is the KL divergence per sample.
+        # Positions become rows (a no-op for (N, C) logits); batchmean then sums each row's KL
+        # divergence over the classes and averages the rows, as cross_entropy averages.
+        classes = student.shape[1]
+        student, teacher = student.movedim(1, -1).reshape(-1, classes), teacher.movedim(1, -1).reshape(-1, classes)
         return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
@@ -150,8 +154,9 @@ def _read_teacher_checkpoint(spec: str) -> tuple[dict[str, Any], Path]:
 def load_teacher(spec: str, data: DataSplits, device: torch.device) -> Teacher:
     """The trained model `spec` names (a run folder or a checkpoint file), checked against the
     student's data (classification, the same classes and input shape), frozen, in eval mode."""
+    # Imported here: engine.parts imports this module for the loss objects' types.
     from trainer.engine.parts import build_data
-    from trainer.engine.trained import build_untrained  # builds with the parts' builders, which import this module's peers
+    from trainer.engine.trained import build_untrained
 
     payload, path = _read_teacher_checkpoint(spec)
     config = payload["config"]
@@ -190,7 +195,7 @@ def build(name: str, criterion: nn.Module, data: DataSplits, device: torch.devic
         notice = f"distill=none: distill.teacher={teacher} is not used (distill=soft uses it)" if teacher else None
         return HardLoss(criterion, notice)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-        raise ConfigError(f"distill.temperature={temperature} must be a number > 0 (the paper: 1 to 20)")
+        raise ConfigError(f"distill.temperature={temperature} must be a number > 0 (the seed list: about 1 to 10)")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
         raise ConfigError(f"distill.alpha={alpha} must be in [0, 1]: the weight of the soft-target term (0: labels only)")
     if teacher in (None, ""):

@@ -1,0 +1,219 @@
+"""Data-parallel training under torchrun: 2 CPU processes on gloo, one thread each.
+
+The ranks are forked from this process with torchrun's environment (tests/ranks.py), so each
+2-rank run costs seconds, not the ~10 s per process of starting Python and torch here; one slow
+test runs the real `torchrun`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from in_process import train_in_process
+from ranks import Ranks, call_on_ranks, train_ranks
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+from trainer.engine import checkpoint, distributed, launch
+
+# A tiny run: 128 training samples, 8 steps of a global batch of 32 in 2 epochs; no batch
+# statistics (norm=none), so 2 x 16 samples give the same gradient as 32 in one process; a
+# constant LR, so that max_steps (which sets the schedule's length) may stop a run to resume.
+BASE = ["data=synthetic", "data.num_train=128", "data.num_val=64", "data.num_test=64", "model=mlp",
+        "model.width=32", "norm=none", "sched=constant", "device=cpu", "precision=fp32", "epochs=2", "log_every=2", "curves=false",
+        "trainer.threads=1"]
+PER_RANK = "batch_size=16"
+# Every test gets the one-process reference run first: it also imports, in this process, what the forked ranks need.
+pytestmark = pytest.mark.usefixtures("one_process")
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    payload, _path, _notices = checkpoint.latest_good(run_dir)
+    assert payload is not None
+    return payload["model"]
+
+
+def assert_same_training(one: Path, two: Path) -> None:
+    """Two runs took the same steps: their losses, gradient norms, validation figures and weights agree
+    within float tolerance (sums over 2 x 16 samples are added in another order than over 32)."""
+    for kind, keys in (("step", ("train_loss", "grad_norm")), ("epoch", ("train_loss", "val_loss", "val_acc"))):
+        expected, got = records(one, kind), records(two, kind)
+        assert [r["step"] for r in got] == [r["step"] for r in expected]
+        for key in keys:
+            assert [r[key] for r in got] == pytest.approx([r[key] for r in expected], rel=1e-4, abs=1e-6), (kind, key)
+    weights_one, weights_two = final_weights(one), final_weights(two)
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: one process, batch 32. Run here first, it also loads every module the forked ranks use."""
+    cwd = tmp_path_factory.mktemp("one")
+    outcome = train_in_process([*BASE, "batch_size=32", "hydra.run.dir=run"], cwd)
+    assert outcome.code == 0, outcome.stderr
+    return cwd / "run"
+
+
+@pytest.mark.parametrize("per_rank", [[PER_RANK], ["batch_size=8", "trainer.accumulate=2"]], ids=["batch", "accumulated"])
+def test_two_ranks_train_as_one_process_with_the_global_batch(one_process: Path, tmp_path: Path, per_rank: list[str]) -> None:
+    rank0, rank1 = train_ranks([*BASE, *per_rank], tmp_path)
+    assert (rank0.code, rank1.code) == (0, 0), rank0.stderr + rank1.stderr
+    # One run folder for both ranks, though Hydra's ${now:} names it by each process's own clock.
+    folders = [path for path in (tmp_path / "outputs").glob("*/*")]
+    assert len(folders) == 1 and folders[0].is_dir()
+    assert_same_training(one_process, folders[0])
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["world_size"] == 2
+    assert summary["test"]["acc"] == pytest.approx(json.loads((one_process / "summary.json").read_text())["test"]["acc"])
+    # Rank 0 alone shows the run; rank 1 prints nothing.
+    assert f"run folder {folders[0]}" in rank0.stdout
+    assert rank1.stdout == "" and rank1.stderr == ""
+
+
+def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
+    first = train_ranks([*BASE, PER_RANK, "max_steps=4", "hydra.run.dir=run"], tmp_path)
+    assert [outcome.code for outcome in first] == [0, 0]
+    # Another number of processes would change the global batch: refused, naming both counts.
+    refused = train_in_process([*BASE, PER_RANK, "hydra.run.dir=run", "resume=auto"], tmp_path)
+    assert refused.code == 2
+    assert refused.stderr.startswith("error: cannot resume: the checkpoint was trained by 2 process(es), this run has 1;")
+    assert "torchrun --nproc_per_node=2" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    resumed = train_ranks([*BASE, PER_RANK, "hydra.run.dir=run", "resume=auto"], tmp_path)
+    assert [outcome.code for outcome in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    assert "resuming" in resumed[0].stdout and "from step 4" in resumed[0].stdout
+    assert_same_training(one_process, tmp_path / "run")
+
+
+@pytest.mark.parametrize(("override", "failing"), [
+    (["data._target_=failing_rank_data.build"], 1),  # rank 1 alone cannot read its data
+    (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
+    (["smoke=true"], 0),  # one-process commands, refused under torchrun
+    (["-m", "seed=0,1"], 0),
+])
+def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: list[str], failing: int) -> None:
+    flags = [arg for arg in override if arg.startswith("-")]  # Hydra's options come before the overrides
+    outcomes = train_ranks([*flags, *BASE, PER_RANK, *(arg for arg in override if arg not in flags)], tmp_path, timeout=60)
+    assert [outcome.code for outcome in outcomes] == [2, 2]
+    lines = [line for outcome in outcomes for line in outcome.stderr.splitlines()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and outcomes[failing].stderr == lines[0] + "\n"
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # no run folder left behind
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    # One long epoch (about 600 steps): the signal arrives mid-epoch, and the interrupt writes the only checkpoint.
+    job = Ranks([*BASE, PER_RANK, "data.num_train=20000", "epochs=1", "log_every=1", "hydra.run.dir=run"], tmp_path)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and '"kind": "step"' in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(job.processes[1].pid, signal.SIGTERM)  # one rank only, as on a node that is preempted first
+    outcomes = job.wait()
+    assert [outcome.code for outcome in outcomes] == [128 + signal.SIGTERM] * 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    listed = checkpoint.read_index(tmp_path / "run" / "checkpoints")["checkpoints"]
+    assert summary["status"] == "interrupted" and 0 < summary["steps"] < 600
+    assert [entry["step"] for entry in listed] == [summary["steps"]]
+    assert summary["message"] == f"stopped by SIGTERM at step {summary['steps']}"
+
+
+@pytest.mark.slow
+def test_the_real_torchrun_writes_one_run_folder(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "trainer.cli", *BASE, PER_RANK],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    folders = list((tmp_path / "outputs").glob("*/*"))
+    assert len(folders) == 1
+    assert json.loads((folders[0] / "summary.json").read_text())["world_size"] == 2
+    assert result.stdout.count("completed: ") == 1  # rank 0's closing line only
+
+
+def _all_reduces_in_one_accumulated_step(ranks: distributed.Context, skip_sync: bool) -> int:
+    """Three micro-batches through DDP as the loop runs them (with no_sync before the last one, or
+    without); how many gradient all-reduces they made."""
+    torch.manual_seed(0)
+    ddp = ranks.data_parallel(torch.nn.Linear(4, 2), torch.device("cpu"))
+    calls = []
+
+    def counting(state, bucket):  # noqa: ANN001, ANN202 - DDP reads the hook's annotations: none, or the real types
+        calls.append(bucket.index())
+        return default_hooks.allreduce_hook(None, bucket)
+
+    ddp.register_comm_hook(None, counting)
+    for micro in range(3):
+        with ranks.no_sync(ddp, last=micro == 2 or not skip_sync):
+            ddp(torch.randn(8, 4)).sum().backward()
+    return len(calls)
+
+
+def test_accumulation_all_reduces_once_per_step() -> None:
+    assert call_on_ranks(partial(_all_reduces_in_one_accumulated_step, skip_sync=True)) == [1, 1]
+    assert call_on_ranks(partial(_all_reduces_in_one_accumulated_step, skip_sync=False)) == [3, 3]  # what no_sync saves
+
+
+@pytest.mark.slow
+def test_train_ddp_ends_with_the_failed_ranks_exit_code_and_line(tmp_path: Path) -> None:
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "trainer.engine.launch", "--nproc_per_node=2", *BASE, PER_RANK,
+                             "data._target_=failing_rank_data.build"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == "error: data.path=/shared/set is not readable on this node (failing_rank_data)\n"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_resumed_run_with_dropout_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    # Every rank draws its dropout masks from the same seeded stream (rank 0's per-layer probe gives
+    # back what it draws), so the one random state a checkpoint holds continues every rank.
+    dropout = [*BASE, PER_RANK, "regularisation=dropout", "deterministic=true"]
+    assert [o.code for o in train_ranks([*dropout, "hydra.run.dir=whole"], tmp_path)] == [0, 0]
+    assert [o.code for o in train_ranks([*dropout, "max_steps=4", "hydra.run.dir=parts"], tmp_path)] == [0, 0]
+    assert [o.code for o in train_ranks([*dropout, "hydra.run.dir=parts", "resume=auto"], tmp_path)] == [0, 0]
+    for kind in ("step", "epoch"):
+        assert records(tmp_path / "parts", kind) == [
+            {**record, "elapsed": pytest.approx(record["elapsed"], abs=1e3), "samples_per_s": pytest.approx(0, abs=1e9)}
+            if "samples_per_s" in record else {**record, "elapsed": pytest.approx(record["elapsed"], abs=1e3)}
+            for record in records(tmp_path / "whole", kind)]
+    for name, tensor in final_weights(tmp_path / "whole").items():
+        torch.testing.assert_close(final_weights(tmp_path / "parts")[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("args", [[], ["data=synthetic"], ["--nproc_per_node=0"], ["--nproc_per_node=two"]])
+def test_train_ddp_needs_the_process_count_first(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        launch.split_args(args)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: the first argument must be --nproc_per_node=N")
+
+
+def test_train_ddp_passes_the_rest_to_train() -> None:
+    assert launch.split_args(["--nproc_per_node=4", "model=mlp", "-m"]) == (4, ["model=mlp", "-m"])
+
+
+@pytest.mark.parametrize(("overrides", "status", "epochs"), [
+    # The first evaluation is the best; the second improves by less than min_delta: stop after epoch 2.
+    (["early_stopping=val_loss", "early_stopping.patience=1", "early_stopping.min_delta=1000", "epochs=5"],
+     "early_stopped", 2),
+    (["optim=sgd", "optim.lr=1e30"], "diverged", 0),  # the NaN guard, on losses averaged over the ranks
+])
+def test_every_rank_stops_at_the_same_point(tmp_path: Path, overrides: list[str], status: str, epochs: int) -> None:
+    outcomes = train_ranks([*BASE, PER_RANK, *overrides, "hydra.run.dir=run"], tmp_path, timeout=60)
+    assert [outcome.code for outcome in outcomes] == [0, 0], outcomes[0].stderr + outcomes[1].stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_run"]) == (status, epochs)

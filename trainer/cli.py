@@ -163,7 +163,7 @@ def main() -> None:
         group.setup()
     try:
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
-            raise TrainerError("train -m does not run under torchrun yet; run each configuration as its own torchrun command")
+            raise TrainerError("train -m does not run under torchrun; sweep multi-process jobs with `train -m processes=N ...`")
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it

@@ -2,7 +2,10 @@
 
 KILL_AT (environment) names the point, counted within this process (1-based):
 
-- `step:N`        right after the N-th optimizer step (mid-epoch unless N ends an epoch);
+- `step:N`        right after the N-th optimizer step (mid-epoch unless N ends an epoch), once
+                  the checkpoints due before it are on disk (they are written in the background:
+                  on a loaded machine the kill could otherwise come before the first, leaving
+                  nothing to resume);
 - `checkpoint:N`  right after the N-th checkpoint is complete (file, best.pt, index written);
 - `best:N`        right after the N-th best.pt is in place, before the index lists it;
 - `writing:N`     during the N-th checkpoint file's write: half its bytes are in the temporary
@@ -39,8 +42,9 @@ def parse(spec: str) -> tuple[str, int]:
 
 
 def counting(function: Callable[..., Any], is_event: Callable[..., bool], count: int,
-             before: Callable[..., None] | None = None) -> Callable[..., Any]:
-    """`function`, dying after (or, with `before`, instead of) its `count`-th call that `is_event`."""
+             before: Callable[..., None] | None = None, end: Callable[[], None] = die) -> Callable[..., Any]:
+    """`function`, ending (`end`: dying) after (or, with `before`, instead of) its `count`-th call
+    that `is_event`."""
     seen = 0
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,7 +56,7 @@ def counting(function: Callable[..., Any], is_event: Callable[..., bool], count:
                 die()
         result = function(*args, **kwargs)
         if seen == count and is_event(*args, **kwargs):
-            die()
+            end()
         return result
 
     return wrapper
@@ -66,12 +70,31 @@ def half_written(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
+_checkpointers: list[checkpoint.Checkpointer] = []
+
+
+def remember_checkpointers() -> None:
+    made = checkpoint.Checkpointer.__init__
+
+    def init(self: checkpoint.Checkpointer, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        _checkpointers.append(self)
+
+    checkpoint.Checkpointer.__init__ = init  # type: ignore[method-assign]
+
+
+def die_once_written() -> None:
+    for checkpointer in _checkpointers:
+        checkpointer.wait()
+    die()
+
+
 def install(point: str, count: int) -> None:
     if point == "step":
-        Trainer.train_step = counting(Trainer.train_step, lambda *a, **k: True, count)
-    elif point == "checkpoint":
-        is_index = lambda path, *a, **k: Path(path).name == checkpoint.INDEX
-        checkpoint._write_atomic = counting(checkpoint._write_atomic, is_index, count)
+        remember_checkpointers()
+        Trainer.train_step = counting(Trainer.train_step, lambda *a, **k: True, count, end=die_once_written)
+    elif point == "checkpoint":  # write() returns once the file, best.pt and the index are in place
+        checkpoint.Checkpointer.write = counting(checkpoint.Checkpointer.write, lambda *a, **k: True, count)
     elif point == "best":
         is_best = lambda source, path, *a, **k: Path(path).name == checkpoint.BEST
         checkpoint._link_atomic = counting(checkpoint._link_atomic, is_best, count)

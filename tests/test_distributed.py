@@ -90,7 +90,7 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
     refused = train_in_process([*BASE, PER_RANK, "hydra.run.dir=run", "resume=auto"], tmp_path)
     assert refused.code == 2
     assert refused.stderr.startswith("error: cannot resume: the checkpoint was trained by 2 process(es), this run has 1;")
-    assert "torchrun --nproc_per_node=2" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert "resume it with processes=2" in refused.stderr and len(refused.stderr.splitlines()) == 1
     resumed = train_ranks([*BASE, PER_RANK, "hydra.run.dir=run", "resume=auto"], tmp_path)
     assert [outcome.code for outcome in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
     assert "resuming" in resumed[0].stdout and "from step 4" in resumed[0].stdout
@@ -102,6 +102,7 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
     (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
     (["smoke=true"], 0),  # one-process commands, refused under torchrun
     (["-m", "seed=0,1"], 0),
+    (["processes=3"], 0),  # torchrun started 2
 ])
 def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: list[str], failing: int) -> None:
     flags = [arg for arg in override if arg.startswith("-")]  # Hydra's options come before the overrides
@@ -166,18 +167,6 @@ def test_accumulation_all_reduces_once_per_step() -> None:
     assert call_on_ranks(partial(_all_reduces_in_one_accumulated_step, skip_sync=False)) == [3, 3]  # what no_sync saves
 
 
-@pytest.mark.slow
-def test_train_ddp_ends_with_the_failed_ranks_exit_code_and_line(tmp_path: Path) -> None:
-    tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "trainer.engine.launch", "--nproc_per_node=2", *BASE, PER_RANK,
-                             "data._target_=failing_rank_data.build"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert result.stderr == "error: data.path=/shared/set is not readable on this node (failing_rank_data)\n"
-    assert not (tmp_path / "outputs").exists()
-
-
 def test_a_resumed_run_with_dropout_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
     # Every rank draws its dropout masks from the same seeded stream (rank 0's per-layer probe gives
     # back what it draws), so the one random state a checkpoint holds continues every rank.
@@ -194,18 +183,6 @@ def test_a_resumed_run_with_dropout_ends_as_the_uninterrupted_one(tmp_path: Path
         torch.testing.assert_close(final_weights(tmp_path / "parts")[name], tensor, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("args", [[], ["data=synthetic"], ["--nproc_per_node=0"], ["--nproc_per_node=two"]])
-def test_train_ddp_needs_the_process_count_first(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as stop:
-        launch.split_args(args)
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.startswith("error: the first argument must be --nproc_per_node=N")
-
-
-def test_train_ddp_passes_the_rest_to_train() -> None:
-    assert launch.split_args(["--nproc_per_node=4", "model=mlp", "-m"]) == (4, ["model=mlp", "-m"])
-
-
 @pytest.mark.parametrize(("overrides", "status", "epochs"), [
     # The first evaluation is the best; the second improves by less than min_delta: stop after epoch 2.
     (["early_stopping=val_loss", "early_stopping.patience=1", "early_stopping.min_delta=1000", "epochs=5"],
@@ -217,3 +194,42 @@ def test_every_rank_stops_at_the_same_point(tmp_path: Path, overrides: list[str]
     assert [outcome.code for outcome in outcomes] == [0, 0], outcomes[0].stderr + outcomes[1].stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["epochs_run"]) == (status, epochs)
+
+
+def test_processes_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    outcome = train_in_process([*BASE, "processes=0"], tmp_path)
+    assert (outcome.code, outcome.stderr) == (2, "error: processes=0 must be an integer >= 1\n")
+
+
+def test_each_process_trains_the_job_in_its_folder() -> None:
+    folder = Path("multirun/x/norm=none,seed=0")
+    assert launch.worker_args(["norm=none"], folder, None) == [
+        "-m", "trainer.cli", "norm=none", "hydra.run.dir='multirun/x/norm=none,seed=0'"]
+    assert launch.worker_args(["norm=none"], folder, "auto")[-1] == "resume=auto"  # a sweep continuing the job
+
+
+def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_two_process_jobs_runs_job_after_job_and_resumes(tmp_path: Path) -> None:
+    command = ["-m", *BASE, PER_RANK, "processes=2", "seed=0,1", "hydra.sweep.dir=sweep"]
+    first = _train(command, tmp_path)
+    assert first.returncode == 0, first.stderr
+    summaries = [json.loads(path.read_text()) for path in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    assert [(s["status"], s["world_size"], s["seed"]) for s in summaries] == [("completed", 2, 0), ("completed", 2, 1)]
+    assert first.stdout.count("completed: ") == 2 and (tmp_path / "sweep" / "report.md").is_file()
+    again = _train(command, tmp_path)
+    assert again.returncode == 0 and again.stdout.count("skipped ") == 2
+
+
+@pytest.mark.slow
+def test_processes_ends_with_the_failed_ranks_line(tmp_path: Path) -> None:
+    result = _train([*BASE, PER_RANK, "processes=2", "data._target_=failing_rank_data.build"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "error: data.path=/shared/set is not readable on this node (failing_rank_data)\n"
+    assert not (tmp_path / "outputs").exists()

@@ -45,14 +45,15 @@ CONFIGS = {
 # run is resumed after each and finally runs to its end.
 POINTS = {
     "epoch_end": ["checkpoint:1"],            # right after epoch 1's checkpoint
-    "best": ["best:2"],                       # epoch 2's best.pt in place, its index not yet written
+    "best": ["best:2"],                       # epoch 2's best.pt in place, the index listing it only as a checkpoint
     "mid_epoch": ["step:9"],                  # step 9 of 24, in epoch 2
     "writing": ["writing:2"],                 # half of epoch 2's checkpoint written
     "twice": ["checkpoint:2", "step:4"],      # killed, resumed, killed again mid-epoch, resumed
 }
-# Every kind of point in one run, resumed four times: best.pt at step 12, mid-epoch at step 13,
+# Every kind of point in one run, resumed four times: best.pt at step 12 (resumed from step 12,
+# which the index lists before best.pt names it), mid-epoch at step 19 (resumed from step 18),
 # writing the step-24 checkpoint, and right after the last checkpoint (nothing left to train).
-CHAIN = ["best:2", "step:7", "writing:2", "checkpoint:1"]
+CHAIN = ["best:2", "step:7", "writing:1", "checkpoint:1"]
 POINTS["all_four_in_turn"] = CHAIN
 
 

@@ -163,31 +163,31 @@ def test_the_decoder_cell_can_differ_and_starts_from_the_encoder_s_final_h(cell:
     assert net(reverse_data.x_val).shape == (16, reverse_data.num_outputs, reverse_data.x_val.shape[2])
 
 
-@pytest.mark.parametrize("residual", ["previous", "dense"])
+@pytest.mark.parametrize("residual", ["none", "previous", "dense"])
 def test_residual_connections_feed_each_layer_as_defined(residual: str, reverse_data: tasks.DataSplits) -> None:
-    """previous: layer l >= 2 reads x_l = o_(l-1) + x_(l-1); dense: x_l = o_1 + ... + o_(l-1)."""
+    """x_2 = h_1(e); previous: x_(l+1) = h_l(x_l) + x_l; dense: x_(l+1) = h_l(x_l) + x_2 + ... + x_l
+    (Britz et al. 2017's Res and ResD). At 4 layers the three differ."""
     torch.manual_seed(0)
-    net = model(reverse_data, layers=3, residual=residual)
+    net = model(reverse_data, layers=4, residual=residual)
     layers = net.encoder.layers
     embedded = net.source_embedding(reverse_data.x_val[:, 0])
-    o1 = layers[0](embedded)[0]
-    o2 = layers[1](o1)[0]
-    if residual == "previous":
-        x3 = o2 + o1
-        expected = layers[2](x3)[0] + x3
-    else:
-        o3 = layers[2](o1 + o2)[0]
-        expected = o1 + o2 + o3
+    x = [None, None, layers[0](embedded)[0]]  # x[l]: the input of layer l (1-based); x_2 = h_1(e)
+    for l in (2, 3, 4):
+        out = layers[l - 1](x[l])[0]
+        x.append(out if residual == "none" else out + x[l] if residual == "previous" else out + sum(x[2:l + 1]))
     got, _ = net.encoder(embedded)
-    assert torch.allclose(got, expected, atol=1e-6)
-    net.encoder.residual = "none"
-    assert not torch.allclose(net.encoder(embedded)[0], got, atol=1e-3)
+    assert torch.allclose(got, x[5], atol=1e-5)
+    others = {"none", "previous", "dense"} - {residual}
+    for other in others:
+        net.encoder.residual = other
+        assert not torch.allclose(net.encoder(embedded)[0], got, atol=1e-3), other
 
 
 @pytest.mark.parametrize("setting, message", [
     ({"cell": "lstmx"}, "model.cell='lstmx' is unknown; valid: lstm, gru, rnn"),
     ({"attention": "dot"}, "model.attention='dot' is unknown; valid: none, additive, multiplicative"),
-    ({"residual": "dense"}, "model.residual=dense connects stacked layers: it needs model.layers >= 2"),
+    ({"residual": "previous"}, "model.residual=previous connects stacked layers: it needs model.layers >= 2"),
+    ({"residual": "dense", "layers": 2}, r"model.residual=dense differs from previous from 3 layers on: it needs model.layers >= 3 \(got 2\)"),
     ({"shared": True, "bidirectional": True}, "model.shared=true needs the encoder and decoder to have the same shape"),
     ({"shared": True, "attention": "additive"}, "model.shared=true needs the encoder and decoder"),
     ({"shared": True, "decoder_cell": "gru"}, "a different decoder_cell makes them differ"),

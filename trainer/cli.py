@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer.config import config_root
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 from trainer.observe.metrics import objective
 from trainer.observe.run_folder import discard_if_unused
 from trainer.sweep import jobs as sweep  # registers the resolvers that name sweep folders (also for --cfg)
@@ -60,7 +60,13 @@ def train_job(cfg: DictConfig) -> float | None:
             if code:
                 sys.exit(code)
             return None
-        summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
+        processes = requested_processes(cfg)
+        if processes > 1 and not ranks.enabled:  # this process starts the run's own process group and waits
+            from trainer.engine.launch import train_processes
+
+            summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+        else:
+            summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it
             discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
     except TrainerError as error:
@@ -80,6 +86,14 @@ def train_job(cfg: DictConfig) -> float | None:
 
 # In a multirun each job is skipped if finished, continued or rerun if not, and contained if it crashes.
 _hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(sweep.resumable(train_job))
+
+
+def requested_processes(cfg: DictConfig) -> int:
+    """`processes`: an integer >= 1 (the run's own check, in build_parts, comes after the launch)."""
+    processes = cfg.get("processes", 1)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ConfigError(f"processes={processes} must be an integer >= 1")
+    return processes
 
 
 def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
@@ -149,7 +163,7 @@ def main() -> None:
         group.setup()
     try:
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
-            raise TrainerError("train -m does not run under torchrun yet; run each configuration as its own torchrun command")
+            raise TrainerError("train -m does not run under torchrun; sweep multi-process jobs with `train -m processes=N ...`")
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it

@@ -24,7 +24,7 @@ Usage:
   train -m init=xavier,he,orthogonal norm=none,batchnorm seed=0,1,2   # one run per combination
   train data=seq2seq model=seq2seq norm=none model.attention=additive teacher_forcing=linear decoding=beam
   torchrun --standalone --nproc_per_node=2 -m trainer.cli batch_size=50   # data-parallel, 2 processes
-  train-ddp --nproc_per_node=2 batch_size=50       # the same, ending with train's exit codes
+  train processes=2 batch_size=50                  # the same, started by train itself (sweeps too)
 
 batch_size is per process: under torchrun a step trains on batch_size x processes x trainer.accumulate
 samples (batch_size=50 on 2 processes: 100 samples a step, as a plain `train`).

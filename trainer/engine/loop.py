@@ -371,7 +371,6 @@ class Trainer:
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
 
-
         Sequence targets (N, T) count per position (per character, per token), IGNORE_INDEX positions
         (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
         token given the true ones before it (teacher-forced). Under torchrun each rank measures its

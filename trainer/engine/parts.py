@@ -96,7 +96,7 @@ def check_top_level(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg) - valid)
     if unknown:  # `+key=value` adds keys Hydra cannot check: nothing here would read them
         raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(valid))}")
-    for key in ("epochs", "batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "log_every", "processes"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
     if cfg.max_steps is not None and (not isinstance(cfg.max_steps, int) or cfg.max_steps < 1):
@@ -246,6 +246,9 @@ def build_parts(cfg: DictConfig) -> Parts:
     check_top_level(cfg)
     check_numbers(cfg)
     ranks = distributed.current()
+    if ranks.enabled and cfg.processes not in (1, ranks.world_size):
+        raise ConfigError(f"processes={cfg.processes} but torchrun started {ranks.world_size} processes; "
+                          "under torchrun leave processes=1 (torchrun decides)")
     device = ranks.device(resolve_device(cfg.device))
     threads = resolve_threads(cfg.trainer.threads)
     torch.set_num_threads(threads)  # for every job: a sweep's jobs may share a process

@@ -50,7 +50,8 @@ def check_world_size(saved: int, ranks: distributed.Context) -> None:
     so another number would change the global batch, and with it the run."""
     if saved == ranks.world_size:
         return
-    how = "without torchrun (or --nproc_per_node=1)" if saved == 1 else f"with torchrun --nproc_per_node={saved} (in all, across nodes)"
+    how = ("with processes=1 and without torchrun" if saved == 1
+           else f"with processes={saved} (or torchrun --nproc_per_node={saved}, in all across nodes)")
     raise ConfigError(f"cannot resume: the checkpoint was trained by {saved} process(es), this run has {ranks.world_size}; "
                       f"resume it {how}: batch_size is per process, so another count would change the global batch")
 

@@ -10,7 +10,7 @@ parameter count match the unidirectional one); attention none, additive (Bahdana
 the previous decoder state queries the memory, the context joins the decoder's input) or
 multiplicative (Luong et al. 2015, "general": the new decoder state queries, the context and state
 combine through tanh); residual connections between stacked layers, none, previous (each layer
-adds its input) or dense (each layer reads the sum of every layer below); shared (one embedding
+adds its input) or dense (each layer adds the inputs of every layer below it too); shared (one embedding
 and one recurrent stack for both sides) or separate encoder and decoder weights.
 
 Training feeds the decoder the true previous token with probability `teacher_forcing_ratio`
@@ -58,8 +58,10 @@ class RecurrentStack(nn.Module):
     """`layers` single-layer RNNs, run one after the other, with residual connections between them.
 
     Args:
-        residual: none; previous: layer l >= 2 adds its input to its output (Wu et al. 2016);
-            dense: layer l >= 2 reads the sum of the outputs of every layer below it (ResD, Britz et al. 2017).
+        residual: none; previous: layer l >= 2 adds its input to its output, x_(l+1) = h_l(x_l) + x_l
+            (Wu et al. 2016); dense: it adds the inputs of every layer from the second up to it,
+            x_(l+1) = h_l(x_l) + x_2 + ... + x_l (ResD, Britz et al. 2017). The first layer's input
+            is the embedding, of another size, so neither starts before the second layer.
         dropout: on the connections between layers (not the recurrent ones: Zaremba et al. 2014).
     """
 
@@ -79,17 +81,18 @@ class RecurrentStack(nn.Module):
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, list[LayerState]]:
         """inputs (N, T, input_size) -> outputs (N, T, hidden) and each layer's final state (1, N, hidden).
         With `lengths`, each row's steps past its length are padding the RNN never reads."""
-        x, outputs, final = inputs, [], []
+        x, hidden_inputs, final = inputs, [], []
         for i, rnn in enumerate(self.layers):
             out, last = self._run(rnn, self.between(x) if i else x, state[i] if state else None, lengths)
-            outputs.append(out)
             final.append(self._join_directions(last))
-            if i == 0 or self.residual == "none":
+            if i:  # from the second layer on, a layer's input has its output's size: it can be added
+                hidden_inputs.append(x)
+            if not hidden_inputs or self.residual == "none":
                 x = out
             elif self.residual == "previous":
                 x = out + x
-            else:  # dense: every layer so far
-                x = torch.stack(outputs).sum(0)
+            else:  # dense: the inputs of this layer and of every one below it that can be added
+                x = out + torch.stack(hidden_inputs).sum(0)
         return x, final
 
     @staticmethod
@@ -309,8 +312,11 @@ def build(
     if input_dropout:
         raise ConfigError(f"regularisation.input_dropout={input_dropout}: dropping token ids has no meaning; "
                           "use regularisation.dropout (between layers and before the head)")
-    if residual != "none" and layers < 2:
-        raise ConfigError(f"model.residual={residual} connects stacked layers: it needs model.layers >= 2")
+    if residual == "previous" and layers < 2:
+        raise ConfigError("model.residual=previous connects stacked layers: it needs model.layers >= 2")
+    if residual == "dense" and layers < 3:  # at 2 layers the one input it adds is the one `previous` adds
+        raise ConfigError(f"model.residual=dense differs from previous from 3 layers on: it needs model.layers >= 3 "
+                          f"(got {layers})")
     if bidirectional and hidden % 2:
         raise ConfigError(f"model.hidden={hidden} must be even with model.bidirectional=true (half per direction)")
     if shared and (bidirectional or attention == "additive" or decoder_cell != cell):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trainer.sweep.jobs  # noqa: F401 - registers the resolvers conf/config.yaml's hydra.sweep names (as the CLI does)
-from trainer.config import config_root
+from trainer.config import config_root, group_choices  # noqa: F401 - every choice of a group, read from conf/
 
 CONF_DIR = str(config_root())
 GROUPS_DIR = Path(CONF_DIR)
@@ -16,7 +16,3 @@ GROUPS_DIR = Path(CONF_DIR)
 # test_smoke.py checks that a run writes it by default).
 SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu", "curves=false"]
 
-
-def group_choices(group: str) -> list[str]:
-    """Every choice of a group, read from conf/ so a new YAML is covered without editing tests."""
-    return sorted(path.stem for path in (GROUPS_DIR / group).glob("*.yaml"))

@@ -146,6 +146,14 @@ def _describe(annotation: Any) -> str:
     return names.get(annotation, str(annotation))
 
 
+def group_choices(group: str) -> tuple[str, ...]:
+    """A group's choices: the names of conf/<group>/*.yaml, so a builder that switches on `name`
+    checks it against the files and no list repeats them. `none` (the off switch) leads, as in
+    "valid: none, batchnorm, ..."; the rest follow in Hydra's (alphabetical) order."""
+    names = sorted(path.stem for path in (config_root() / group).glob("*.yaml"))
+    return tuple(sorted(names, key=lambda name: name != "none"))
+
+
 def choices(cfg: DictConfig) -> dict[str, str]:
     """The chosen option of every group, e.g. {"init": "he", "norm": "layernorm", ...}."""
     return {group: str(cfg[group].name) for group in GROUPS}

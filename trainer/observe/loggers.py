@@ -24,10 +24,10 @@ from typing import Any, Protocol
 from omegaconf import DictConfig
 from torch import nn
 
-from trainer.config import build
+from trainer.config import build, group_choices
 from trainer.errors import ConfigError
 
-LOGGERS = ("console", "csv", "tensorboard")  # the YAMLs in conf/logger/
+LOGGERS = group_choices("logger")  # conf/logger/*.yaml
 METRIC_COLUMNS = ("kind", "epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "grad_norm", "grad_norm_max",
                   "clipped_fraction", "loss_scale", "skipped_steps", "samples_per_s", "elapsed")
 LAYER_COLUMNS = ("epoch", "step", "name", "kind", "act_mean", "act_std", "dead_fraction", "weight_norm",

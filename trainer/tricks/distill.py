@@ -39,9 +39,10 @@ from torch import nn
 
 from trainer.data import DataSplits
 from trainer.engine import checkpoint
+from trainer.config import group_choices
 from trainer.errors import ConfigError, TrainerError
 
-CHOICES = ("none", "soft")
+CHOICES = group_choices("distill")  # conf/distill/*.yaml
 
 
 class Losses(NamedTuple):

@@ -14,12 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trainer.config import group_choices
 from trainer.errors import ConfigError
 
-SCHEMES = (
-    "default", "zeros", "normal", "lecun_uniform", "xavier", "xavier_normal",
-    "he", "he_uniform", "orthogonal", "pretrained",
-)
+SCHEMES = group_choices("init")  # conf/init/*.yaml
 MODES = ("fan_in", "fan_out")
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainer.config import group_choices
 from trainer.errors import ConfigError
 
-NORMS = ("none", "batchnorm", "layernorm", "rmsnorm", "groupnorm")
+NORMS = group_choices("norm")  # conf/norm/*.yaml
 
 
 class ChannelsLast(nn.Module):

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainer.config import group_choices
 from trainer.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+OPTIMIZERS = group_choices("optim")  # conf/optim/*.yaml
 FUSED_DEVICES = ("cuda", "cpu")  # where torch has fused SGD, Adam and AdamW kernels
 
 

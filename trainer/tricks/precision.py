@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.optim import Optimizer
 
+from trainer.config import group_choices
 from trainer.errors import ConfigError
 from trainer.tricks.clipping import Clipping
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "auto")
+PRECISIONS = group_choices("precision")  # conf/precision/*.yaml
 
 
 @dataclass

@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer.config import config_root
+from trainer.config import config_root, group_choices
 from trainer.errors import ConfigError, TrainerError
 from trainer.observe.metrics import objective
 from trainer.observe.run_folder import discard_if_unused
@@ -136,7 +136,7 @@ def check_removals(overrides: list[str]) -> None:
             continue
         key, values = match["key"], (match["value"] or "").split(",")
         if key in groups and (match["remove"] or "null" in values):
-            options = ", ".join(sorted(path.stem for path in (conf / key).glob("*.yaml")))
+            options = ", ".join(group_choices(key))
             if key in OPTIONAL_GROUPS:  # Hydra cannot take null for a group on the command line
                 raise TrainerError(f"{override}: {key} is off unless chosen; leave {key}= out, or choose one of: {options}")
             raise TrainerError(f"{override} removes the {key} group, which every run needs; choose one of: {options}")

@@ -55,3 +55,22 @@ def test_unknown_key_names_the_valid_ones() -> None:
     node = OmegaConf.create({"_target_": "trainer.tricks.clipping.norm", "name": "norm", "max_nrom": 1.0})
     with pytest.raises(ConfigError, match="clipping.max_nrom is not a setting of clipping=norm; valid: max_norm, norm_type"):
         build("clipping", node)
+
+
+def test_a_choice_with_a_yaml_but_no_code_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The valid names are read from conf/: a YAML added without its code passes the name check, so
+    the builder must refuse the name rather than build a stand-in (RMSprop, RMSNorm, untouched weights)."""
+    import torch.nn as nn
+
+    from trainer.tricks import init, norm, optim
+
+    model = nn.Linear(4, 2)
+    monkeypatch.setattr(optim, "OPTIMIZERS", [*optim.OPTIMIZERS, "lion"])
+    with pytest.raises(NotImplementedError, match="optim=lion has a YAML"):
+        optim.build(model, name="lion", lr=0.1)
+    monkeypatch.setattr(norm, "NORMS", [*norm.NORMS, "powernorm"])
+    with pytest.raises(NotImplementedError, match="norm=powernorm has a YAML"):
+        norm.factory("powernorm")(8)
+    monkeypatch.setattr(init, "SCHEMES", [*init.SCHEMES, "fixup"])
+    with pytest.raises(NotImplementedError, match="init=fixup has a YAML"):
+        init.initialise(model, name="fixup")

@@ -68,6 +68,8 @@ def _weight_init(scheme: str, gain: float, mode: str, std: float) -> Callable[[t
                 weight.uniform_(-bound, bound)
             elif scheme == "orthogonal":  # Saxe et al. (2014)
                 nn.init.orthogonal_(weight, gain)
+            else:  # a conf/init/*.yaml without code here: never leave the weights silently as they were
+                raise NotImplementedError(f"init={scheme} has a YAML in conf/init/ but no code in trainer/tricks/init.py")
 
     return fill
 

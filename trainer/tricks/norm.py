@@ -61,6 +61,8 @@ class NormFactory:
                     f"choose a divisor of {num_features}"
                 )
             return nn.GroupNorm(self.groups, num_features, eps=self.eps)
+        if self.name not in ("layernorm", "rmsnorm"):  # a conf/norm/*.yaml without code here
+            raise NotImplementedError(f"norm={self.name} has a YAML in conf/norm/ but no code in trainer/tricks/norm.py")
         last_dim = (nn.LayerNorm if self.name == "layernorm" else nn.RMSNorm)(num_features, eps=self.eps)
         return ChannelsLast(last_dim) if spatial_dims else last_dim
 

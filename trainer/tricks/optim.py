@@ -67,8 +67,11 @@ def build(
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
-    # torch has no fused RMSprop: under fp16 the scaler syncs with the host each step (task=plan says so).
-    return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    if name == "rmsprop":
+        # torch has no fused RMSprop: under fp16 the scaler syncs with the host each step (task=plan says so).
+        return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    # A conf/optim/*.yaml without code here (the valid names are read from conf/): never a silent stand-in.
+    raise NotImplementedError(f"optim={name} has a YAML in conf/optim/ but no code in trainer/tricks/optim.py")
 
 
 def zero_momentum(optimizer: torch.optim.SGD) -> torch.optim.SGD:

@@ -60,6 +60,7 @@ def test_unknown_key_names_the_valid_ones() -> None:
 def test_a_choice_with_a_yaml_but_no_code_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     """The valid names are read from conf/: a YAML added without its code passes the name check, so
     the builder must refuse the name rather than build a stand-in (RMSprop, RMSNorm, untouched weights)."""
+    import torch
     import torch.nn as nn
 
     from trainer.tricks import init, norm, optim
@@ -74,3 +75,11 @@ def test_a_choice_with_a_yaml_but_no_code_fails_loudly(monkeypatch: pytest.Monke
     monkeypatch.setattr(init, "SCHEMES", [*init.SCHEMES, "fixup"])
     with pytest.raises(NotImplementedError, match="init=fixup has a YAML"):
         init.initialise(model, name="fixup")
+    from trainer.tricks import distill, precision
+
+    monkeypatch.setattr(precision, "PRECISIONS", [*precision.PRECISIONS, "fp8"])
+    with pytest.raises(NotImplementedError, match="precision=fp8 has a YAML"):
+        precision.build("fp8", torch.device("cpu"))
+    monkeypatch.setattr(distill, "CHOICES", [*distill.CHOICES, "hard"])
+    with pytest.raises(NotImplementedError, match="distill=hard has a YAML"):
+        distill.build("hard", nn.CrossEntropyLoss(), None, torch.device("cpu"))  # type: ignore[arg-type]

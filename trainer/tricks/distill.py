@@ -195,6 +195,8 @@ def build(name: str, criterion: nn.Module, data: DataSplits, device: torch.devic
     if name == "none":
         notice = f"distill=none: distill.teacher={teacher} is not used (distill=soft uses it)" if teacher else None
         return HardLoss(criterion, notice)
+    if name != "soft":  # a conf/distill/*.yaml without code here
+        raise NotImplementedError(f"distill={name} has a YAML in conf/distill/ but no code in trainer/tricks/distill.py")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
         raise ConfigError(f"distill.temperature={temperature} must be a number > 0 (the seed list: about 1 to 10)")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:

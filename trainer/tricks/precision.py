@@ -17,6 +17,7 @@ from trainer.errors import ConfigError
 from trainer.tricks.clipping import Clipping
 
 PRECISIONS = group_choices("precision")  # conf/precision/*.yaml
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # what a run may compute in besides fp32
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Precision:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.actual)
+        return AUTOCAST_DTYPES.get(self.actual)
 
     def autocast(self) -> AbstractContextManager:
         dtype = self.autocast_dtype
@@ -95,6 +96,8 @@ def build(name: str, device: torch.device) -> Precision:
     """Builder named by conf/precision/*.yaml; `device` is passed at run time."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
+    if name not in ("auto", "tf32", "fp32", *AUTOCAST_DTYPES):  # a conf/precision/*.yaml without code here
+        raise NotImplementedError(f"precision={name} has a YAML in conf/precision/ but no code in trainer/tricks/precision.py")
     cuda = device.type == "cuda"
     set_fp32_math(tf32=cuda and name == "tf32")
     if not cuda:

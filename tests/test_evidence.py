@@ -23,6 +23,7 @@ SMALL_DATA = {
     "timing": ["data.num_train=256", "data.num_val=16"],
     "text": ["data.max_chars=12000"],
     "text_probe": ["data.num_val=16", "data.num_test=16"],
+    "seq2seq": ["data.num_train=256", "data.num_val=16", "data.num_test=16"],
 }
 FEW_STEPS = ["epochs=1", "max_steps=2", "log_every=1", "device=cpu", "checkpoint.every_epochs=0"]
 

@@ -25,6 +25,7 @@ SEQ2SEQ = ["data=seq2seq", "model=seq2seq", "data.num_train=96", "data.num_val=1
 COMPANIONS = {
     ("model", "cnn"): ["data.image_size=8"],
     ("model", "resnet18"): ["data.image_size=8", "model.width=8"],  # the real width is for the benchmark
+    ("model", "seq2seq"): ["data=seq2seq", "data.num_train=128", "data.num_val=32", "data.num_test=32"],
     ("data", "adding"): ["data.num_train=128", "data.num_val=32", "data.seq_len=10"],
     ("data", "mnist1d"): ["data.num_samples=500"],
     ("data", "mnist"): ["model=cnn"],

@@ -297,10 +297,13 @@ class ReportCallback(Callback):
         from trainer.sweep import report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if config.get("smoke") or not sweep_dir.is_dir():  # smoke jobs keep no runs to report on
+        if not sweep_dir.is_dir():
             return
         # Jobs run by a launcher's worker processes listed their failures there, not here: read the marks.
         failed_jobs.extend(name for name in marked_failures(sweep_dir) if name not in failed_jobs)
+        if config.get("smoke"):  # smoke jobs keep no runs to report on, and leave no marks behind either
+            shutil.rmtree(sweep_dir / FAILED_MARKS, ignore_errors=True)
+            return
         # Jobs that stopped on a config error leave no folder behind; list them by name.
         missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]
         report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

@@ -8,7 +8,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,3 +177,12 @@ def shipped_defaults(cfg: DictConfig) -> dict[str, Any]:
             merged = OmegaConf.merge(OmegaConf.create(tree.get(group) or {}), OmegaConf.load(path))
             tree[str(group)] = OmegaConf.to_container(merged, resolve=False)
     return flatten(tree)
+
+
+def added_at_default(cfg: DictConfig, known: Collection[str], current: dict[str, Any],
+                     encode: Callable[[Any], Any] = lambda value: value) -> set[str]:
+    """The keys of `current` (`cfg` flattened, its values as `encode` writes them) that an older
+    record, which knew only `known`, lacks and that hold their shipped default: keys an upgrade
+    added, which change nothing until someone sets them (see shipped_defaults)."""
+    defaults = shipped_defaults(cfg)
+    return {key for key, value in current.items() if key not in known and key in defaults and encode(defaults[key]) == value}

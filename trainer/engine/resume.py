@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import flatten, shipped_defaults
+from trainer.config import added_at_default, flatten
 from trainer.engine import distributed
 from trainer.engine.checkpoint import Checkpointer
 from trainer.errors import ConfigError
@@ -31,13 +31,11 @@ MUST_MATCH = ("data", "model", "norm", "regularisation", "optim.name", "sched.na
 
 def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
     old, new = flatten(saved), flatten(OmegaConf.to_container(cfg, resolve=True))
-    # A key the checkpoint does not know, at its shipped default, was added by an upgrade and
-    # changes nothing (config.shipped_defaults).
-    defaults = shipped_defaults(cfg)
+    added = added_at_default(cfg, old, new)  # keys this checkpoint predates, left at their defaults
     differing = sorted(
         key for key in set(old) | set(new)
         if any(key == m or key.startswith(m + ".") for m in MUST_MATCH) and old.get(key) != new.get(key)
-        and not key.endswith("._target_") and not (key not in old and key in defaults and defaults[key] == new[key])
+        and not key.endswith("._target_") and key not in added
     )
     if differing:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])

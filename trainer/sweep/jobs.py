@@ -43,7 +43,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import flatten, shipped_defaults
+from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
@@ -253,9 +253,8 @@ def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, 
 def _as_recorded(recorded: dict[str, str], current: dict[str, str], cfg: DictConfig) -> dict[str, str]:
     """`current` less the keys the record does not know that hold their shipped default: keys an
     upgrade added, which change nothing until someone sets them."""
-    defaults = shipped_defaults(cfg)
-    return {key: value for key, value in current.items()
-            if key in recorded or key not in defaults or json.dumps(defaults[key]) != value}
+    added = added_at_default(cfg, recorded, current, encode=json.dumps)
+    return {key: value for key, value in current.items() if key not in added}
 
 
 def _continuable(job_dir: Path) -> bool:

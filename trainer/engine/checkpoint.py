@@ -206,13 +206,16 @@ class Checkpointer:
         if best:  # the same bytes: a second name for the file, not a second write
             # The new file is listed before best.pt names it, so best.pt always holds bytes the
             # index lists (as best, or as a checkpoint): read or killed at any point, it verifies.
-            _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
+            self._write_index(index)
             _link_atomic(self.folder / name, self.folder / BEST, data)
             index["best"] = {"file": BEST, "sha256": digest, "step": step}
-        _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
+        self._write_index(index)
         for entry in stale:  # deleted only once the index no longer lists them
             (self.folder / entry["file"]).unlink(missing_ok=True)
         return self.folder / name
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
 
 
 def load(path: Path, expected_sha256: str | set[str] | None = None) -> dict[str, Any]:

@@ -148,28 +148,14 @@ def test_killed_sweep_job_continues_from_its_checkpoint_exactly(uninterrupted: A
     assert_same_outcome(uninterrupted("defaults"), job)
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained run of the same data to distil from (made in this process: no interpreter start)."""
-    from hydra import compose, initialize_config_dir
-
-    from helpers import CONF_DIR
-    from trainer.run import run
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*RUN, "epochs=1", "curves=false"])
-    run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    run(cfg, run_dir)
-    return run_dir
-
-
 # Exact resume under distillation (the teacher loaded again from its file, its hash checked): slow,
 # about 20 s a point even on a quiet machine. In the default run, tests/test_distill.py checks that a
 # checkpoint holds the teacher's path and hash and that a changed teacher is refused on resume.
 @pytest.mark.slow
 @pytest.mark.parametrize("kills", [POINTS["epoch_end"], CHAIN], ids=["epoch_end", "chain"])
-def test_distilled_run_killed_resumes_exactly(teacher: Path, tmp_path: Path, kills: list[str]) -> None:
-    overrides = ["distill=soft", f"distill.teacher={teacher}"]
+def test_distilled_run_killed_resumes_exactly(trained_run: Path, tmp_path: Path, kills: list[str]) -> None:
+    """The teacher: conftest's trained run, of the same synthetic data (its classes and input shape)."""
+    overrides = ["distill=soft", f"distill.teacher={trained_run}"]
     assert train(tmp_path / "full", overrides).returncode == 0
     killed_and_resumed(tmp_path / "run", overrides, kills)
     assert_same_outcome(tmp_path / "full", tmp_path / "run")

@@ -61,6 +61,10 @@ class DataSplits:
     def num_train(self) -> int:
         return len(self.x_train)
 
+    def describe(self) -> dict[str, object]:
+        """How the run reads its data, for summary.json: held in memory (streamed.StreamedSplits: streamed)."""
+        return {"path": "in_memory", "train_samples": self.num_train}
+
     def labels(self, name: str) -> torch.Tensor:
         """Every target of split `name` ("train", "val", "test")."""
         return getattr(self, f"y_{name}")

@@ -103,6 +103,10 @@ class StreamedSplits:
         """A uint8 batch (N, C, H, W) on the device -> float32, standardised with the training statistics."""
         return (images.float().div_(255) - self.mean) / self.std
 
+    def describe(self) -> dict[str, object]:
+        """How the run reads its data, for summary.json."""
+        return {"path": "streaming", "train_samples": self.num_train, "workers": self.workers}
+
     def labels(self, name: str) -> torch.Tensor:
         """Every label of split `name` ("train", "val", "test"), on the host."""
         return self.split(name).labels

@@ -72,6 +72,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: "TrainState", restored_best:
         "memory": peak_memory(parts.device),
         "threads": parts.threads,
         "world_size": parts.distributed.world_size,
+        "data": parts.data.describe(),
         "torch": torch.__version__,
     }
 

@@ -129,7 +129,7 @@ class Trainer:
         self.probes = probes or []
         self.state = TrainState()
         self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
-        self.meter = StepMeter(settings.log_every, self.data.x_train.device)
+        self.meter = StepMeter()
         self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
         self.started = 0.0
@@ -141,7 +141,8 @@ class Trainer:
         x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
         accumulate = self.settings.accumulate
         losses = []
-        micros = self.ranks.share(index).chunk(accumulate)  # this rank's part of the global batch
+        share = self.ranks.share(index)  # this rank's part of the global batch
+        micros = share.chunk(accumulate) if accumulate > 1 else (share,)
         for number, micro in enumerate(micros):
             # Under torchrun, gradients are averaged across ranks once per step: in the last backward.
             with self.ranks.no_sync(self.ddp, last=number == len(micros) - 1):

@@ -67,6 +67,9 @@ def test_without_a_validation_split_it_is_held_out_of_train_and_test_is_untouche
     assert torch.equal(data.y_val, labels(80)[val_rows])
     assert torch.equal(data.y_test, labels(10)) and len(data.x_test) == 10
     assert data.notices == [f"data.path={folder} has no 'validation' split: validation is a seeded 25% of 'train'"]
+    (folder / "train-00000-of-00001.parquet").unlink()  # a folder of test files alone has no training split
+    with pytest.raises(DataError, match=r"has no 'train' split \(its splits: test\); set data.train_split"):
+        hf.build(str(folder), image_column="features", label_column="kind", root=str(tmp_path / "cache"))
 
 
 @needs_datasets
@@ -103,6 +106,7 @@ def test_no_network_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 @needs_datasets
 @pytest.mark.parametrize("args, message", [
     (["data.path=/no/such/folder"], "data.path=/no/such/folder does not exist; give a folder written by save_to_disk"),
+    (["data.path={SAVED}/../*.parquet"], "matches no Parquet files"),
     (["data.path={SAVED}", "data.image_column=img"],
      "data.image_column=img is not a column of the 'train' split of {SAVED}; its columns: image, label"),
     (["data.path={SAVED}", "data.label_column=kind"], "data.label_column=kind is not a column"),

@@ -62,9 +62,10 @@ def read_splits(path: str, root: str, names: tuple[str, ...]) -> dict[str, "data
         return {names[0]: loaded} if isinstance(loaded, lib.Dataset) else dict(loaded)
     files = _parquet_files(location)
     if not files:
-        what = "does not exist" if not glob.has_magic(location) and not os.path.exists(location) else "holds no data set"
+        what = ("matches no Parquet files" if glob.has_magic(location) else "does not exist" if not os.path.exists(location)
+                else "holds neither a save_to_disk data set nor Parquet files")
         raise DataError(f"data.path={path} {what}; {LAYOUT}")
-    groups = {names[0]: files} if len(files) == 1 else _group_by_split(path, files, names)
+    groups = {names[0]: files} if os.path.isfile(location) else _group_by_split(path, files, names)
     cache = os.path.join(os.path.expanduser(root), "hf")  # the Parquet files converted to memory-mapped Arrow
     try:
         return {split: lib.Dataset.from_parquet(group, keep_in_memory=False, cache_dir=cache)

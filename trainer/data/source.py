@@ -36,7 +36,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def micro_batches(index: torch.Tensor, ranks: "Context", accumulate: int) -> tuple[torch.Tensor, ...]:
     """This rank's micro-batches of a step's global batch of sample indices."""
-    return ranks.share(index).chunk(accumulate)
+    share = ranks.share(index)
+    return share.chunk(accumulate) if accumulate > 1 else (share,)
 
 
 def tensor_batches(inputs: torch.Tensor, targets: torch.Tensor, ranks: "Context", batch_size: int) -> Iterator[Batch]:

@@ -133,7 +133,7 @@ class Trainer:
         self.probes = probes or []
         self.state = TrainState()
         self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
-        self.meter = StepMeter(settings.log_every, parts.device)
+        self.meter = StepMeter()
         self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
         self.started = 0.0

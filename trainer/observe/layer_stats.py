@@ -124,7 +124,7 @@ def collect(
         act = out.detach().float()
         sample = _sample(act, activation_samples) if activation_samples > 0 else None
         label = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        calls.append((label, module, _activation_stats(act, module), sample))
+        calls.append((label, module, _activation_stats(act, isinstance(module, RELU_FAMILY)), sample))
 
     handles = [module.register_forward_hook(hook) for _, module in watched]
     devices = {p.device for p in model.parameters()} | {x.device}
@@ -145,22 +145,27 @@ def collect(
         for handle in handles:
             handle.remove()
     grad_of = {id(p): g for p, g in zip(params, grads)}
-    return _rows(calls, grad_of)
+    return _rows(calls, {id(module): _weights(module) for _, module in watched}, grad_of)
 
 
-def _activation_stats(act: Tensor, module: nn.Module) -> Tensor:
+def _weights(module: nn.Module) -> list[nn.Parameter]:
+    """A module's own `weight*` parameters (weight, weight_ih_l0, ...): what its norms are over."""
+    return [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
+
+
+def _activation_stats(act: Tensor, relu_family: bool) -> Tensor:
     """[mean, std, dead fraction] of one layer output, on its device (nan where undefined)."""
-    nan = torch.full((), float("nan"), device=act.device)
+    nan = act.new_tensor(float("nan"))
+    # Two reductions, not torch.std_mean: on the CPU that single op is several times slower.
     mean = act.mean() if act.numel() else nan
     std = act.std() if act.numel() > 1 else nan
-    dead = _dead_fraction(act) if isinstance(module, RELU_FAMILY) and act.ndim >= 2 else nan
+    dead = _dead_fraction(act) if relu_family and act.ndim >= 2 else nan
     return torch.stack([mean, std, dead])
 
 
-def _weight_stats(module: nn.Module, grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
-    """[weight norm, grad norm, grad std] over a module's own `weight*` parameters (nan where absent)."""
+def _weight_stats(weights: list[nn.Parameter], grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
+    """[weight norm, grad norm, grad std] over a module's `weight*` parameters (nan where absent)."""
     nan = torch.full((), float("nan"), device=device)
-    weights = [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
     if not weights:
         return torch.stack([nan, nan, nan])
     weight_norm = torch.cat([w.detach().float().reshape(-1) for w in weights]).norm().to(device)
@@ -171,29 +176,28 @@ def _weight_stats(module: nn.Module, grad_of: dict[int, Tensor | None], device: 
     return torch.stack([weight_norm, flat.norm(), flat.std() if flat.numel() > 1 else nan])
 
 
-def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]],
+def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]], weights_of: dict[int, list[nn.Parameter]],
           grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
     """Stack every statistic on the device and read them all back with one host sync."""
     if not calls:
         return []
     device = calls[0][2].device
-    table = torch.stack([torch.cat([act.to(device), _weight_stats(module, grad_of, device)])
+    table = torch.stack([torch.cat([act.to(device), _weight_stats(weights_of[id(module)], grad_of, device)])
                          for _, module, act, _ in calls]).cpu().tolist()
     rows: list[dict[str, Any]] = []
     for (name, module, _, sample), values in zip(calls, table):
         row: dict[str, Any] = {"name": name, "kind": type(module).__name__}
         for key, value in zip(STAT_KEYS, values):
             # nan marks "not defined for this layer" (no weights, not a ReLU); inf stays: it is real.
-            row[key] = None if value != value and _undefined(key, module, grad_of) else float(value)
+            row[key] = None if value != value and _undefined(key, module, weights_of[id(module)], grad_of) else float(value)
         if sample is not None:
             row["activations"] = sample
         rows.append(row)
     return rows
 
 
-def _undefined(key: str, module: nn.Module, grad_of: dict[int, Tensor | None]) -> bool:
+def _undefined(key: str, module: nn.Module, weights: list[nn.Parameter], grad_of: dict[int, Tensor | None]) -> bool:
     """Whether statistic `key` does not apply to `module` (so nan means None, not a numeric nan)."""
-    weights = [p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")]
     if key == "dead_fraction":
         return not isinstance(module, RELU_FAMILY)
     if key == "weight_norm":

@@ -57,6 +57,23 @@ class DataSplits:
     def has_test(self) -> bool:
         return self.x_test is not None and self.y_test is not None
 
+    @property
+    def num_train(self) -> int:
+        return len(self.x_train)
+
+    def describe(self) -> dict[str, object]:
+        """How the run reads its data, for summary.json: held in memory (streamed.StreamedSplits: streamed)."""
+        return {"path": "in_memory", "train_samples": self.num_train}
+
+    def labels(self, name: str) -> torch.Tensor:
+        """Every target of split `name` ("train", "val", "test")."""
+        return getattr(self, f"y_{name}")
+
+    def head(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` samples of split `name` (views): what the layer statistics, the
+        diagnosis and the tools read; streamed data (streamed.StreamedSplits) answers the same."""
+        return getattr(self, f"x_{name}")[:count], getattr(self, f"y_{name}")[:count]
+
     def to(self, device: torch.device) -> "DataSplits":
         test = (self.x_test.to(device), self.y_test.to(device)) if self.has_test else (None, None)
         return DataSplits(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
 from trainer.engine.signals import StopSignals
 from trainer.observe.display import PlainDisplay
+from trainer.observe.layer_stats import LayerWatch
 from trainer.observe.loggers import Logger
 from trainer.observe.metrics import lower_is_better_score
 from trainer.tricks.sched import current_lr
@@ -109,11 +111,14 @@ class Trainer:
         generator: the data order's own generator, independent of the model's RNG.
         checkpoints: when a checkpoint is due, and how one is saved and waited for.
         probes: called at each epoch end; a record each returns goes to the loggers.
+        watch_layers: measure per-layer statistics on each epoch's last training step, into
+            `layer_rows` (for observe.probes.layers_probe).
     """
 
     def __init__(
         self, parts: Parts, display: PlainDisplay, loggers: list[Logger], generator: torch.Generator,
         checkpoints: CheckpointPolicy | None = None, probes: list[Probe] | None = None,
+        watch_layers: bool = False,
     ) -> None:
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
         self.settings = settings = parts.settings
@@ -136,35 +141,53 @@ class Trainer:
         self.meter = StepMeter()
         self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
+        # An evaluation's per-layer statistics come from the epoch's last training step: hooks on
+        # its forward, its gradients before the update, so they cost no extra forward or backward.
+        # A compiled net's submodules take no hooks without recompiling: layers_probe measures it apart.
+        self.layer_watch = LayerWatch(self.model) if watch_layers and not settings.compile else None
+        self.layer_rows: list[dict[str, Any]] | None = None
         self.started = 0.0
 
     # ---- the step -------------------------------------------------------------------------
 
-    def train_step(self, index: torch.Tensor) -> None:
+    def train_step(self, index: torch.Tensor, measure_layers: bool = False) -> None:
         """One optimizer step over `accumulate` micro-batches: the training samples `index` names
-        (the step's global batch, a slice of the epoch's order)."""
+        (the step's global batch, a slice of the epoch's order); with `measure_layers` (and a layer
+        watch), the per-layer statistics of this step into `layer_rows`."""
         parts = self.parts
         accumulate = self.settings.accumulate
         losses = []
         micros = self.source.step(index)  # this rank's part of the global batch, on the device
+        watch = self.layer_watch if measure_layers else None
         for number, (x, y) in enumerate(micros):
+            last = number == len(micros) - 1
             # Under torchrun, gradients are averaged across ranks once per step: in the last backward.
-            with self.ranks.no_sync(self.ddp, last=number == len(micros) - 1):
+            with self.ranks.no_sync(self.ddp, last=last):
                 with parts.precision.autocast():
                     inputs = parts.augment(x)
+                    with watch if watch is not None and last else nullcontext():
+                        outputs = self.train_net(inputs)
                     # The objective to minimise, and the hard-label loss reported as train_loss
                     # (the same tensor unless distill=soft mixes in the teacher's soft targets).
-                    objective, loss = parts.loss(self.train_net(inputs), y, inputs)
+                    objective, loss = parts.loss(outputs, y, inputs)
                 objective = parts.penalty(objective)
                 # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
                 parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
             losses.append(loss.detach())
+        if watch is not None:
+            self.layer_rows = watch.rows(self._true_gradients())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params,
                                                   self.settings.skip_nonfinite)
         parts.schedule.step_end()
         parts.teacher_forcing.step_end()
         self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)
         self.state.interval.skipped += skipped
+
+    def _true_gradients(self) -> dict[int, torch.Tensor | None]:
+        """Each parameter's gradient as the optimizer will apply it, before clipping: under fp16
+        unscaled (a host sync for the scale: once an epoch)."""
+        scale = self.parts.precision.loss_scale
+        return {id(p): (p.grad / scale if scale else p.grad) if p.grad is not None else None for p in self.params}
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -198,7 +221,8 @@ class Trainer:
             self.generator.set_state(state.order_state)
             order = self.source.start_epoch(torch.randperm(n, generator=self.generator), state.batch, step_batch, per_epoch)
             while state.batch < per_epoch:
-                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch])
+                last_of_epoch = state.batch == per_epoch - 1 or bool(settings.max_steps) and state.step + 1 >= settings.max_steps
+                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch], last_of_epoch)
                 state.batch += 1
                 state.step += 1
                 state.samples_seen += min(step_batch, n)

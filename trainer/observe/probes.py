@@ -53,13 +53,17 @@ def start_record(parts: "Parts") -> dict[str, Any]:
             "initial_loss": float(loss), "train_samples": data.num_train}
 
 
-LAYER_STATS_BATCH = 64  # validation samples for the per-layer statistics: enough for means and stds, cheap each epoch
+LAYER_STATS_BATCH = 64  # validation samples for the statistics measured apart (the fresh model, a compiled net)
 
 
 def layers_probe(trainer: "Trainer") -> dict[str, Any]:
-    """Per-layer activation, weight and gradient statistics at an evaluation (one extra
-    forward and backward on validation samples; no step, and the model is left as it was)."""
+    """Per-layer activation, weight and gradient statistics at an evaluation: those of the epoch's
+    last training step where the trainer watched it (its batch, its gradients before clipping and
+    the update, as the optimizer saw them), else one extra forward and backward on validation
+    samples (no step, and the model is left as it was)."""
     parts, state = trainer.parts, trainer.state
-    x, y = parts.data.head("val", LAYER_STATS_BATCH)
-    rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
+    rows, trainer.layer_rows = trainer.layer_rows, None
+    if rows is None:
+        x, y = parts.data.head("val", LAYER_STATS_BATCH)
+        rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
     return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}

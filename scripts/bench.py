@@ -11,6 +11,11 @@ building are outside the timing, for all three). Checkpointing and logging are o
 three, so the figures compare the training loops themselves; a fourth way, `train_ckpt`, is
 `train` with its default checkpointing (a checkpoint at every epoch end, best.pt), to show what
 that costs (its timing includes waiting for the last checkpoint's write).
+
+The `imagefolder` case streams an ImageFolder from disk (IMAGES generated JPEGs of IMAGE_SIDE px in
+a temporary folder, data.in_memory=false, data.workers=WORKERS): `train` against a hand-written
+DataLoader loop over the same dataset with the same workers, pinned memory and persistent workers
+(`raw`); run it with `--cases imagefolder --ways raw train`.
 """
 from __future__ import annotations
 
@@ -25,15 +30,19 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from trainer.cli import CONF_DIR
+from trainer.data.streamed import StreamedSplits
 from trainer.engine.parts import build_parts
 from trainer.run import run
 
@@ -44,9 +53,24 @@ class Case:
     overrides: tuple[str, ...]
     batch_size: int
     steps: int  # per timed run
+    ways: tuple[str, ...] = field(default=("raw", "train", "train_ckpt", "lightning"))
 
 
-def cases(device: str) -> list[Case]:
+IMAGES, IMAGE_SIDE, WORKERS = 3000, 64, 2  # the imagefolder case: 2400 to train on, 600 to validate
+
+
+def image_folder(root: Path) -> Path:
+    """IMAGES JPEGs in two class folders under root: smooth random patterns (8 x 8 noise, upsampled)."""
+    rng = np.random.default_rng(0)
+    for i in range(IMAGES):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def cases(device: str, image_root: Path) -> list[Case]:
     cpu = device == "cpu"
     # Whole epochs in every case, so all three ways evaluate the same number of times.
     batch, steps = (32, 8) if cpu else (512, 64)
@@ -56,6 +80,10 @@ def cases(device: str) -> list[Case]:
         Case("cnn1d", ("data=mnist1d", "model=cnn1d"), 100, 400),  # 10 epochs of 40 steps
         Case("mlp", ("data=mnist1d", "model=mlp"), 100, 400),
         Case("resnet18", images, batch, steps),  # CPU: one epoch of 8 steps; CUDA: two of 32
+        # One epoch of 2400 streamed images in batches of 64 (a small CNN: the data path is what is compared).
+        Case("imagefolder", ("data=imagefolder", f"data.path={image_root}", f"data.image_size={IMAGE_SIDE}",
+                             "data.in_memory=false", f"data.workers={WORKERS}", "model=cnn", "model.channels=[16,32]"),
+             64, 2400 // 64, ways=("raw", "train", "train_ckpt")),
     ]
 
 
@@ -75,8 +103,11 @@ def synchronize(device: str) -> None:
 # ---- the three ways -----------------------------------------------------------------------------
 
 def raw_loop(cfg, steps: int) -> float:
-    """What a careful user writes by hand: data on the device, index batching, AdamW, autocast."""
+    """What a careful user writes by hand: data on the device, index batching, AdamW, autocast
+    (streamed data: `raw_loader_loop`)."""
     parts = build_parts(cfg)  # the same model, init and optimizer settings as `train`
+    if isinstance(parts.data, StreamedSplits):
+        return raw_loader_loop(cfg, parts, steps)
     model, optimizer, data = parts.model, parts.optimizer, parts.data
     dtype = parts.precision.autocast_dtype
     scaler = torch.amp.GradScaler(parts.device.type, enabled=dtype == torch.float16)
@@ -105,6 +136,45 @@ def raw_loop(cfg, steps: int) -> float:
                               for s in range(0, len(data.x_val), 1024))
             float(correct)  # read the result, as a loop that prints or logs it must
     synchronize(device)
+    return time.perf_counter() - start
+
+
+def raw_loader_loop(cfg, parts, steps: int) -> float:
+    """The hand-written loop over images on disk: a shuffling DataLoader over the same dataset with the
+    same workers, pinned memory and persistent workers; uint8 batches normalised on the device."""
+    model, optimizer, data, device = parts.model, parts.optimizer, parts.data, parts.device
+    mean, std = data.mean.to(device), data.std.to(device)
+    pin, workers = device.type == "cuda", data.workers
+    train = DataLoader(data.train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    val = DataLoader(data.val.dataset, batch_size=1024, num_workers=workers, pin_memory=pin,
+                     persistent_workers=workers > 0)
+    loss_fn = nn.CrossEntropyLoss()
+    dtype = parts.precision.autocast_dtype
+    autocast = lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
+
+    def ready(x: torch.Tensor) -> torch.Tensor:
+        return (x.to(device, non_blocking=True).float().div_(255) - mean) / std
+
+    synchronize(device.type)
+    start = time.perf_counter()
+    step = 0
+    while step < steps:
+        model.train()
+        for x, y in train:
+            with autocast():
+                loss = loss_fn(model(ready(x)), y.to(device, non_blocking=True))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == steps:
+                break
+        model.eval()  # evaluate at each epoch end (and the last step), as `train` does
+        with torch.no_grad(), autocast():
+            correct = sum((model(ready(x)).argmax(1) == y.to(device)).sum() for x, y in val)
+        float(correct)
+    synchronize(device.type)
     return time.perf_counter() - start
 
 
@@ -167,7 +237,7 @@ WAYS: dict[str, Callable] = {"raw": raw_loop, "train": trainer_way, "train_ckpt"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="*", help="cnn1d, mlp, resnet18 (default: all)")
+    parser.add_argument("--cases", nargs="*", help="cnn1d, mlp, resnet18, imagefolder (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
@@ -175,15 +245,29 @@ def main() -> None:
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    chosen = [c for c in cases(args.device) if not args.cases or c.name in args.cases]
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as folder:
+        images = Path(folder)
+        chosen = [c for c in cases(args.device, images) if not args.cases or c.name in args.cases]
+        if any(case.name == "imagefolder" for case in chosen):
+            image_folder(images)
+        results = measure(chosen, args)
+    machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,
+               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "python": sys.version.split()[0]}
+    Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def measure(chosen: list[Case], args: argparse.Namespace) -> dict:
     results = {}
     for case in chosen:
         cfg = config(case, args.device, args.precision)
-        for way in args.ways:  # one untimed warm-up each: imports, allocator, kernel choice
+        ways = [way for way in args.ways if way in case.ways]
+        for way in ways:  # one untimed warm-up each: imports, allocator, kernel choice
             WAYS[way](cfg, case.steps)
-        times: dict[str, list[float]] = {way: [] for way in args.ways}
+        times: dict[str, list[float]] = {way: [] for way in ways}
         for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits all ways alike
-            for way in args.ways:
+            for way in ways:
                 times[way].append(WAYS[way](cfg, case.steps))
         medians = {way: statistics.median(t) for way, t in times.items()}
         samples = case.steps * case.batch_size
@@ -200,11 +284,7 @@ def main() -> None:
               + (f"  train_ckpt/raw {row['train_ckpt_over_raw']:.3f}" if row["train_ckpt_over_raw"] else "")
               + (f"  lightning/train {row['lightning_over_train']:.2f}" if row["lightning_over_train"] else ""),
               flush=True)
-    machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "python": sys.version.split()[0]}
-    Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    return results
 
 
 if __name__ == "__main__":

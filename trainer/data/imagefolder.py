@@ -79,7 +79,7 @@ def build(
                          workers, f"data=imagefolder is streamed from disk ({reason}) by {workers} worker process(es)")
 
     tf = transforms.Compose([*steps, transforms.ToTensor()])
-    x, y, classes = _load("path", files["path"], tf)
+    x, y, classes = _load(files["path"], tf)
     if len(classes) < 2:
         raise DataError(f"data.path={path} has only the class folder {classes}; needs at least 2 classes, {LAYOUT}")
 
@@ -94,12 +94,12 @@ def build(
         x_train, y_train, x_val, y_val = x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
     else:
         x_train, y_train = x, y
-        x_val, y_val, val_classes = _load("val_path", files["val_path"], tf)
+        x_val, y_val, val_classes = _load(files["val_path"], tf)
         _check_classes("val_path", val_path, val_classes, path, classes)
 
     x_test = y_test = None
     if test_path is not None:
-        x_test, y_test, test_classes = _load("test_path", files["test_path"], tf)
+        x_test, y_test, test_classes = _load(files["test_path"], tf)
         _check_classes("test_path", test_path, test_classes, path, classes)
 
     mean, std = image_stats(x_train)
@@ -120,13 +120,28 @@ def _in_memory(value: Any) -> str:
     return str(text)
 
 
-def _index(key: str, folder: str) -> datasets.ImageFolder:
-    """The ImageFolder of `folder` (named by config key `key` in errors): its files and classes, no image read."""
+class ImageFiles(datasets.ImageFolder):
+    """An ImageFolder whose unreadable image is a one-line DataError naming the file and config key."""
+
+    def __init__(self, folder: str, key: str) -> None:
+        super().__init__(folder)
+        self.key = key
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        try:
+            return super().__getitem__(index)
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise DataError(f"data.{self.key}: cannot read the image {self.samples[index][0]} ({e}); "
+                            "fix or remove it") from e
+
+
+def _index(key: str, folder: str) -> ImageFiles:
+    """The images of `folder` (named by config key `key` in errors): its files and classes, no image read."""
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise DataError(f"data.{key}={folder} does not exist; {LAYOUT}")
     try:
-        return datasets.ImageFolder(folder)
+        return ImageFiles(folder, key)
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise DataError(f"data.{key}={folder} has no usable images ({e}); {LAYOUT}") from e
 
@@ -137,7 +152,7 @@ def _check_classes(key: str, folder: str, classes: list[str], path: str, expecte
                         f"has {expected}; they must match")
 
 
-def _streamed(files: dict[str, datasets.ImageFolder], pixels: transforms.Compose, path: str, val_fraction: float,
+def _streamed(files: dict[str, ImageFiles], pixels: transforms.Compose, path: str, val_fraction: float,
               seed: int, workers: int, notice: str) -> StreamedSplits:
     """The splits as datasets of uint8 images read from disk; the validation split held out of `path`
     exactly as the in-memory path holds it out (the same seeded permutation)."""
@@ -170,13 +185,8 @@ def _streamed(files: dict[str, datasets.ImageFolder], pixels: transforms.Compose
     return streamed_splits(train_split, val_split, test_split, len(classes), workers, [notice])
 
 
-def _load(key: str, ds: datasets.ImageFolder, tf: transforms.Compose) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Read every image of `ds` (its folder named by config key `key` in errors) into one tensor."""
+def _load(ds: ImageFiles, tf: transforms.Compose) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read every image of `ds` into one tensor."""
     ds.transform = tf
-    images = []
-    for i, (file, _) in enumerate(ds.samples):
-        try:
-            images.append(ds[i][0])
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-            raise DataError(f"data.{key}: cannot read the image {file} ({e}); fix or remove it") from e
+    images = [ds[i][0] for i in range(len(ds))]
     return torch.stack(images), torch.tensor(ds.targets, dtype=torch.int64), ds.classes

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from trainer.data import DataSplits
-from trainer.data.streamed import StreamedSplits, loader
+from trainer.data.streamed import StreamedSplits, loader, worker_errors
 
 if TYPE_CHECKING:
     from trainer.engine.distributed import Context
@@ -113,7 +113,8 @@ class StreamSource:
 
     def step(self, index: torch.Tensor) -> list[Batch]:
         # The sampler yields the micro-batches of `index` next: it walks the same order.
-        return [self._to_device(next(self.batches)) for _ in micro_batches(index, self.ranks, self.accumulate)]
+        with worker_errors():
+            return [self._to_device(next(self.batches)) for _ in micro_batches(index, self.ranks, self.accumulate)]
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """This rank's shard of split `split` ("val", "test"), in batches, on the device (data in
@@ -123,7 +124,12 @@ class StreamSource:
             shard = self.ranks.shard(len(self.data.split(split)))
             self.evaluation[split, batch_size] = loader(Subset(dataset, range(shard.start, shard.stop)),
                                                         self.data.workers, self.pin, batch_size=batch_size)
-        return (self._to_device(batch) for batch in self.evaluation[split, batch_size])
+        return self._read(self.evaluation[split, batch_size])
+
+    def _read(self, batches: DataLoader) -> Iterator[Batch]:
+        with worker_errors():
+            for batch in batches:
+                yield self._to_device(batch)
 
     def _to_device(self, batch: Batch) -> Batch:
         images, labels = batch

@@ -22,12 +22,14 @@ trainer/data/source.py reads the batches (DataLoader worker processes, pinned me
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 
 # The training images the per-channel statistics are measured on, as float32 bytes: the whole
 # split when it is that small, else its first images (a random sample: the split order is shuffled).
@@ -136,9 +138,23 @@ def loader(dataset: Dataset, workers: int, pin: bool, **batching: object) -> Dat
                       **batching)  # type: ignore[arg-type]
 
 
+@contextmanager
+def worker_errors() -> Iterator[None]:
+    """Around reading a loader: a DataError raised in a worker process (an unreadable image) arrives
+    wrapped in the worker's traceback; it is raised again as its own one line."""
+    try:
+        yield
+    except DataError as error:
+        lines = str(error).strip().splitlines()
+        if len(lines) > 1:
+            raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
+        raise
+
+
 def read_all(split: Streamed, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sample of `split` in order, stacked: uint8 images (N, C, H, W) and int64 labels."""
-    batches = list(loader(split.dataset, min(workers, 2), pin=False, batch_size=256))
+    with worker_errors():
+        batches = list(loader(split.dataset, min(workers, 2), pin=False, batch_size=256))
     return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches]).long()
 
 

@@ -142,7 +142,7 @@ def test_auto_streams_what_does_not_fit_the_budget(images: list[str]) -> None:
     held = imagefolder.build(path, image_size=8, memory_budget_mb=1)
     streamed = imagefolder.build(path, image_size=8, memory_budget_mb=0.04, workers=0)
     assert isinstance(held, DataSplits) and isinstance(streamed, StreamedSplits)
-    assert any("the images need 0.0439 MiB in memory, over data.memory_budget_mb=0.04" in n for n in streamed.notices)
+    assert any("the images need 0.044 MiB in memory, over data.memory_budget_mb=0.04" in n for n in streamed.notices)
     assert torch.equal(streamed.labels("val"), held.y_val) and streamed.num_train == len(held.x_train)
     assert isinstance(imagefolder.build(path, image_size=8, in_memory=True, memory_budget_mb=0.04), DataSplits)
 

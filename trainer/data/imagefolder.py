@@ -74,7 +74,7 @@ def build(
     needed = sum(len(found.samples) for found in files.values()) * (1 if grayscale else 3) * image_size**2 * 4
     if mode == "false" or mode == "auto" and needed > memory_budget_mb * 2**20:
         reason = ("data.in_memory=false" if mode == "false" else
-                  f"the images need {needed / 2**20:.3g} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
+                  f"the images need {_mib(needed)} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
         return _streamed(files, transforms.Compose([*steps, transforms.PILToTensor()]), path, val_fraction, seed,
                          workers, f"data=imagefolder is streamed from disk ({reason}) by {workers} worker process(es)")
 
@@ -109,6 +109,12 @@ def build(
         task="classification", num_outputs=len(classes),
         x_test=(x_test - mean) / std if x_test is not None else None, y_test=y_test,
     )
+
+
+def _mib(size: int) -> str:
+    """Bytes as MiB, whole above 10 (`28710`), else 2 significant digits (`0.044`)."""
+    mib = size / 2**20
+    return f"{mib:.0f}" if mib >= 10 else f"{mib:.2g}"
 
 
 def _in_memory(value: Any) -> str:

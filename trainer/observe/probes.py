@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.observe import layer_stats
+from trainer.tricks.norm import local_statistics
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Trainer
@@ -56,5 +57,6 @@ def layers_probe(trainer: "Trainer") -> dict[str, Any]:
     forward and backward on validation samples; no step, and the model is left as it was)."""
     parts, state = trainer.parts, trainer.state
     x, y = parts.data.x_val[:LAYER_STATS_BATCH], parts.data.y_val[:LAYER_STATS_BATCH]
-    rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
+    with local_statistics(parts.model):  # rank 0 alone probes: no batch norm may wait for the other ranks
+        rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
     return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from in_process import train_in_process
 from ranks import Ranks, call_on_ranks, train_ranks
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from trainer.engine import checkpoint, distributed, launch
+from trainer.engine import checkpoint, distributed, launch, slurm
 
 # A tiny run: 128 training samples, 8 steps of a global batch of 32 in 2 epochs; no batch
 # statistics (norm=none), so 2 x 16 samples give the same gradient as 32 in one process; a
@@ -97,12 +98,43 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
     assert_same_training(one_process, tmp_path / "run")
 
 
+def slurm_task(rank: int, world_size: int, _port: int, job_id: int) -> dict[str, str]:
+    """What srun gives task `rank` of a one-node job of `world_size` tasks: no torchrun variable."""
+    return {"SLURM_JOB_ID": str(job_id), "SLURM_NTASKS": str(world_size), "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost"}
+
+
+def job_with_a_free_port() -> int:
+    """A job id whose rendezvous port (engine/slurm.py derives it from the id) is free here."""
+    for job_id in range(os.getpid(), os.getpid() + slurm.PORT_SPAN):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", slurm.master_port(str(job_id))))
+            except OSError:
+                continue
+        return job_id
+    raise AssertionError("no free port in engine/slurm.py's range")
+
+
+def test_the_tasks_of_a_slurm_job_train_as_torchruns_workers(one_process: Path, tmp_path: Path) -> None:
+    # `srun --ntasks=2 train ...`: the ranks and the rendezvous come from SLURM's variables alone.
+    rank0, rank1 = train_ranks([*BASE, PER_RANK], tmp_path, env=partial(slurm_task, job_id=job_with_a_free_port()))
+    assert (rank0.code, rank1.code) == (0, 0), rank0.stderr + rank1.stderr
+    folders = list((tmp_path / "outputs").glob("*/*"))
+    assert len(folders) == 1  # one run folder, rank 0's
+    assert_same_training(one_process, folders[0])
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"]) == ("completed", 2)
+    assert rank1.stdout == "" and rank1.stderr == ""
+
+
 @pytest.mark.parametrize(("override", "failing"), [
     (["data._target_=failing_rank_data.build"], 1),  # rank 1 alone cannot read its data
     (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
     (["smoke=true"], 0),  # one-process commands, refused under torchrun
     (["-m", "seed=0,1"], 0),
     (["processes=3"], 0),  # torchrun started 2
+    (["norm=batchnorm", "norm.sync=true"], 0),  # PyTorch's SyncBatchNorm refuses CPU tensors
 ])
 def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: list[str], failing: int) -> None:
     flags = [arg for arg in override if arg.startswith("-")]  # Hydra's options come before the overrides

@@ -128,6 +128,38 @@ def test_the_tasks_of_a_slurm_job_train_as_torchruns_workers(one_process: Path, 
     assert rank1.stdout == "" and rank1.stderr == ""
 
 
+# Started in every interpreter on PYTHONPATH: a task of submitit's local executor gets the SLURM
+# variables srun would give the same task on a cluster (the local executor sets its own names).
+AS_SLURM_TASKS = """import os
+if "SUBMITIT_LOCAL_GLOBALID" in os.environ:
+    os.environ.update(SLURM_JOB_ID=os.environ["SUBMITIT_LOCAL_JOB_ID"], SLURM_NTASKS=os.environ["SUBMITIT_LOCAL_NTASKS"],
+                      SLURM_PROCID=os.environ["SUBMITIT_LOCAL_GLOBALID"], SLURM_LOCALID=os.environ["SUBMITIT_LOCAL_LOCALID"],
+                      SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost")
+"""
+
+
+@pytest.mark.slow
+def test_the_submitit_launcher_trains_each_job_on_its_tasks(one_process: Path, tmp_path: Path) -> None:
+    # Hydra's submitit launcher as on SLURM (pickled job, one process per task running the job
+    # function, hydra.launcher.tasks_per_node=2), on submitit's local executor instead of sbatch.
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(AS_SLURM_TASKS)
+    command = ["-m", *BASE, PER_RANK, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+               "hydra.launcher.timeout_min=10", "hydra.sweep.dir=sweep"]
+    first = _train(command, tmp_path, extra_path=tmp_path / "site")
+    assert first.returncode == 0, first.stderr
+    jobs = sorted(path for path in (tmp_path / "sweep").iterdir() if (path / "summary.json").is_file())
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert [(s["status"], s["world_size"], s["seed"]) for s in summaries] == [("completed", 2, 0), ("completed", 2, 1)]
+    assert_same_training(one_process, jobs[0])  # the 2 tasks of job seed=0 trained as one process at the global batch
+    assert (tmp_path / "sweep" / "report.md").is_file()
+    written = {job: (job / "summary.json").stat().st_mtime_ns for job in jobs}
+    again = _train(command, tmp_path, extra_path=tmp_path / "site")  # both finished: every task skips them
+    assert again.returncode == 0, again.stderr
+    assert {job: (job / "summary.json").stat().st_mtime_ns for job in jobs} == written
+
+
 @pytest.mark.parametrize(("override", "failing"), [
     (["data._target_=failing_rank_data.build"], 1),  # rank 1 alone cannot read its data
     (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
@@ -240,9 +272,10 @@ def test_each_process_trains_the_job_in_its_folder() -> None:
     assert launch.worker_args(["norm=none"], folder, "auto")[-1] == "resume=auto"  # a sweep continuing the job
 
 
-def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _train(args: list[str], cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    paths = [*([str(extra_path)] if extra_path else []), str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 

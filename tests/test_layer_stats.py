@@ -86,3 +86,69 @@ def test_recurrent_layers_report_their_output(make_cfg: Callable[..., DictConfig
     rows = collect(parts.model, parts.data.x_train[:8], parts.data.y_train[:8], parts.criterion, parts.precision)
     lstm = next(row for row in rows if row["kind"] == "LSTM")
     assert lstm["act_std"] > 0 and lstm["grad_norm"] > 0
+
+
+# ---- the training step's own statistics (Trainer(watch_layers=True)) --------------------------
+
+def _trainer(parts, watch: bool):  # type: ignore[no-untyped-def]
+    import io
+
+    from rich.console import Console
+
+    from trainer.engine.loop import Trainer
+    from trainer.observe.display import PlainDisplay
+    return Trainer(parts, PlainDisplay(Console(file=io.StringIO())), [], torch.Generator().manual_seed(0),
+                   watch_layers=watch)
+
+
+STEP = ["model=mlp", "norm=batchnorm", "sched=constant", "checkpoint.every_epochs=0"]
+
+
+def test_watched_step_trains_bit_identically(make_cfg: Callable[..., DictConfig]) -> None:
+    """The hooks only read: a run whose steps are measured ends with the same weights and buffers."""
+    ends = []
+    for watch in (False, True):
+        torch.manual_seed(0)
+        parts = build_parts(make_cfg(*STEP, "regularisation=dropout"))
+        trainer = _trainer(parts, watch)
+        for step in range(4):
+            trainer.train_step(torch.arange(step * 16, (step + 1) * 16), measure_layers=True)
+        assert (trainer.layer_rows is not None) == watch
+        ends.append(parts.model.state_dict())
+    for key, value in ends[0].items():
+        assert torch.equal(value, ends[1][key]), key
+    assert all(not m._forward_hooks for m in parts.model.modules())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_watched_step_reports_that_steps_activations_and_gradients(make_cfg: Callable[..., DictConfig],
+                                                                    precision: str) -> None:
+    """The rows are the step's own batch and its gradients before the update (fp16: unscaled)."""
+    parts = build_parts(make_cfg(*STEP, f"precision={precision}"))
+    reference = build_parts(make_cfg(*STEP))  # the same seed: the same initial weights, in fp32
+    index = torch.arange(32)
+    x, y = reference.data.x_train[index], reference.data.y_train[index]
+    first = next(name for name, module in reference.model.named_modules() if isinstance(module, nn.Linear))
+    activations = {}
+    hook = reference.model.get_submodule(first).register_forward_hook(
+        lambda m, i, out: activations.setdefault("first", out.detach()))
+    reference.criterion(reference.model(x), y).backward()
+    hook.remove()
+
+    trainer = _trainer(parts, True)
+    trainer.train_step(index, measure_layers=True)
+    rows = {row["name"]: row for row in trainer.layer_rows or []}
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    assert rows[first]["act_mean"] == pytest.approx(activations["first"].mean().item(), rel=tolerance, abs=1e-4)
+    head = reference.model.head
+    assert rows["head"]["grad_norm"] == pytest.approx(head.weight.grad.norm().item(), rel=tolerance)
+    assert rows["head"]["weight_norm"] == pytest.approx(head.weight.norm().item(), rel=1e-6)  # before the update
+    assert not torch.equal(parts.model.head.weight, head.weight)  # and the step did update
+
+
+def test_watched_step_with_accumulation_reports_each_layer_once(make_cfg: Callable[..., DictConfig]) -> None:
+    parts = build_parts(make_cfg(*STEP, "trainer.accumulate=2"))
+    trainer = _trainer(parts, True)
+    trainer.train_step(torch.arange(32), measure_layers=True)
+    names = [row["name"] for row in trainer.layer_rows or []]
+    assert names and not any("#" in name for name in names)  # the last micro-batch's forward only

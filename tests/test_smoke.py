@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from helpers import group_choices
-from fakes import make_images, write_mnist
+from fakes import make_images, write_hf, write_mnist
 from trainer.config import GROUPS, build
 from trainer.run import run
 
@@ -31,6 +31,7 @@ COMPANIONS = {
     ("data", "mnist"): ["model=cnn"],
     ("data", "fashion_mnist"): ["model=cnn"],
     ("data", "imagefolder"): ["model=cnn"],
+    ("data", "hf"): ["model=cnn"],
     # The character models and data only go together (character ids in, per-character logits out).
     ("data", "text"): ["model=char_lstm", *CHAR_LSTM],
     ("data", "text_probe"): ["model=char_probe", *CHAR_PROBE],
@@ -58,6 +59,8 @@ def prepare(group: str, choice: str, tmp_path: Path, make_cfg: Callable[..., Dic
     if (group, choice) == ("data", "imagefolder"):
         make_images(tmp_path / "images", {"cat": 60, "dog": 60})
         overrides += [f"data.path={tmp_path / 'images'}", "data.image_size=8"]
+    if (group, choice) == ("data", "hf"):
+        overrides += [f"data.path={write_hf(tmp_path, {'train': 96, 'validation': 24, 'test': 24})}"]
     if (group, choice) == ("data", "tensors"):
         generator = torch.Generator().manual_seed(0)
         arrays = {"x_train": torch.randn(96, 1, 40, generator=generator), "y_train": torch.arange(96) % 3,

@@ -30,7 +30,7 @@ from trainer.run import run
 TRAIN = str(Path(sys.executable).with_name("train"))
 # The model tests use the fast generated data; the 2-D models get images, the encoder-decoder token pairs.
 # What smoke_all leaves out: downloads, and choices that need the user's files.
-SKIPPED = {"data=mnist", "data=fashion_mnist", "data=cifar10", "data=imagefolder", "data=tensors", "init=pretrained"}
+SKIPPED = {"data=mnist", "data=fashion_mnist", "data=cifar10", "data=imagefolder", "data=hf", "data=tensors", "init=pretrained"}
 IMAGES = {"cnn": ["data.image_size=8"], "resnet18": ["data.image_size=8", "model.width=8"], "seq2seq": ["data=seq2seq"]}
 
 

@@ -101,7 +101,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     policy = (RunCheckpoints(checkpointer, parts.device, saved_with, writes=main) if checkpointer.enabled
               else NoCheckpoints())
     trainer = Trainer(parts, display, [metrics_log, extra_loggers] if main else [], torch.Generator().manual_seed(cfg.seed),
-                      checkpoints=policy, probes=[layers_probe] if main else [])
+                      checkpoints=policy, probes=[layers_probe] if main else [], watch_layers=main)
     if payload is not None:
         trainer.load_state_dict(payload)
         set_rng_state(payload["rng"], parts.device)

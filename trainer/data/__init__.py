@@ -57,6 +57,23 @@ class DataSplits:
     def has_test(self) -> bool:
         return self.x_test is not None and self.y_test is not None
 
+    @property
+    def num_train(self) -> int:
+        return len(self.x_train)
+
+    def describe(self) -> dict[str, object]:
+        """How the run reads its data, for summary.json: held in memory (streamed.StreamedSplits: streamed)."""
+        return {"path": "in_memory", "train_samples": self.num_train}
+
+    def labels(self, name: str) -> torch.Tensor:
+        """Every target of split `name` ("train", "val", "test")."""
+        return getattr(self, f"y_{name}")
+
+    def head(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` samples of split `name` (views): what the layer statistics, the
+        diagnosis and the tools read; streamed data (streamed.StreamedSplits) answers the same."""
+        return getattr(self, f"x_{name}")[:count], getattr(self, f"y_{name}")[:count]
+
     def to(self, device: torch.device) -> "DataSplits":
         test = (self.x_test.to(device), self.y_test.to(device)) if self.has_test else (None, None)
         return DataSplits(
@@ -80,11 +97,17 @@ def hold_out(
     untouched) is the validation set, for data sets whose only held-out split is the test split.
 
     Returns x_train, y_train, x_val, y_val."""
-    check_fraction(fraction)
-    n_val = round(len(x) * fraction)
-    if not 0 < n_val < len(x):
-        raise ConfigError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split; "
-                          f"use a value between {1 / len(x):.3g} and {1 - 1 / len(x):.3g}")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    train, val = order[n_val:], order[:n_val]
+    train, val = hold_out_indices(len(x), fraction, seed)
     return x[train], y[train], x[val], y[val]
+
+
+def hold_out_indices(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """hold_out's split as indices into `count` samples, for data read row by row from disk:
+    the training indices, then the validation ones."""
+    check_fraction(fraction)
+    n_val = round(count * fraction)
+    if not 0 < n_val < count:
+        raise ConfigError(f"data.val_fraction={fraction} of {count} training samples leaves an empty split; "
+                          f"use a value between {1 / count:.3g} and {1 - 1 / count:.3g}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]

@@ -12,6 +12,7 @@ import torch
 
 from trainer.data import DataSplits
 from trainer.data.seq2seq import IGNORE_INDEX
+from trainer.data.streamed import StreamedSplits
 from trainer.errors import ConfigError, DataError
 
 NUMERIC_INPUTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
@@ -80,10 +81,15 @@ def check_arrays(arrays: dict[str, torch.Tensor], source: str, num_classes: int 
     return notices
 
 
-def check_splits(data: DataSplits, batch_size: int, accumulate: int, processes: int = 1) -> None:
+def check_splits(data: DataSplits | StreamedSplits, batch_size: int, accumulate: int, processes: int = 1) -> None:
     """What every data set hands the loop: finite values, non-empty splits of one sample shape, labels
     within the classes, and at least one step's batch of training samples (`processes` x `batch_size`
-    x `accumulate`: under torchrun batch_size is per process)."""
+    x `accumulate`: under torchrun batch_size is per process). Of streamed data, whose images are
+    uint8 (finite) of one shape (the builder's dataset makes them so), the labels and the sizes."""
+    if isinstance(data, StreamedSplits):
+        _check_streamed(data)
+        _check_batch(data.num_train, batch_size, accumulate, processes)
+        return
     for name, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
         if len(x) == 0:
             raise DataError(f"the data set's {name} split is empty; both the training and validation splits need samples")
@@ -109,10 +115,26 @@ def check_splits(data: DataSplits, batch_size: int, accumulate: int, processes: 
             if labels.dim() not in (1, 2) or len(real) and (int(real.min()) < 0 or int(real.max()) >= data.num_outputs):
                 raise DataError(f"the data's {name} must hold one label in 0..{data.num_outputs - 1} per sample "
                                 f"(shape {tuple(labels.shape)}, min {int(real.min())}, max {int(real.max())})")
-    if len(data.x_train) < batch_size * accumulate * processes:
+    _check_batch(len(data.x_train), batch_size, accumulate, processes)
+
+
+def _check_streamed(data: StreamedSplits) -> None:
+    for name in ("train", "val", "test"):
+        if name == "test" and not data.has_test:
+            continue
+        labels = data.labels(name)
+        if len(labels) == 0:
+            raise DataError(f"the data set's {name} split is empty; both the training and validation splits need samples")
+        if int(labels.min()) < 0 or int(labels.max()) >= data.num_outputs:
+            raise DataError(f"the data's {name} labels must be in 0..{data.num_outputs - 1} "
+                            f"(min {int(labels.min())}, max {int(labels.max())})")
+
+
+def _check_batch(num_train: int, batch_size: int, accumulate: int, processes: int) -> None:
+    if num_train < batch_size * accumulate * processes:
         factors = [f"batch_size={batch_size}"] + ([f"trainer.accumulate={accumulate}"] if accumulate > 1 else []) + (
             [f"{processes} processes"] if processes > 1 else [])
         typed = factors[0] if len(factors) == 1 else (
             f"{' x '.join(factors)} = {batch_size * accumulate * processes} samples per step")
-        raise ConfigError(f"{typed} is larger than the training set ({len(data.x_train)} samples); "
+        raise ConfigError(f"{typed} is larger than the training set ({num_train} samples); "
                           "lower it to at most the training set's size")

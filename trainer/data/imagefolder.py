@@ -1,15 +1,30 @@
-"""A user's own images in torchvision's ImageFolder layout: path/<class name>/<image files>."""
+"""A user's own images in torchvision's ImageFolder layout: path/<class name>/<image files>.
+
+Held in memory when they fit, streamed from disk when they do not (`in_memory`):
+
+    train data=imagefolder data.path=photos                              # auto: by data.memory_budget_mb
+    train data=imagefolder data.path=photos data.in_memory=false data.workers=4 data.image_size=224
+
+In memory, every image is read once, resized and standardised into float32 tensors (4 bytes a
+pixel and channel: what the budget is measured against). Streamed, each batch is read from disk by
+DataLoader workers as uint8 and standardised on the device (data/streamed.py, data/source.py),
+with the same per-channel statistics whenever the training split fits their bounded sample.
+"""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
+from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits, Streamed, check_workers, image_stats, streamed_splits
 from trainer.errors import ConfigError, DataError
 
 LAYOUT = "point it at a folder with one sub-folder of images per class"
+IN_MEMORY = ("auto", "true", "false")
 
 
 def build(
@@ -20,8 +35,12 @@ def build(
     seed: int = 0,
     grayscale: bool = False,
     test_path: str | None = None,
-) -> DataSplits:
-    """Load every image, resized to a square, into memory; standardised per channel with training stats.
+    in_memory: Any = "auto",
+    memory_budget_mb: float = 4096,
+    workers: int = 2,
+) -> DataSplits | StreamedSplits:
+    """The images, resized to a square and standardised per channel with the training split's
+    statistics: held in memory, or streamed from disk batch by batch.
 
     Args:
         path: folder with one sub-folder per class (class index = sorted folder name order).
@@ -33,15 +52,34 @@ def build(
         grayscale: load one channel instead of RGB.
         test_path: folder with the same class sub-folders for the test split, evaluated once at
             the end of a run; null for none.
+        in_memory: "auto" (held in memory when every split fits `memory_budget_mb` as float32,
+            streamed otherwise), true (held), or false (streamed).
+        memory_budget_mb: the most the splits may take in memory under in_memory=auto, in MiB.
+        workers: DataLoader worker processes reading a streamed split (0: read in the training process).
     """
     if image_size < 1:
         raise ConfigError(f"data.image_size={image_size} must be at least 1")
     if not 0 < val_fraction < 1:
         raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
+    mode = _in_memory(in_memory)
+    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
+        raise ConfigError(f"data.memory_budget_mb={memory_budget_mb} must be a number of MiB > 0")
+    check_workers(workers)
 
+    files = {key: _index(key, folder) for key, folder in
+             (("path", path), ("val_path", val_path), ("test_path", test_path)) if folder is not None}
     steps = [transforms.Grayscale(num_output_channels=1)] if grayscale else []
-    tf = transforms.Compose(steps + [transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    x, y, classes = _load("path", path, tf)
+    steps.append(transforms.Resize((image_size, image_size)))
+    # float32 in memory: 4 bytes per pixel and channel, every split
+    needed = sum(len(found.samples) for found in files.values()) * (1 if grayscale else 3) * image_size**2 * 4
+    if mode == "false" or mode == "auto" and needed > memory_budget_mb * 2**20:
+        reason = ("data.in_memory=false" if mode == "false" else
+                  f"the images need {needed / 2**20:.0f} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
+        return _streamed(files, transforms.Compose([*steps, transforms.PILToTensor()]), path, val_fraction, seed,
+                         workers, f"data=imagefolder is streamed from disk ({reason}) by {workers} worker process(es)")
+
+    tf = transforms.Compose([*steps, transforms.ToTensor()])
+    x, y, classes = _load("path", files["path"], tf)
     if len(classes) < 2:
         raise DataError(f"data.path={path} has only the class folder {classes}; needs at least 2 classes, {LAYOUT}")
 
@@ -56,20 +94,15 @@ def build(
         x_train, y_train, x_val, y_val = x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
     else:
         x_train, y_train = x, y
-        x_val, y_val, val_classes = _load("val_path", val_path, tf)
-        if val_classes != classes:
-            raise DataError(f"data.val_path={val_path} has class folders {val_classes} but data.path={path} "
-                            f"has {classes}; they must match")
+        x_val, y_val, val_classes = _load("val_path", files["val_path"], tf)
+        _check_classes("val_path", val_path, val_classes, path, classes)
 
     x_test = y_test = None
     if test_path is not None:
-        x_test, y_test, test_classes = _load("test_path", test_path, tf)
-        if test_classes != classes:
-            raise DataError(f"data.test_path={test_path} has class folders {test_classes} but data.path={path} "
-                            f"has {classes}; they must match")
+        x_test, y_test, test_classes = _load("test_path", files["test_path"], tf)
+        _check_classes("test_path", test_path, test_classes, path, classes)
 
-    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
-    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)  # a constant channel stays finite
+    mean, std = image_stats(x_train)
     return DataSplits(
         x_train=(x_train - mean) / std, y_train=y_train,
         x_val=(x_val - mean) / std, y_val=y_val,
@@ -78,15 +111,68 @@ def build(
     )
 
 
-def _load(key: str, folder: str, tf: transforms.Compose) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Read every image of `folder` (named by config key `key` in errors) into one tensor."""
+def _in_memory(value: Any) -> str:
+    """data.in_memory as "auto", "true" or "false" (YAML reads true/false as booleans)."""
+    text = str(value).lower() if isinstance(value, bool) else value
+    if text not in IN_MEMORY:
+        raise ConfigError(f"data.in_memory={value} is unknown; valid: auto (held in memory when it fits "
+                          "data.memory_budget_mb, streamed otherwise), true, false")
+    return str(text)
+
+
+def _index(key: str, folder: str) -> datasets.ImageFolder:
+    """The ImageFolder of `folder` (named by config key `key` in errors): its files and classes, no image read."""
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise DataError(f"data.{key}={folder} does not exist; {LAYOUT}")
     try:
-        ds = datasets.ImageFolder(folder, transform=tf)
+        return datasets.ImageFolder(folder)
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise DataError(f"data.{key}={folder} has no usable images ({e}); {LAYOUT}") from e
+
+
+def _check_classes(key: str, folder: str, classes: list[str], path: str, expected: list[str]) -> None:
+    if classes != expected:
+        raise DataError(f"data.{key}={folder} has class folders {classes} but data.path={path} "
+                        f"has {expected}; they must match")
+
+
+def _streamed(files: dict[str, datasets.ImageFolder], pixels: transforms.Compose, path: str, val_fraction: float,
+              seed: int, workers: int, notice: str) -> StreamedSplits:
+    """The splits as datasets of uint8 images read from disk; the validation split held out of `path`
+    exactly as the in-memory path holds it out (the same seeded permutation)."""
+    for found in files.values():  # uint8 (C, H, W), as streamed.py's contract asks
+        found.transform = pixels
+    train = files["path"]
+    classes = train.classes
+    if len(classes) < 2:
+        raise DataError(f"data.path={path} has only the class folder {classes}; needs at least 2 classes, {LAYOUT}")
+    labels = torch.tensor(train.targets, dtype=torch.int64)
+    if "val_path" in files:
+        _check_classes("val_path", files["val_path"].root, files["val_path"].classes, path, classes)
+        train_split = Streamed(train, labels)
+        val_split = Streamed(files["val_path"], torch.tensor(files["val_path"].targets, dtype=torch.int64))
+    else:
+        n_val = round(len(labels) * val_fraction)
+        if not 0 < n_val < len(labels):
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} of the {len(labels)} images in {path} leaves an empty split; "
+                "add images, change data.val_fraction or set data.val_path"
+            )
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        train_split = Streamed(Subset(train, perm[n_val:].tolist()), labels[perm[n_val:]])
+        val_split = Streamed(Subset(train, perm[:n_val].tolist()), labels[perm[:n_val]])
+    test_split = None
+    if "test_path" in files:
+        test = files["test_path"]
+        _check_classes("test_path", test.root, test.classes, path, classes)
+        test_split = Streamed(test, torch.tensor(test.targets, dtype=torch.int64))
+    return streamed_splits(train_split, val_split, test_split, len(classes), workers, [notice])
+
+
+def _load(key: str, ds: datasets.ImageFolder, tf: transforms.Compose) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read every image of `ds` (its folder named by config key `key` in errors) into one tensor."""
+    ds.transform = tf
     images = []
     for i, (file, _) in enumerate(ds.samples):
         try:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits
 from trainer.errors import ConfigError
 
 # The keys this module owns in the `data` node, with their neutral values (no change to the data).
@@ -55,8 +56,8 @@ def check(options: dict[str, Any]) -> None:
         raise ConfigError(f"data.input_offset={options['input_offset']} must be a finite number")
 
 
-def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False, input_scale: float = 1.0,
-          input_offset: float = 0.0) -> DataSplits:
+def apply(data: DataSplits | StreamedSplits, label_noise: float = 0.0, standardise: bool = False, input_scale: float = 1.0,
+          input_offset: float = 0.0) -> DataSplits | StreamedSplits:
     """The data with the options applied; neutral options return `data` itself.
 
     Args:
@@ -71,6 +72,13 @@ def apply(data: DataSplits, label_noise: float = 0.0, standardise: bool = False,
     """
     check({"label_noise": label_noise, "standardise": standardise, "input_scale": input_scale,
            "input_offset": input_offset})
+    if isinstance(data, StreamedSplits):
+        if (label_noise, standardise, input_scale, input_offset) != tuple(OPTIONS.values()):
+            raise ConfigError("data.label_noise, data.standardise, data.input_scale and data.input_offset change "
+                              "data held in memory; this data set is streamed from disk (standardised per "
+                              "channel already): leave them at 0, false, 1 and 0 (data=imagefolder: or hold it in "
+                              "memory, data.in_memory=true)")
+        return data
     x_train, x_val, x_test, y_train = data.x_train, data.x_val, data.x_test, data.y_train
     if data.chars is not None and (input_scale != 1 or input_offset != 0 or standardise):
         raise ConfigError("data.standardise, data.input_scale and data.input_offset apply to numeric inputs; "

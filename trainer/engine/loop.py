@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data.seq2seq import IGNORE_INDEX
+from trainer.data.source import Batch, StreamSource, batch_source, tensor_batches
 from trainer.data.text import bits_per_char
 from trainer.engine import distributed
 from trainer.engine.checkpoint import CheckpointPolicy, NoCheckpoints
@@ -29,6 +32,7 @@ from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
 from trainer.engine.signals import StopSignals
 from trainer.observe.display import PlainDisplay
+from trainer.observe.layer_stats import LayerWatch
 from trainer.observe.loggers import Logger
 from trainer.observe.metrics import lower_is_better_score
 from trainer.tricks.sched import current_lr
@@ -107,11 +111,14 @@ class Trainer:
         generator: the data order's own generator, independent of the model's RNG.
         checkpoints: when a checkpoint is due, and how one is saved and waited for.
         probes: called at each epoch end; a record each returns goes to the loggers.
+        watch_layers: measure per-layer statistics on each epoch's last training step, into
+            `layer_rows` (for observe.probes.layers_probe).
     """
 
     def __init__(
         self, parts: Parts, display: PlainDisplay, loggers: list[Logger], generator: torch.Generator,
         checkpoints: CheckpointPolicy | None = None, probes: list[Probe] | None = None,
+        watch_layers: bool = False,
     ) -> None:
         self.parts, self.display, self.loggers, self.generator = parts, display, loggers, generator
         self.settings = settings = parts.settings
@@ -124,42 +131,63 @@ class Trainer:
         # Samples per step, all ranks together.
         self.step_batch = settings.batch_size * settings.accumulate * self.ranks.world_size
         self.stop_vote = distributed.StopVote(self.ranks)
+        # Every batch comes through the source, from tensors in memory or streamed from disk alike.
+        self.source = batch_source(self.data, self.ranks, settings.accumulate)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = checkpoints or NoCheckpoints()
         self.probes = probes or []
         self.state = TrainState()
         self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
-        self.meter = StepMeter(settings.log_every, self.data.x_train.device)
+        self.meter = StepMeter()
         self.signals = StopSignals()
         self.last_good: dict[str, torch.Tensor] | None = None
+        # An evaluation's per-layer statistics come from the epoch's last training step: hooks on
+        # its forward, its gradients before the update, so they cost no extra forward or backward.
+        # A compiled net's submodules take no hooks without recompiling: layers_probe measures it apart.
+        self.layer_watch = LayerWatch(self.model) if watch_layers and not settings.compile else None
+        self.layer_rows: list[dict[str, Any]] | None = None
         self.started = 0.0
 
     # ---- the step -------------------------------------------------------------------------
 
-    def train_step(self, index: torch.Tensor) -> None:
-        """One optimizer step over `accumulate` micro-batches of the shuffled training set."""
-        x_train, y_train, parts = self.data.x_train, self.data.y_train, self.parts
+    def train_step(self, index: torch.Tensor, measure_layers: bool = False) -> None:
+        """One optimizer step over `accumulate` micro-batches: the training samples `index` names
+        (the step's global batch, a slice of the epoch's order); with `measure_layers` (and a layer
+        watch), the per-layer statistics of this step into `layer_rows`."""
+        parts = self.parts
         accumulate = self.settings.accumulate
         losses = []
-        micros = self.ranks.share(index).chunk(accumulate)  # this rank's part of the global batch
-        for number, micro in enumerate(micros):
+        micros = self.source.step(index)  # this rank's part of the global batch, on the device
+        watch = self.layer_watch if measure_layers else None
+        for number, (x, y) in enumerate(micros):
+            last = number == len(micros) - 1
             # Under torchrun, gradients are averaged across ranks once per step: in the last backward.
-            with self.ranks.no_sync(self.ddp, last=number == len(micros) - 1):
+            with self.ranks.no_sync(self.ddp, last=last):
                 with parts.precision.autocast():
-                    inputs = parts.augment(x_train[micro])
+                    inputs = parts.augment(x)
+                    with watch if watch is not None and last else nullcontext():
+                        outputs = self.train_net(inputs)
                     # The objective to minimise, and the hard-label loss reported as train_loss
                     # (the same tensor unless distill=soft mixes in the teacher's soft targets).
-                    objective, loss = parts.loss(self.train_net(inputs), y_train[micro], inputs)
+                    objective, loss = parts.loss(outputs, y, inputs)
                 objective = parts.penalty(objective)
                 # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
                 parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
             losses.append(loss.detach())
+        if watch is not None:
+            self.layer_rows = watch.rows(self._true_gradients())
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params,
                                                   self.settings.skip_nonfinite)
         parts.schedule.step_end()
         parts.teacher_forcing.step_end()
         self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)
         self.state.interval.skipped += skipped
+
+    def _true_gradients(self) -> dict[int, torch.Tensor | None]:
+        """Each parameter's gradient as the optimizer will apply it, before clipping: under fp16
+        unscaled (a host sync for the scale: once an epoch)."""
+        scale = self.parts.precision.loss_scale
+        return {id(p): (p.grad / scale if scale else p.grad) if p.grad is not None else None for p in self.params}
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -184,16 +212,17 @@ class Trainer:
         return time.perf_counter() - self.started
 
     def _epochs(self) -> None:
-        state, settings, n = self.state, self.settings, len(self.data.x_train)
+        state, settings, n = self.state, self.settings, self.data.num_train
         per_epoch, step_batch = self.parts.steps_per_epoch, self.step_batch
         self.model.train()
         while state.epoch <= settings.epochs:
             if state.order_state is None:
                 state.order_state = self.generator.get_state()
             self.generator.set_state(state.order_state)
-            order = torch.randperm(n, generator=self.generator).to(self.data.x_train.device, non_blocking=True)
+            order = self.source.start_epoch(torch.randperm(n, generator=self.generator), state.batch, step_batch, per_epoch)
             while state.batch < per_epoch:
-                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch])
+                last_of_epoch = state.batch == per_epoch - 1 or bool(settings.max_steps) and state.step + 1 >= settings.max_steps
+                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch], last_of_epoch)
                 state.batch += 1
                 state.step += 1
                 state.samples_seen += min(step_batch, n)
@@ -360,14 +389,19 @@ class Trainer:
         """Mean validation loss (unsmoothed, unpenalised) and accuracy, in eval mode; for a character
         LM (data=text) also the loss in bits per character; for a sequence decoder (model=seq2seq)
         also its decoded token and sequence accuracy (val_token_acc, val_seq_acc)."""
-        loss, acc = self.measure(self.data.x_val, self.data.y_val)
+        loss, acc = self.measure_split("val")
         metrics: dict[str, float | None] = {"val_loss": loss, "val_acc": acc}
         if self.data.char_lm:
             metrics["val_bpc"] = bits_per_char(loss)
-        decoded = self.decoded(self.data.x_val, self.data.y_val)
+        decoded = self.decoded(self.data.x_val, self.data.y_val) if self.parts.decoding is not None else {}
         return {**metrics, **{f"val_{name}": value for name, value in decoded.items()}}
 
-    @torch.no_grad()
+    def measure_split(self, split: str) -> tuple[float, float | None]:
+        """`measure` on split `split` ("val", "test") of the data: its tensors, or its batches read from disk."""
+        if isinstance(self.source, StreamSource):
+            return self.measure_batches(self.source.eval_batches(split, EVAL_BATCH_SIZE))
+        return self.measure(getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}"))
+
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression) of the model on (inputs, targets), in eval mode.
 
@@ -375,13 +409,15 @@ class Trainer:
         (a target sequence's padding) excluded: for a decoder, the loss and the accuracy of the next
         token given the true ones before it (teacher-forced). Under torchrun each rank measures its
         shard and the sums are added up."""
+        return self.measure_batches(tensor_batches(inputs, targets, self.ranks, EVAL_BATCH_SIZE))
+
+    @torch.no_grad()
+    def measure_batches(self, batches: Iterator[Batch]) -> tuple[float, float | None]:
+        """`measure` over this rank's shard, in batches; the sums are added up across ranks."""
         self.model.eval()
         classification = self.data.task == "classification"
-        sums = torch.zeros(3, device=inputs.device)  # loss, correct, counted: this rank's shard
-        shard = self.ranks.shard(len(inputs))
-        inputs, targets = inputs[shard], targets[shard]
-        for start in range(0, len(inputs), EVAL_BATCH_SIZE):
-            x, y = inputs[start : start + EVAL_BATCH_SIZE], targets[start : start + EVAL_BATCH_SIZE]
+        sums = torch.zeros(3, device=self.parts.device)  # loss, correct, counted: this rank's shard
+        for x, y in batches:
             with self.parts.precision.autocast():
                 out = self.net(x).float()
             if classification:

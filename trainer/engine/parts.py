@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from trainer.config import build, builder, check_numbers, config_root
 from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits
 from trainer.data import options as data_options
 from trainer.data.checks import check_splits
 from trainer.engine import distributed
@@ -159,7 +160,7 @@ class Parts:
 
     cfg: DictConfig
     device: torch.device
-    data: DataSplits
+    data: DataSplits | StreamedSplits
     model: nn.Module
     net: nn.Module
     optimizer: Optimizer
@@ -186,7 +187,7 @@ class Parts:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_data(node: DictConfig) -> DataSplits:
+def build_data(node: DictConfig) -> DataSplits | StreamedSplits:
     """The chosen data set, then the options every data set takes (data/options.py)."""
     container = OmegaConf.to_container(node, resolve=True)
     assert isinstance(container, dict)
@@ -195,7 +196,7 @@ def build_data(node: DictConfig) -> DataSplits:
     return data_options.apply(build("data", OmegaConf.create(builder_keys)), **options)
 
 
-def token_inputs(model: DictConfig, data: DataSplits) -> dict[str, int]:
+def token_inputs(model: DictConfig, data: DataSplits | StreamedSplits) -> dict[str, int]:
     """`vocab_size` for a model that reads character ids (data=text, text_probe); a model that cannot
     read them, given such data, is a one-line error."""
     if data.chars is None:
@@ -229,7 +230,7 @@ def build_decoding(cfg: DictConfig, model: nn.Module) -> Decoding | None:
     return None
 
 
-def build_model(cfg: DictConfig, data: DataSplits, regularisation: Regularisation) -> nn.Module:
+def build_model(cfg: DictConfig, data: DataSplits | StreamedSplits, regularisation: Regularisation) -> nn.Module:
     norm = build("norm", cfg.norm)
     model = build("model", cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, norm=norm,
                   dropout=regularisation.dropout, input_dropout=regularisation.input_dropout,
@@ -278,7 +279,7 @@ def build_parts(cfg: DictConfig) -> Parts:
         else:
             notices.append("trainer.channels_last=true applies to 2-D images only; ignored for this data")
     net = torch.compile(model) if cfg.trainer.compile else model
-    per_epoch = steps_per_epoch(len(data.x_train), effective_batch)
+    per_epoch = steps_per_epoch(data.num_train, effective_batch)
     total = min(cfg.epochs * per_epoch, cfg.max_steps) if cfg.max_steps else cfg.epochs * per_epoch
     optimizer = build("optim", cfg.optim, model=model)
     schedule = build("sched", cfg.sched, optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch)

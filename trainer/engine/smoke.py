@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits
 from trainer.errors import ConfigError, TrainerError
 
 SMOKE_EPOCHS = 2           # two, so the schedule, early stopping and "best" see more than one evaluation
@@ -51,10 +52,14 @@ def shrink(cfg: DictConfig) -> DictConfig:
     return small
 
 
-def slice_data(data: DataSplits, step_batch: int) -> DataSplits:
+def slice_data(data: DataSplits | StreamedSplits, step_batch: int) -> DataSplits | StreamedSplits:
     """The first SMOKE_STEPS_PER_EPOCH batches of the training set, and SMOKE_VAL_SAMPLES validation
     and test samples (the test split, evaluated once at the end, would otherwise be read whole)."""
     num_train = step_batch * SMOKE_STEPS_PER_EPOCH
+    if isinstance(data, StreamedSplits):
+        test = data.test.head(SMOKE_VAL_SAMPLES) if data.test is not None else None
+        return dataclasses.replace(data, train=data.train.head(num_train), val=data.val.head(SMOKE_VAL_SAMPLES),
+                                   test=test, heads={})
     test = {"x_test": data.x_test[:SMOKE_VAL_SAMPLES], "y_test": data.y_test[:SMOKE_VAL_SAMPLES]} if data.has_test else {}
     return dataclasses.replace(data, x_train=data.x_train[:num_train], y_train=data.y_train[:num_train],
                                x_val=data.x_val[:SMOKE_VAL_SAMPLES], y_val=data.y_val[:SMOKE_VAL_SAMPLES], **test)

@@ -74,6 +74,7 @@ def summarise(cfg: DictConfig, parts: Parts, state: "TrainState", restored_best:
         "memory": peak_memory(parts.device),
         "threads": parts.threads,
         "world_size": parts.distributed.world_size,
+        "data": parts.data.describe(),
         "torch": torch.__version__,
     }
 
@@ -85,6 +86,6 @@ def evaluate_test(trainer: "Trainer", state: "TrainState") -> dict[str, float | 
     data = trainer.data
     if not data.has_test or state.status == "interrupted":
         return None
-    loss, acc = trainer.measure(data.x_test, data.y_test)
-    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {}),
-            **trainer.decoded(data.x_test, data.y_test)}
+    loss, acc = trainer.measure_split("test")
+    decoded = trainer.decoded(data.x_test, data.y_test) if trainer.parts.decoding is not None else {}
+    return {"loss": loss, "acc": acc, **({"bpc": bits_per_char(loss)} if data.char_lm else {}), **decoded}

@@ -16,6 +16,7 @@ from torch import nn
 
 from trainer.config import build
 from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits
 from trainer.engine import checkpoint
 from trainer.engine.parts import build_data, token_inputs
 from trainer.errors import ConfigError
@@ -33,7 +34,7 @@ class TrainedRun:
     model: nn.Module
     config: dict[str, Any]
     path: Path
-    data: DataSplits
+    data: DataSplits | StreamedSplits
 
 
 def build_untrained(config: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int,

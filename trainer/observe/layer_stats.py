@@ -80,6 +80,57 @@ def _preserved(model: nn.Module, train_mode: bool, devices: list[torch.device]) 
                 module.training = training
 
 
+class LayerWatch:
+    """Forward hooks on every watched layer, active inside `with watch:` only, that reduce each
+    layer's output as it is made; `rows` then adds the weight and gradient statistics.
+
+    The training step uses it on the last batch of an epoch (statistics of the step the optimizer
+    takes, at no extra forward or backward); `collect` on a batch of its own. The hooks only read:
+    the forward computes exactly what it would without them.
+
+    Args:
+        model: the plain module (not a torch.compile wrapper: hooks need the real submodules).
+        activation_samples: when > 0, each row also gets "activations", a 1-D float32 CPU tensor
+            of up to this many of the layer's output values (for histograms; not JSON).
+    """
+
+    def __init__(self, model: nn.Module, activation_samples: int = 0) -> None:
+        self.watched = watched_modules(model)
+        self.names = {id(module): name for name, module in self.watched}
+        self.weights_of = {id(module): _weights(module) for _, module in self.watched}
+        self.activation_samples = activation_samples
+        self.calls: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
+        self.seen: dict[str, int] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> "LayerWatch":
+        self.calls, self.seen = [], {}
+        self.handles = [module.register_forward_hook(self._hook) for _, module in self.watched]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _hook(self, module: nn.Module, _inputs: Any, output: Any) -> None:
+        out = _output_tensor(output)
+        if out is None:
+            return
+        name = self.names[id(module)]
+        self.seen[name] = self.seen.get(name, 0) + 1
+        # Reduce now: a later in-place op (ReLU(inplace=True)) may overwrite this output.
+        act = out.detach().float()
+        sample = _sample(act, self.activation_samples) if self.activation_samples > 0 else None
+        label = name if self.seen[name] == 1 else f"{name}#{self.seen[name]}"
+        self.calls.append((label, module, _activation_stats(act, isinstance(module, RELU_FAMILY)), sample))
+
+    def rows(self, grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
+        """One dict per layer call watched (see `collect`), with the gradients `grad_of`
+        (parameter id -> its true, unscaled gradient, or None), read back in one host sync."""
+        return _rows(self.calls, self.weights_of, grad_of)
+
+
 def collect(
     model: nn.Module,
     x: Tensor,
@@ -109,58 +160,41 @@ def collect(
         module's own `weight*` parameters; None for a layer without weights). Python floats;
         a non-finite value (an exploding net) stays nan or inf.
     """
-    watched = watched_modules(model)
-    names = {id(module): name for name, module in watched}
-    calls: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
-    seen: dict[str, int] = {}
-
-    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
-        out = _output_tensor(output)
-        if out is None:
-            return
-        name = names[id(module)]
-        seen[name] = seen.get(name, 0) + 1
-        # Reduce now: a later in-place op (ReLU(inplace=True)) may overwrite this output.
-        act = out.detach().float()
-        sample = _sample(act, activation_samples) if activation_samples > 0 else None
-        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        calls.append((label, module, _activation_stats(act, module), sample))
-
-    handles = [module.register_forward_hook(hook) for _, module in watched]
+    watch = LayerWatch(model, activation_samples)
     devices = {p.device for p in model.parameters()} | {x.device}
     params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        with _preserved(model, train_mode, list(devices)):
-            with torch.enable_grad():
-                with precision.autocast():
-                    loss = criterion(model(x), y)
-                # Under fp16, scale the loss as training does, or small activation gradients flush to
-                # zero on the way back (Micikevicius et al. 2018); the result is unscaled below.
-                scale = getattr(precision, "loss_scale", None) or 1.0
-                # autograd.grad returns the gradients without touching any `.grad`.
-                grads = torch.autograd.grad(loss.float() * scale, params, allow_unused=True) if params else ()
-                if scale != 1.0:
-                    grads = tuple(g / scale if g is not None else None for g in grads)
-    finally:
-        for handle in handles:
-            handle.remove()
-    grad_of = {id(p): g for p, g in zip(params, grads)}
-    return _rows(calls, grad_of)
+    with _preserved(model, train_mode, list(devices)):
+        with torch.enable_grad():
+            with watch, precision.autocast():
+                loss = criterion(model(x), y)
+            # Under fp16, scale the loss as training does, or small activation gradients flush to
+            # zero on the way back (Micikevicius et al. 2018); the result is unscaled below.
+            scale = getattr(precision, "loss_scale", None) or 1.0
+            # autograd.grad returns the gradients without touching any `.grad`.
+            grads = torch.autograd.grad(loss.float() * scale, params, allow_unused=True) if params else ()
+            if scale != 1.0:
+                grads = tuple(g / scale if g is not None else None for g in grads)
+    return watch.rows({id(p): g for p, g in zip(params, grads)})
 
 
-def _activation_stats(act: Tensor, module: nn.Module) -> Tensor:
+def _weights(module: nn.Module) -> list[nn.Parameter]:
+    """A module's own `weight*` parameters (weight, weight_ih_l0, ...): what its norms are over."""
+    return [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
+
+
+def _activation_stats(act: Tensor, relu_family: bool) -> Tensor:
     """[mean, std, dead fraction] of one layer output, on its device (nan where undefined)."""
-    nan = torch.full((), float("nan"), device=act.device)
+    nan = act.new_tensor(float("nan"))
+    # Two reductions, not torch.std_mean: on the CPU that single op is several times slower.
     mean = act.mean() if act.numel() else nan
     std = act.std() if act.numel() > 1 else nan
-    dead = _dead_fraction(act) if isinstance(module, RELU_FAMILY) and act.ndim >= 2 else nan
+    dead = _dead_fraction(act) if relu_family and act.ndim >= 2 else nan
     return torch.stack([mean, std, dead])
 
 
-def _weight_stats(module: nn.Module, grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
-    """[weight norm, grad norm, grad std] over a module's own `weight*` parameters (nan where absent)."""
+def _weight_stats(weights: list[nn.Parameter], grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
+    """[weight norm, grad norm, grad std] over a module's `weight*` parameters (nan where absent)."""
     nan = torch.full((), float("nan"), device=device)
-    weights = [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
     if not weights:
         return torch.stack([nan, nan, nan])
     weight_norm = torch.cat([w.detach().float().reshape(-1) for w in weights]).norm().to(device)
@@ -171,29 +205,28 @@ def _weight_stats(module: nn.Module, grad_of: dict[int, Tensor | None], device: 
     return torch.stack([weight_norm, flat.norm(), flat.std() if flat.numel() > 1 else nan])
 
 
-def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]],
+def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]], weights_of: dict[int, list[nn.Parameter]],
           grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
     """Stack every statistic on the device and read them all back with one host sync."""
     if not calls:
         return []
     device = calls[0][2].device
-    table = torch.stack([torch.cat([act.to(device), _weight_stats(module, grad_of, device)])
+    table = torch.stack([torch.cat([act.to(device), _weight_stats(weights_of[id(module)], grad_of, device)])
                          for _, module, act, _ in calls]).cpu().tolist()
     rows: list[dict[str, Any]] = []
     for (name, module, _, sample), values in zip(calls, table):
         row: dict[str, Any] = {"name": name, "kind": type(module).__name__}
         for key, value in zip(STAT_KEYS, values):
             # nan marks "not defined for this layer" (no weights, not a ReLU); inf stays: it is real.
-            row[key] = None if value != value and _undefined(key, module, grad_of) else float(value)
+            row[key] = None if value != value and _undefined(key, module, weights_of[id(module)], grad_of) else float(value)
         if sample is not None:
             row["activations"] = sample
         rows.append(row)
     return rows
 
 
-def _undefined(key: str, module: nn.Module, grad_of: dict[int, Tensor | None]) -> bool:
+def _undefined(key: str, module: nn.Module, weights: list[nn.Parameter], grad_of: dict[int, Tensor | None]) -> bool:
     """Whether statistic `key` does not apply to `module` (so nan means None, not a numeric nan)."""
-    weights = [p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")]
     if key == "dead_fraction":
         return not isinstance(module, RELU_FAMILY)
     if key == "weight_norm":

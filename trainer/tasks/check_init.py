@@ -56,8 +56,7 @@ def check_init(parts: Parts, run_dir: Path) -> dict[str, Any]:
         {"input_std", "layers": [collect's dicts + "act_ratio", "grad_ratio", "flags"],
          "flagged": [{"name", "flags"}], "ok": no layer flagged, "plot": path}.
     """
-    size = min(BATCH, len(parts.data.x_train))
-    x, y = parts.data.x_train[:size], parts.data.y_train[:size]
+    x, y = parts.data.head("train", BATCH)
     rows = collect(parts.model, x, y, parts.criterion, parts.precision, activation_samples=SAMPLES_PER_LAYER)
     # Character ids are indices, not a signal: the embedding's output is the input the layers see.
     input_std = rows[0]["act_std"] if parts.data.chars is not None and rows[0]["act_std"] else float(x.float().std())

@@ -120,7 +120,7 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
     notice = None
     if fold_bn and not folded:
         notice = "nothing to fold: the model has no conv/linear layer followed by batch norm; exported as is"
-    x = run.data.x_val[:CHECK_SAMPLES].cpu()
+    x = run.data.head("val", CHECK_SAMPLES)[0].cpu()
     batch_size = int(run.config.get("batch_size", 100))
     reference, result = _outputs(original, x, batch_size), _outputs(exported, x, batch_size)
     max_abs_diff = float((reference - result).abs().max())

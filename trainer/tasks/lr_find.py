@@ -22,6 +22,8 @@ from rich.console import RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
+from trainer.data.source import batch_source
+from trainer.engine import distributed
 from trainer.engine.parts import Parts
 from trainer.errors import ConfigError
 from trainer.observe.curves import save_figure
@@ -161,17 +163,19 @@ def _train_step(parts: Parts, x: torch.Tensor, y: torch.Tensor, params: list[tor
 def _batches(parts: Parts, count: int):
     """`count` training batches of the effective batch size (batch_size x trainer.accumulate),
     reshuffled each pass (seeded by cfg.seed)."""
-    x_train, y_train = parts.data.x_train, parts.data.y_train
-    size = min(parts.settings.batch_size * parts.settings.accumulate, len(x_train))
+    source = batch_source(parts.data, distributed.Context(), accumulate=1)  # one process, whole batches
+    num_train = parts.data.num_train
+    size = min(parts.settings.batch_size * parts.settings.accumulate, num_train)
+    steps = num_train // size
     generator = torch.Generator().manual_seed(int(parts.cfg.seed))
     produced = 0
     while produced < count:
-        order = torch.randperm(len(x_train), generator=generator).to(x_train.device)
-        for start in range(0, len(x_train) - size + 1, size):
+        order = source.start_epoch(torch.randperm(num_train, generator=generator), 0, size, steps)
+        for step in range(steps):
             if produced == count:
                 return
-            index = order[start:start + size]
-            yield x_train[index], y_train[index]
+            (batch,) = source.step(order[step * size : (step + 1) * size])
+            yield batch
             produced += 1
 
 

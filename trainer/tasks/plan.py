@@ -20,6 +20,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainer.config import choices
+from trainer.data import DataSplits
+from trainer.data.streamed import StreamedSplits
 from trainer.engine.parts import Parts, build_parts
 from trainer.errors import TrainerError
 from trainer.tricks.sched import resolve_warmup
@@ -109,17 +111,23 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, parts: Parts) -> int:
     return total
 
 
+def held_bytes(data: DataSplits | StreamedSplits) -> int:
+    """Bytes the data set holds on the device: every split of data in memory; none streamed from disk."""
+    if isinstance(data, StreamedSplits):
+        return 0
+    splits = (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test)
+    return sum(t.numel() * t.element_size() for t in splits if t is not None)
+
+
 def memory(parts: Parts) -> dict[str, int]:
     """The memory estimate, in bytes, for one training step at cfg.batch_size."""
     params = list(parts.model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    batch = parts.data.x_train[: parts.settings.batch_size]
+    batch = parts.data.head("train", parts.settings.batch_size)[0]
     activations = activation_bytes(parts.model, batch, parts) + batch.numel() * batch.element_size()
     optimizer = optimizer_slots(parts.optimizer) * trainable
-    splits = (parts.data.x_train, parts.data.y_train, parts.data.x_val, parts.data.y_val,
-              parts.data.x_test, parts.data.y_test)
-    data = sum(t.numel() * t.element_size() for t in splits if t is not None)
+    data = held_bytes(parts.data)
     return {"params": param_bytes, "grads": trainable, "optimizer": optimizer, "activations": activations,
             "total": param_bytes + trainable + optimizer + activations, "data": data}
 

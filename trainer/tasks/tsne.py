@@ -84,11 +84,12 @@ def tsne(resume: str | None, run_dir: Path, perplexity: Any = (5, 30, 50), max_p
         raise ConfigError(f"tsne.max_points={max_points} must be an integer >= 2")
     tsne_class = _tsne_class()
     run = load_run(resume, "tsne")
-    if run.data.task != "classification" or run.data.y_val.dim() != 1:
+    if run.data.task != "classification" or run.data.labels("val").dim() != 1:
         kind = run.data.task if run.data.task != "classification" else "a token sequence per sample, not a class"
         raise ConfigError(f"task=tsne colours the points by class; the run's data={run.config['data'].get('name')} "
                           f"is {kind}")
-    x, labels = run.data.x_val[:max_points].cpu(), run.data.y_val[:max_points].cpu().numpy()
+    x, y = run.data.head("val", max_points)
+    x, labels = x.cpu(), y.cpu().numpy()
     too_large = [p for p in perplexities if p >= len(x)]
     if too_large:
         raise ConfigError(f"tsne.perplexity={too_large[0]:g} must be below the number of points ({len(x)} validation "

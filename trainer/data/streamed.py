@@ -1,0 +1,161 @@
+"""Data sets read from disk sample by sample, for images that do not fit in memory.
+
+A builder that streams (data=imagefolder over its memory budget, data=hf) returns a
+`StreamedSplits`, made by `streamed_splits`. Each split is a `Streamed`: a dataset that meets
+this contract, and its labels.
+
+- The dataset is map-style (`torch.utils.data.Dataset`): `len(ds)` samples, and `ds[i]` returns
+  `(image, label)`: `image` a uint8 tensor (C, H, W), every sample the same shape; `label` an int
+  in 0..num_classes-1. It is picklable (DataLoader worker processes receive a copy) and
+  deterministic: the same `i` gives the same sample every time (no random transform: the
+  `augment` group runs on the device, in the training step, for data in memory and streamed alike).
+- The labels are all of them, an int64 tensor (N,) with `labels[i] == ds[i][1]`, read without
+  decoding an image (ImageFolder's targets, a label column): the classes check, the chance-level
+  loss and smoke runs read them.
+
+Images stay uint8 until they reach the device, where `StreamedSplits.normalise` turns them into
+float32 standardised per channel: x / 255, minus the training split's mean, over its std. The
+statistics come from a bounded sample (`STATS_BYTES`) of the training split, its first images
+in split order, so they are the in-memory path's own whenever the sample holds the whole split.
+trainer/data/source.py reads the batches (DataLoader worker processes, pinned memory, prefetching).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from trainer.errors import ConfigError
+
+# The training images the per-channel statistics are measured on, as float32 bytes: the whole
+# split when it is that small, else its first images (a random sample: the split order is shuffled).
+STATS_BYTES = 256 * 2**20
+# Samples read ahead by each worker process, in batches.
+PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """One split: a dataset meeting the module's contract, and its labels (int64, (N,))."""
+
+    dataset: Dataset
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, count: int) -> "Streamed":
+        """Its first `count` samples."""
+        count = min(count, len(self))
+        return Streamed(Subset(self.dataset, range(count)), self.labels[:count])
+
+
+@dataclass
+class StreamedSplits:
+    """A classification data set read from disk batch by batch; the loop reads it through
+    source.StreamSource, the rest of the trainer through `head` and `labels`.
+
+    Args:
+        train, val, test: the splits (test None: none).
+        num_outputs: number of classes.
+        input_shape: one image's (C, H, W).
+        mean, std: the training split's per-channel statistics, shaped (1, C, 1, 1), on `device`.
+        workers: DataLoader worker processes reading samples (0: read in the training process).
+        notices: one-line remarks for the user.
+        device: where batches go (set by `to`).
+        heads: the samples `head` has read, kept (the layer statistics read the same ones each epoch).
+    """
+
+    train: Streamed
+    val: Streamed
+    num_outputs: int
+    input_shape: tuple[int, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+    workers: int = 0
+    test: Streamed | None = None
+    notices: list[str] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    task: str = "classification"
+    chars: None = None  # streamed data is images, never character ids
+    char_lm = False
+    heads: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    def split(self, name: str) -> Streamed:
+        split = getattr(self, name)
+        assert split is not None, f"no {name} split"
+        return split
+
+    def to(self, device: torch.device) -> "StreamedSplits":
+        return dataclasses.replace(self, mean=self.mean.to(device), std=self.std.to(device), device=device, heads={})
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch (N, C, H, W) on the device -> float32, standardised with the training statistics."""
+        return (images.float().div_(255) - self.mean) / self.std
+
+    def describe(self) -> dict[str, object]:
+        """How the run reads its data, for summary.json."""
+        return {"path": "streaming", "train_samples": self.num_train, "workers": self.workers}
+
+    def labels(self, name: str) -> torch.Tensor:
+        """Every label of split `name` ("train", "val", "test"), on the host."""
+        return self.split(name).labels
+
+    def head(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` samples of split `name` as the model reads them, on the device: what
+        the layer statistics, the diagnosis and the tools look at instead of a whole split."""
+        if (name, count) not in self.heads:
+            images, labels = read_all(self.split(name).head(count), self.workers)
+            self.heads[name, count] = images.to(self.device), labels.to(self.device)
+        images, labels = self.heads[name, count]
+        return self.normalise(images), labels
+
+
+def check_workers(workers: object) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"data.workers={workers} must be an integer >= 0 (0: read in the training process)")
+    return workers
+
+
+def loader(dataset: Dataset, workers: int, pin: bool, **batching: object) -> DataLoader:
+    """A DataLoader over `dataset` with `workers` persistent worker processes prefetching batches.
+    It has its own generator: the seed it draws for its workers at each pass must not move the
+    global RNG, which dropout and augmentation draw from (the in-memory path draws no such seed)."""
+    return DataLoader(dataset, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                      prefetch_factor=PREFETCH_BATCHES if workers > 0 else None, generator=torch.Generator(),
+                      **batching)  # type: ignore[arg-type]
+
+
+def read_all(split: Streamed, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of `split` in order, stacked: uint8 images (N, C, H, W) and int64 labels."""
+    batches = list(loader(split.dataset, min(workers, 2), pin=False, batch_size=256))
+    return torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches]).long()
+
+
+def image_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of float images (N, C, H, W), shaped (1, C, 1, 1); a constant
+    channel's std is clamped so it stays finite."""
+    return x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def streamed_splits(train: Streamed, val: Streamed, test: Streamed | None, num_classes: int, workers: int,
+                    notices: list[str] | None = None) -> StreamedSplits:
+    """The StreamedSplits of these splits: the sample shape from the first training image, the
+    normalisation from a bounded sample of the training split (STATS_BYTES)."""
+    workers = check_workers(workers)
+    shape = tuple(train.dataset[0][0].shape)
+    per_image = 4 * int(torch.Size(shape).numel())
+    images, _ = read_all(train.head(max(STATS_BYTES // per_image, 1)), workers)
+    mean, std = image_stats(images.float().div_(255))
+    return StreamedSplits(train=train, val=val, test=test, num_outputs=num_classes, input_shape=shape,
+                          mean=mean, std=std, workers=workers, notices=list(notices or []))

@@ -108,6 +108,9 @@ def test_the_launcher_config_prints_without_a_cluster(tmp_path: Path) -> None:
     assert shown.code == 0, shown.stderr
     assert "SlurmLauncher" in shown.stdout and "tasks_per_node: ${.gpus_per_node}" in shown.stdout
     assert not list(tmp_path.iterdir())  # nothing submitted, nothing written
+    with_m = train_in_process(["-m", "hydra/launcher=slurm", "--cfg", "hydra"], tmp_path)  # Hydra: a ValueError's traceback
+    assert (with_m.code, with_m.stderr) == (
+        2, "error: -m and --cfg do not go together; leave out -m: `train ... --cfg ...` shows what every job of the sweep gets\n")
 
 
 # --- a sweep job trained by the tasks of one SLURM job (the submitit launcher) ---------------------------

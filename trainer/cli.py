@@ -169,6 +169,18 @@ def check_removals(overrides: list[str]) -> None:
             raise TrainerError(f"{override} removes {key}, which every run needs; set it ({key}=...) instead")
 
 
+# Hydra's options that show the composed config instead of running it, as a command's one mode.
+SHOW_OPTIONS = ("--cfg", "-c", "--info", "-i")
+
+
+def check_one_mode(args: list[str]) -> None:
+    """`train -m ... --cfg hydra`: Hydra runs one mode a command and would stop with a traceback."""
+    shown = next((arg for arg in args if arg.split("=")[0] in SHOW_OPTIONS), None)
+    if shown is not None and {"-m", "--multirun"} & set(args):
+        raise TrainerError(f"-m and {shown} do not go together; leave out -m: `train ... {shown} ...` shows "
+                           "what every job of the sweep gets")
+
+
 def main() -> None:
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from trainer.help import catalogue
@@ -191,6 +203,7 @@ def main() -> None:
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
             raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
                                "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")
+        check_one_mode(sys.argv[1:])
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it

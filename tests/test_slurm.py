@@ -87,7 +87,7 @@ def test_slurms_time_limit_warning_stops_a_run_as_sigterm_does() -> None:
         assert signals.received == signal.SIGUSR2 and signals.name == "SIGUSR2"
 
 
-def test_the_preset_runs_a_process_per_gpu_on_each_node() -> None:
+def test_the_preset_runs_a_process_per_gpu_on_each_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
@@ -100,6 +100,30 @@ def test_the_preset_runs_a_process_per_gpu_on_each_node() -> None:
     params = launcher.params
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
     assert params["setup"] == [f"export OMP_NUM_THREADS={params['cpus_per_task']}"]
+    # The batch script submitit would hand sbatch (its executor wants an `srun` on PATH: a stand-in).
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    script = batch_script(params, tmp_path / "submitit")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --signal=USR2@120", "export OMP_NUM_THREADS=8"):
+        assert line in script.splitlines(), line
+    assert "\nsrun " in script  # one process per task, each with SLURM_PROCID and the rest
+
+
+def batch_script(params: dict, folder: Path) -> str:
+    """The sbatch file for `params`, the launcher's keys passed to submitit as the launcher does
+    (hydra_submitit_launcher's BaseSubmititLauncher.launch), its logs in `folder`."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = dict(params)
+    del params["submitit_folder"]  # the sweep folder's, relative to where the command runs
+    executor = submitit.AutoExecutor(cluster="slurm", folder=folder,
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in base else f"slurm_{key}": value for key, value in params.items()})
+    return executor._executor._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "job")
 
 
 def test_the_launcher_config_prints_without_a_cluster(tmp_path: Path) -> None:

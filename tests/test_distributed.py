@@ -100,7 +100,7 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
 
 def slurm_task(rank: int, world_size: int, _port: int, job_id: int) -> dict[str, str]:
     """What srun gives task `rank` of a one-node job of `world_size` tasks: no torchrun variable."""
-    return {"SLURM_JOB_ID": str(job_id), "SLURM_NTASKS": str(world_size), "SLURM_PROCID": str(rank),
+    return {"SLURM_JOB_ID": str(job_id), "SLURM_STEP_ID": "0", "SLURM_NTASKS": str(world_size), "SLURM_PROCID": str(rank),
             "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost"}
 
 
@@ -132,7 +132,8 @@ def test_the_tasks_of_a_slurm_job_train_as_torchruns_workers(one_process: Path, 
 # variables srun would give the same task on a cluster (the local executor sets its own names).
 AS_SLURM_TASKS = """import os
 if "SUBMITIT_LOCAL_GLOBALID" in os.environ:
-    os.environ.update(SLURM_JOB_ID=os.environ["SUBMITIT_LOCAL_JOB_ID"], SLURM_NTASKS=os.environ["SUBMITIT_LOCAL_NTASKS"],
+    os.environ.update(SLURM_JOB_ID=os.environ["SUBMITIT_LOCAL_JOB_ID"], SLURM_STEP_ID="0",
+                      SLURM_NTASKS=os.environ["SUBMITIT_LOCAL_NTASKS"],
                       SLURM_PROCID=os.environ["SUBMITIT_LOCAL_GLOBALID"], SLURM_LOCALID=os.environ["SUBMITIT_LOCAL_LOCALID"],
                       SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost")
 """

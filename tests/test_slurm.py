@@ -24,8 +24,8 @@ from trainer.engine.signals import StopSignals
 from trainer.sweep import jobs as sweep
 
 # What srun gives task 1 of a job of 2 nodes x 2 tasks (task 1: node 0's second task).
-TASK = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0",
-        "SLURM_JOB_NODELIST": "gpu[07-08]"}
+TASK = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu[07-08]"}
 
 
 @pytest.mark.parametrize(("nodelist", "first"), [
@@ -56,6 +56,7 @@ def test_a_task_reads_as_a_torchrun_worker() -> None:
     ({"SLURM_STEP_NODELIST": "node[3-4]"}, {"MASTER_ADDR": "node3"}),  # the step's nodes (srun) over the job's
     ({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}, {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}),  # the job's own
     ({"SLURM_LOCALID": "0", "SLURM_PROCID": "2", "SLURM_NODEID": "1"}, {"RANK": "2", "LOCAL_RANK": "0"}),  # node 1's first task
+    ({"SLURM_STEP_NUM_TASKS": "2"}, {"WORLD_SIZE": "2"}),  # a step of 2 tasks in a job of 4: the step trains
 ])
 def test_what_a_task_takes_from_where(changes: dict[str, str], expected: dict[str, str]) -> None:
     variables = slurm.torchrun_env({**TASK, **changes})
@@ -66,7 +67,11 @@ def test_what_a_task_takes_from_where(changes: dict[str, str], expected: dict[st
     {**TASK, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},  # torchrun's workers (srun torchrun ...): torchrun decides
     {**TASK, "WORLD_SIZE": "2"},
     {**TASK, "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"},  # a job of one task: a plain run
-    {key: value for key, value in TASK.items() if key != "SLURM_PROCID"},  # an allocation's shell, no task of it
+    {key: value for key, value in TASK.items() if key != "SLURM_PROCID"},
+    # The batch script itself, or an salloc shell: SLURM_PROCID and the allocation's task count,
+    # but no job step (srun) started it; joining would wait for tasks that never start.
+    {key: value for key, value in TASK.items() if key != "SLURM_STEP_ID"},
+    {**TASK, "SLURM_STEP_NUM_TASKS": "1"},  # an interactive step of one task inside a 4-task allocation
     {},  # no SLURM
 ])
 def test_where_slurm_is_not_asked(environ: dict[str, str]) -> None:

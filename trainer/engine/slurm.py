@@ -2,14 +2,16 @@
 
 `srun train ...` in a job of N tasks (`sbatch --ntasks-per-node`, `--nodes`), or Hydra's submitit
 launcher with `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml), starts one `train` process
-per task, each with SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and the job's node list in its
-environment. `adopt` writes torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT
-from them, so engine/distributed.py joins the tasks into one process group by the same env://
-rendezvous as under torchrun: rank 0 listens on the first node of the job, on a port derived
-from the job id (every task computes the same one; a job's own MASTER_ADDR or MASTER_PORT wins).
+per task, each with SLURM_STEP_ID, SLURM_PROCID, SLURM_STEP_NUM_TASKS (SLURM_NTASKS: the job's),
+SLURM_LOCALID and the node list in its environment. `adopt` writes torchrun's RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT from them, so engine/distributed.py joins the tasks into
+one process group by the same env:// rendezvous as under torchrun: rank 0 listens on the first
+node of the step, on a port derived from the job id (every task computes the same one; a job's
+own MASTER_ADDR or MASTER_PORT wins).
 
 torchrun's variables take precedence (`srun torchrun ...` starts its own workers, which carry
-them), and a job of one task is a plain run. No torch here: the CLI reads this before --help.
+them); a step of one task, and a process srun did not start, is a plain run. No torch here: the
+CLI reads this before --help.
 """
 from __future__ import annotations
 
@@ -42,16 +44,22 @@ def master_port(job_id: str) -> int:
 
 
 def torchrun_env(environ: MutableMapping[str, str]) -> dict[str, str]:
-    """torchrun's variables for this SLURM task; {} when torchrun's are set, outside SLURM, or in a
-    job of one task."""
-    if any(key in environ for key in TORCHRUN_KEYS) or int(environ.get("SLURM_NTASKS", "1")) <= 1:
+    """torchrun's variables for this SLURM task; {} when torchrun's are set, outside SLURM, outside
+    a job step, or in a step of one task."""
+    if any(key in environ for key in TORCHRUN_KEYS) or "SLURM_PROCID" not in environ:
         return {}
-    if "SLURM_PROCID" not in environ:  # an allocation's shell (salloc) rather than one of its tasks
+    # srun marks each task of a job step; a batch script or an salloc shell, which can hold
+    # SLURM_PROCID and the allocation's SLURM_NTASKS too, is one process: joining would wait for
+    # tasks that never start.
+    if "SLURM_STEP_ID" not in environ:
+        return {}
+    tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS", "1")  # the step's, else the job's
+    if int(tasks) <= 1:
         return {}
     nodelist = next((environ[key] for key in NODELIST_KEYS if environ.get(key)), "localhost")
     return {
         "RANK": environ["SLURM_PROCID"],
-        "WORLD_SIZE": environ["SLURM_NTASKS"],
+        "WORLD_SIZE": tasks,
         "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
         "MASTER_ADDR": environ.get("MASTER_ADDR") or first_host(nodelist),
         "MASTER_PORT": environ.get("MASTER_PORT") or str(master_port(environ.get("SLURM_JOB_ID", "0"))),

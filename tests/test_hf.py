@@ -39,9 +39,10 @@ def test_a_saved_folder_trains_end_to_end(tmp_path: Path, make_cfg: Callable[...
     # every split as stored, in its order: the validation split is the folder's own
     assert torch.equal(data.y_train, labels(64)) and torch.equal(data.y_val, labels(12))
     assert torch.equal(data.y_test, labels(9))
-    stored = torch.from_numpy(hf_split(12, seed=1).with_format("numpy")["image"][:]).permute(0, 3, 1, 2)
-    assert torch.equal(hf.Rows(hf_split(12, seed=1), hf.inputs_of(hf_split(12, seed=1), "image", None, False),
-                               labels(12)).stack(), stored)  # pixels unchanged on the way in
+    validation = hf_split(12, seed=1)  # as write_hf wrote it
+    rows = hf.Rows(validation, hf.inputs_of(validation, "image", None, False), labels(12))
+    stored = torch.from_numpy(validation.with_format("numpy")["image"][:]).permute(0, 3, 1, 2)
+    assert torch.equal(rows.stack(), stored)  # the pixels unchanged on the way in, C x H x W
 
     summary = run(make_cfg("data=hf", f"data.path={folder}", "model=cnn"), tmp_path / "run")
     assert summary["status"] == "completed" and summary["tricks"]["data"] == "hf"
@@ -139,12 +140,15 @@ def test_without_the_datasets_package_the_error_names_the_extra(tmp_path: Path, 
 def test_unusable_columns_are_refused(tmp_path: Path) -> None:
     import datasets
 
-    table = datasets.Dataset.from_dict({"image": [[1.0, 2.0]] * 10, "label": [0.5] * 10, "name": ["a"] * 10})
+    table = datasets.Dataset.from_dict({"image": [[1.0, 2.0]] * 10, "label": [0.5] * 10, "name": ["a"] * 10,
+                                       "kind": ["a", "b"] * 5})
     table.save_to_disk(str(tmp_path / "d"))
     with pytest.raises(DataError, match="data.label_column=label holds float64 values; class labels must be"):
         hf.build(str(tmp_path / "d"))
     with pytest.raises(DataError, match="data.image_column=name holds <U1 values; it must hold images or numbers"):
-        hf.build(str(tmp_path / "d"), image_column="name", label_column="name")
+        hf.build(str(tmp_path / "d"), image_column="name", label_column="kind")
+    with pytest.raises(DataError, match="data.label_column=name: the 'train' split holds 1 class; classification needs at least 2"):
+        hf.build(str(tmp_path / "d"), label_column="name")
 
 
 @needs_datasets

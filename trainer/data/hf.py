@@ -171,7 +171,7 @@ class Rows(torch.utils.data.Dataset):
     def __init__(self, table: "datasets.Dataset", inputs: Inputs, labels: torch.Tensor) -> None:
         # Images stay PIL images (the python format); arrays come as NumPy arrays, not lists.
         columns = table.select_columns([inputs.column])
-        self.table = columns if inputs.image and _is_image(columns, inputs.column) else columns.with_format("numpy")
+        self.table = columns if _is_image(columns, inputs.column) else columns.with_format("numpy")
         self.inputs = inputs
         self.labels = labels
 
@@ -285,6 +285,9 @@ def build(
     splits = {name: found[name] for name in wanted if name in found}
     _check_columns(path, splits, {"image_column": image_column, "label_column": label_column})
     labels, classes = labels_of(splits, label_column)
+    if len(torch.unique(labels[train_split])) < 2:
+        raise DataError(f"data.label_column={label_column}: the {train_split!r} split holds "
+                        f"{len(torch.unique(labels[train_split]))} class; classification needs at least 2")
     inputs = inputs_of(splits[train_split], image_column, image_size, grayscale)
     notices = []
     if val_split is None or val_split not in splits:

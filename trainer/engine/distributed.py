@@ -144,8 +144,9 @@ class Context:
             return requested
         if self.local_rank >= torch.cuda.device_count():
             raise ConfigError(f"local rank {self.local_rank} was started but only {torch.cuda.device_count()} CUDA GPU(s) "
-                              "are visible; start at most that many processes per machine (processes=N, or "
-                              "torchrun's --nproc_per_node), or train on the CPU with device=cpu")
+                              "are visible; start at most that many processes per machine (processes=N, torchrun's "
+                              "--nproc_per_node, or SLURM's tasks per node, each seeing the node's GPUs), or train "
+                              "on the CPU with device=cpu")
         return torch.device("cuda", self.local_rank)
 
 

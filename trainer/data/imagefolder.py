@@ -74,7 +74,7 @@ def build(
     needed = sum(len(found.samples) for found in files.values()) * (1 if grayscale else 3) * image_size**2 * 4
     if mode == "false" or mode == "auto" and needed > memory_budget_mb * 2**20:
         reason = ("data.in_memory=false" if mode == "false" else
-                  f"the images need {needed / 2**20:.0f} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
+                  f"the images need {needed / 2**20:.3g} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
         return _streamed(files, transforms.Compose([*steps, transforms.PILToTensor()]), path, val_fraction, seed,
                          workers, f"data=imagefolder is streamed from disk ({reason}) by {workers} worker process(es)")
 

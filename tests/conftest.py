@@ -32,6 +32,8 @@ def make_cfg() -> Callable[..., DictConfig]:
 def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data builders cache under TRAINER_DATA_DIR: keep tests out of the user's cache."""
     monkeypatch.setenv("TRAINER_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
+    # Runs count the train processes on the machine (trainer.threads=auto): not other sessions' tests.
+    monkeypatch.setenv("TRAINER_PROCESSES_DIR", str(tmp_path_factory.getbasetemp() / "processes"))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ torchrun starts each rank as a fresh interpreter, and importing torch and the tr
 several seconds per process on this project's machine. The ranks here are forked from the test
 process, which has imported both already, and get the environment torchrun gives its workers
 (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT): to `train` they are
-torchrun's workers, joined by the same env:// rendezvous. (tests/test_distributed.py also runs
+torchrun's workers, joined by the same env:// rendezvous (or, with another `env`, a SLURM job's tasks). (tests/test_distributed.py also runs
 the real torchrun once, marked slow.)
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from in_process import Outcome
@@ -31,10 +32,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, args: list[str], cwd: Path, logs: Path) -> None:
-    """One rank: torchrun's environment, stdout and stderr to files, `train ARGS`; exits with its code."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def torchrun_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """What torchrun gives each of its workers on one machine."""
+    return dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+Environment = Callable[[int, int, int], dict[str, str]]  # (rank, world size, a free port) -> a rank's variables
+
+
+def _rank_main(rank: int, world_size: int, port: int, args: list[str], cwd: Path, logs: Path, env: Environment) -> None:
+    """One rank: its launcher's environment, stdout and stderr to files, `train ARGS`; exits with its code."""
+    os.environ.update(env(rank, world_size, port))
     for fd, name in ((1, "stdout"), (2, "stderr")):
         target = os.open(logs / f"{rank}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
@@ -59,11 +68,11 @@ def _rank_main(rank: int, world_size: int, port: int, args: list[str], cwd: Path
 class Ranks:
     """The forked ranks of one `train` command, started at once; `wait` collects their outcomes."""
 
-    def __init__(self, args: list[str], cwd: Path, world_size: int = 2) -> None:
+    def __init__(self, args: list[str], cwd: Path, world_size: int = 2, env: Environment = torchrun_env) -> None:
         self.logs = Path(tempfile.mkdtemp(prefix="ranks-"))  # beside, not in, the folder the run writes to
         port = free_port()
         fork = multiprocessing.get_context("fork")
-        self.processes = [fork.Process(target=_rank_main, args=(rank, world_size, port, args, cwd, self.logs))
+        self.processes = [fork.Process(target=_rank_main, args=(rank, world_size, port, args, cwd, self.logs, env))
                           for rank in range(world_size)]
         for process in self.processes:
             process.start()
@@ -86,15 +95,15 @@ class Ranks:
         return outcomes
 
 
-def train_ranks(args: list[str], cwd: Path, world_size: int = 2, timeout: float = 120.0) -> list[Outcome]:
-    """`torchrun --nproc_per_node=WORLD_SIZE -m trainer.cli ARGS` run from `cwd`, as forked ranks;
-    one Outcome per rank."""
-    return Ranks(args, cwd, world_size).wait(timeout)
+def train_ranks(args: list[str], cwd: Path, world_size: int = 2, timeout: float = 120.0,
+                env: Environment = torchrun_env) -> list[Outcome]:
+    """`torchrun --nproc_per_node=WORLD_SIZE -m trainer.cli ARGS` run from `cwd`, as forked ranks
+    (another launcher's with `env`); one Outcome per rank."""
+    return Ranks(args, cwd, world_size, env).wait(timeout)
 
 
 def _call_on_rank(rank: int, world_size: int, port: int, function, results) -> None:  # noqa: ANN001
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(torchrun_env(rank, world_size, port))
     from trainer.engine import distributed
 
     try:

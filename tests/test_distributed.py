@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from in_process import train_in_process
 from ranks import Ranks, call_on_ranks, train_ranks
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from trainer.engine import checkpoint, distributed, launch
+from trainer.engine import checkpoint, distributed, launch, slurm
 
 # A tiny run: 128 training samples, 8 steps of a global batch of 32 in 2 epochs; no batch
 # statistics (norm=none), so 2 x 16 samples give the same gradient as 32 in one process; a
@@ -97,12 +98,76 @@ def test_resume_auto_under_two_ranks(one_process: Path, tmp_path: Path) -> None:
     assert_same_training(one_process, tmp_path / "run")
 
 
+def slurm_task(rank: int, world_size: int, _port: int, job_id: int) -> dict[str, str]:
+    """What srun gives task `rank` of a one-node job of `world_size` tasks: no torchrun variable."""
+    return {"SLURM_JOB_ID": str(job_id), "SLURM_STEP_ID": "0", "SLURM_NTASKS": str(world_size), "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost"}
+
+
+def job_with_a_free_port() -> int:
+    """A job id whose rendezvous port (engine/slurm.py derives it from the id) is free here."""
+    for job_id in range(os.getpid(), os.getpid() + slurm.PORT_SPAN):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", slurm.master_port(str(job_id))))
+            except OSError:
+                continue
+        return job_id
+    raise AssertionError("no free port in engine/slurm.py's range")
+
+
+def test_the_tasks_of_a_slurm_job_train_as_torchruns_workers(one_process: Path, tmp_path: Path) -> None:
+    # `srun --ntasks=2 train ...`: the ranks and the rendezvous come from SLURM's variables alone.
+    rank0, rank1 = train_ranks([*BASE, PER_RANK], tmp_path, env=partial(slurm_task, job_id=job_with_a_free_port()))
+    assert (rank0.code, rank1.code) == (0, 0), rank0.stderr + rank1.stderr
+    folders = list((tmp_path / "outputs").glob("*/*"))
+    assert len(folders) == 1  # one run folder, rank 0's
+    assert_same_training(one_process, folders[0])
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"]) == ("completed", 2)
+    assert rank1.stdout == "" and rank1.stderr == ""
+
+
+# Started in every interpreter on PYTHONPATH: a task of submitit's local executor gets the SLURM
+# variables srun would give the same task on a cluster (the local executor sets its own names).
+AS_SLURM_TASKS = """import os
+if "SUBMITIT_LOCAL_GLOBALID" in os.environ:
+    os.environ.update(SLURM_JOB_ID=os.environ["SUBMITIT_LOCAL_JOB_ID"], SLURM_STEP_ID="0",
+                      SLURM_NTASKS=os.environ["SUBMITIT_LOCAL_NTASKS"],
+                      SLURM_PROCID=os.environ["SUBMITIT_LOCAL_GLOBALID"], SLURM_LOCALID=os.environ["SUBMITIT_LOCAL_LOCALID"],
+                      SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost")
+"""
+
+
+@pytest.mark.slow
+def test_the_submitit_launcher_trains_each_job_on_its_tasks(one_process: Path, tmp_path: Path) -> None:
+    # Hydra's submitit launcher as on SLURM (pickled job, one process per task running the job
+    # function, hydra.launcher.tasks_per_node=2), on submitit's local executor instead of sbatch.
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(AS_SLURM_TASKS)
+    command = ["-m", *BASE, PER_RANK, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+               "hydra.launcher.timeout_min=10", "hydra.sweep.dir=sweep"]
+    first = _train(command, tmp_path, extra_path=tmp_path / "site")
+    assert first.returncode == 0, first.stderr
+    jobs = sorted(path for path in (tmp_path / "sweep").iterdir() if (path / "summary.json").is_file())
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert [(s["status"], s["world_size"], s["seed"]) for s in summaries] == [("completed", 2, 0), ("completed", 2, 1)]
+    assert_same_training(one_process, jobs[0])  # the 2 tasks of job seed=0 trained as one process at the global batch
+    assert (tmp_path / "sweep" / "report.md").is_file()
+    written = {job: (job / "summary.json").stat().st_mtime_ns for job in jobs}
+    again = _train(command, tmp_path, extra_path=tmp_path / "site")  # both finished: every task skips them
+    assert again.returncode == 0, again.stderr
+    assert {job: (job / "summary.json").stat().st_mtime_ns for job in jobs} == written
+
+
 @pytest.mark.parametrize(("override", "failing"), [
     (["data._target_=failing_rank_data.build"], 1),  # rank 1 alone cannot read its data
     (["optim.lr=0"], 0),  # every rank refuses the value: rank 0 alone says so
     (["smoke=true"], 0),  # one-process commands, refused under torchrun
     (["-m", "seed=0,1"], 0),
     (["processes=3"], 0),  # torchrun started 2
+    (["norm=batchnorm", "norm.sync=true"], 0),  # PyTorch's SyncBatchNorm refuses CPU tensors
 ])
 def test_an_error_on_any_rank_stops_every_rank_with_one_line(tmp_path: Path, override: list[str], failing: int) -> None:
     flags = [arg for arg in override if arg.startswith("-")]  # Hydra's options come before the overrides
@@ -208,9 +273,10 @@ def test_each_process_trains_the_job_in_its_folder() -> None:
     assert launch.worker_args(["norm=none"], folder, "auto")[-1] == "resume=auto"  # a sweep continuing the job
 
 
-def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _train(args: list[str], cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    paths = [*([str(extra_path)] if extra_path else []), str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 

@@ -4,6 +4,7 @@ missing `datasets` package."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import socket
 import sys
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from fakes import HF_CLASSES, hf_split, write_hf
 from in_process import train_in_process
 from test_test_split import events  # noqa: F401 - the fixture that records each evaluation
-from trainer.data import hf, hold_out_indices
+from trainer.data import DataSplits, hf, hold_out_indices
 from trainer.errors import ConfigError, DataError
 from trainer.run import run
 
@@ -38,9 +39,10 @@ def test_a_saved_folder_trains_end_to_end(tmp_path: Path, make_cfg: Callable[...
     # every split as stored, in its order: the validation split is the folder's own
     assert torch.equal(data.y_train, labels(64)) and torch.equal(data.y_val, labels(12))
     assert torch.equal(data.y_test, labels(9))
-    stored = torch.from_numpy(hf_split(12, seed=1).with_format("numpy")["image"][:]).permute(0, 3, 1, 2)
-    assert torch.equal(hf.Rows(hf_split(12, seed=1), hf.inputs_of(hf_split(12, seed=1), "image", None, False),
-                               labels(12)).stack(), stored)  # pixels unchanged on the way in
+    validation = hf_split(12, seed=1)  # as write_hf wrote it
+    rows = hf.Rows(validation, hf.inputs_of(validation, "image", None, False), labels(12))
+    stored = torch.from_numpy(validation.with_format("numpy")["image"][:]).permute(0, 3, 1, 2)
+    assert torch.equal(rows.stack(), stored)  # the pixels unchanged on the way in, C x H x W
 
     summary = run(make_cfg("data=hf", f"data.path={folder}", "model=cnn"), tmp_path / "run")
     assert summary["status"] == "completed" and summary["tricks"]["data"] == "hf"
@@ -138,9 +140,36 @@ def test_without_the_datasets_package_the_error_names_the_extra(tmp_path: Path, 
 def test_unusable_columns_are_refused(tmp_path: Path) -> None:
     import datasets
 
-    table = datasets.Dataset.from_dict({"image": [[1.0, 2.0]] * 10, "label": [0.5] * 10, "name": ["a"] * 10})
+    table = datasets.Dataset.from_dict({"image": [[1.0, 2.0]] * 10, "label": [0.5] * 10, "name": ["a"] * 10,
+                                       "kind": ["a", "b"] * 5})
     table.save_to_disk(str(tmp_path / "d"))
     with pytest.raises(DataError, match="data.label_column=label holds float64 values; class labels must be"):
         hf.build(str(tmp_path / "d"))
     with pytest.raises(DataError, match="data.image_column=name holds <U1 values; it must hold images or numbers"):
-        hf.build(str(tmp_path / "d"), image_column="name", label_column="name")
+        hf.build(str(tmp_path / "d"), image_column="name", label_column="kind")
+    with pytest.raises(DataError, match="data.label_column=name: the 'train' split holds 1 class; classification needs at least 2"):
+        hf.build(str(tmp_path / "d"), label_column="name")
+
+
+@needs_datasets
+def test_streamed_images_train_exactly_as_held_in_memory(tmp_path: Path) -> None:
+    folder = write_hf(tmp_path, {"train": 48, "validation": 12, "test": 8})
+    common = ["data=hf", f"data.path={folder}", "data.workers=0", "model=cnn", "model.channels=[8,16]", "batch_size=8",
+              "epochs=2", "device=cpu", "deterministic=true", "curves=false", "regularisation=dropout"]
+    summaries = {}
+    for name, budget in (("held", 4096), ("streamed", 0.01)):  # 68 images of 3 x 8 x 8 as float32: 0.05 MiB
+        outcome = train_in_process([*common, f"data.memory_budget_mb={budget}", f"hydra.run.dir={name}"], tmp_path)
+        assert outcome.code == 0, outcome.stderr
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summaries["held"]["data"]["path"] == "in_memory" and summaries["streamed"]["data"]["path"] == "streaming"
+    for key in ("final", "best", "test"):  # the same batches, normalised with the same statistics: bit for bit
+        assert summaries["streamed"][key] == summaries["held"][key], key
+
+
+@needs_datasets
+def test_numbers_are_held_in_memory(tmp_path: Path) -> None:
+    folder = write_hf(tmp_path, {"train": 40}, parquet=True, images=False)
+    numbers = {"image_column": "features", "label_column": "kind", "root": str(tmp_path / "cache")}
+    assert isinstance(hf.build(str(folder), memory_budget_mb=1e-6, **numbers), DataSplits)  # over budget, held
+    with pytest.raises(ConfigError, match="data.in_memory=false streams images, but data.image_column=features holds numbers"):
+        hf.build(str(folder), in_memory=False, **numbers)

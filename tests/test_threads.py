@@ -2,6 +2,9 @@
 for every run, recorded in summary.json, and not part of what a sweep job is."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,3 +81,44 @@ def test_each_run_sets_and_records_its_threads(make_cfg: Callable[..., DictConfi
 def test_threads_are_not_part_of_a_jobs_fingerprint(make_cfg: Callable[..., DictConfig]) -> None:
     assert sweep.fingerprint(make_cfg("trainer.threads=1")) == sweep.fingerprint(make_cfg("trainer.threads=auto"))
     assert sweep.fingerprint(make_cfg("seed=1")) != sweep.fingerprint(make_cfg("seed=2"))
+
+
+def _another_run() -> "subprocess.Popen[str]":
+    """A process that joins the registry of running train processes (as a run does) and stays."""
+    code = ("from trainer.engine import threads; threads.running_processes(); print('joined', flush=True); "
+            "import sys; sys.stdin.read()")
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "joined"
+    return process
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_auto_shares_the_cores_among_running_train_processes() -> None:
+    assert threads.resolve("auto") == 8  # alone
+    other = _another_run()
+    try:
+        assert threads.running_processes() == 2
+        assert threads.resolve("auto") == 4
+        assert threads.resolve(3) == 3  # a count is a count
+    finally:
+        other.kill()  # however it ends, the kernel drops its lock
+        other.wait()
+    assert threads.resolve("auto") == 8
+    assert [file.name for file in threads.registry().glob("*.lock")] == [f"{os.getpid()}.lock"]  # its file removed
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_a_run_gives_up_its_share_when_another_starts_and_takes_it_back() -> None:
+    threads.rebalance("auto")
+    assert torch.get_num_threads() == 8
+    other = _another_run()
+    try:
+        threads.rebalance("auto")
+        assert torch.get_num_threads() == 4
+        threads.rebalance(2)  # a count is never changed
+        assert torch.get_num_threads() == 4
+    finally:
+        other.stdin.close()  # type: ignore[union-attr]
+        other.wait()
+    threads.rebalance("auto")
+    assert torch.get_num_threads() == 8

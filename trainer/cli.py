@@ -7,9 +7,11 @@ half-written run is left behind and no folder of the user's is ever removed.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer.config import config_root, group_choices
+from trainer.engine import slurm
 from trainer.errors import ConfigError, TrainerError
 from trainer.observe.metrics import objective
 from trainer.observe.run_folder import discard_if_unused
@@ -84,8 +87,30 @@ def train_job(cfg: DictConfig) -> float | None:
     return objective(summary["best"])
 
 
+def in_process_group(job: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
+    """`job` as each task of a SLURM job runs it under Hydra's submitit launcher: every task is a
+    fresh process that runs the job function alone (not `main`), so it joins the job's process
+    group here, from SLURM's variables, and leaves it when the job ends. Where `main` ran first
+    (a plain `train`, torchrun, `srun train`) the group, if any, is already joined."""
+
+    @functools.wraps(job)
+    def grouped(cfg: DictConfig) -> float | None:
+        if not slurm.adopt():  # not a SLURM task, or one whose `main` adopted SLURM's variables already
+            return job(cfg)
+        from trainer.engine import distributed
+
+        distributed.setup()
+        try:
+            return job(cfg)
+        finally:
+            distributed.teardown()
+
+    return grouped
+
+
 # In a multirun each job is skipped if finished, continued or rerun if not, and contained if it crashes.
-_hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(sweep.resumable(train_job))
+_hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(
+    in_process_group(sweep.resumable(train_job)))
 
 
 def requested_processes(cfg: DictConfig) -> int:
@@ -144,6 +169,18 @@ def check_removals(overrides: list[str]) -> None:
             raise TrainerError(f"{override} removes {key}, which every run needs; set it ({key}=...) instead")
 
 
+# Hydra's options that show the composed config instead of running it, as a command's one mode.
+SHOW_OPTIONS = ("--cfg", "-c", "--info", "-i")
+
+
+def check_one_mode(args: list[str]) -> None:
+    """`train -m ... --cfg hydra`: Hydra runs one mode a command and would stop with a traceback."""
+    shown = next((arg for arg in args if arg.split("=")[0] in SHOW_OPTIONS), None)
+    if shown is not None and {"-m", "--multirun"} & set(args):
+        raise TrainerError(f"-m and {shown} do not go together; leave out -m: `train ... {shown} ...` shows "
+                           "what every job of the sweep gets")
+
+
 def main() -> None:
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from trainer.help import catalogue
@@ -155,15 +192,18 @@ def main() -> None:
     sweep.failed_jobs.clear()
     # Under torchrun every rank runs this; errors that stop it here (a bad override) are the same on
     # every rank, so rank 0 alone prints them.
+    slurm.adopt()  # `srun train ...`: SLURM's tasks join as torchrun's workers would
     speaks = os.environ.get("RANK", "0") == "0"
     group = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun started this process as one of a group
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
         from trainer.engine import distributed as group
 
         group.setup()
     try:
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
-            raise TrainerError("train -m does not run under torchrun; sweep multi-process jobs with `train -m processes=N ...`")
+            raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
+                               "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")
+        check_one_mode(sys.argv[1:])
         check_removals([arg for arg in sys.argv[1:] if not arg.startswith("-")])
         _hydra_main()
         if len(smoke_jobs) > 1:  # a smoke sweep: one line for the whole of it

@@ -25,8 +25,9 @@ Usage:
   train data=seq2seq model=seq2seq norm=none model.attention=additive teacher_forcing=linear decoding=beam
   torchrun --standalone --nproc_per_node=2 -m trainer.cli batch_size=50   # data-parallel, 2 processes
   train processes=2 batch_size=50                  # the same, started by train itself (sweeps too)
+  train -m seed=0,1 hydra/launcher=slurm hydra.launcher.gpus_per_node=4   # each run a SLURM job, a process per GPU
 
-batch_size is per process: under torchrun a step trains on batch_size x processes x trainer.accumulate
+batch_size is per process: under torchrun or SLURM a step trains on batch_size x processes x trainer.accumulate
 samples (batch_size=50 on 2 processes: 100 samples a step, as a plain `train`).
 """
 

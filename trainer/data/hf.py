@@ -8,6 +8,10 @@ or Parquet files, read from disk memory-mapped (Arrow), never downloaded. Needs 
 The inputs are one column: images (a `datasets.Image` feature, or integer arrays of pixels H x W,
 H x W x C or C x H x W) or numbers (a vector per row, used as they are). The labels are another:
 a ClassLabel, integers 0..C-1 or strings (classes in sorted order).
+
+Images are held in memory when they fit (as imagefolder's: float32 within data.memory_budget_mb),
+else streamed: each split a `Rows` dataset of uint8 images read row by row by DataLoader workers
+(data/streamed.py). Numbers are always held in memory.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import torch
 from PIL import Image
 
 from trainer.data import DataSplits, check_fraction, hold_out_indices
+from trainer.data.streamed import (Streamed, StreamedSplits, check_budget, check_in_memory, check_workers, image_stats,
+                                   stream_reason, streamed_splits)
 from trainer.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -108,20 +114,20 @@ def _group_by_split(path: str, files: list[str], names: tuple[str, ...]) -> dict
 @dataclass(frozen=True)
 class Inputs:
     """How a column's values become a sample: `image` (uint8 C x H x W pixels, converted to `mode`,
-    resized to `size` x `size` when size is set) or numbers (float32, the stored shape)."""
+    resized to `size`, (H, W), unless None) or numbers (float32, the stored shape)."""
 
     column: str
     image: bool
     mode: str = "RGB"
-    size: int | None = None
+    size: tuple[int, int] | None = None
 
     def convert(self, value: Any) -> torch.Tensor:
         if not self.image:
             return torch.as_tensor(np.asarray(value, dtype=np.float32))
         picture = value if isinstance(value, Image.Image) else _picture(self.column, np.asarray(value))
         picture = picture.convert(self.mode)
-        if self.size is not None and picture.size != (self.size, self.size):
-            picture = picture.resize((self.size, self.size), Image.BILINEAR)
+        if self.size is not None and picture.size != self.size[::-1]:  # PIL's size is (W, H)
+            picture = picture.resize(self.size[::-1], Image.BILINEAR)
         pixels = np.asarray(picture, dtype=np.uint8)
         return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())
 
@@ -140,19 +146,22 @@ def _picture(column: str, pixels: np.ndarray) -> Image.Image:
 
 def inputs_of(table: "datasets.Dataset", column: str, image_size: int | None, grayscale: bool) -> Inputs:
     """What the column holds, read from its feature type and its first value: images (a
-    datasets.Image, or integer arrays of 2 or 3 dims), else numbers."""
-    lib = load_library()
-    if isinstance(table.features[column], lib.Image):
+    datasets.Image, or integer arrays of 2 or 3 dims), else numbers. Images are resized to
+    `image_size` squared, or (null) to the first one's size, so every sample has one shape
+    (a no-op for images that share it)."""
+    if isinstance(table.features[column], load_library().Image):
         first = table[0][column]
         mode = "L" if grayscale or first.mode in GRAY_MODES else "RGB"
-        return Inputs(column, True, mode, image_size)
-    first = np.asarray(table.with_format("numpy")[0][column])
-    if first.dtype.kind not in "biuf":
-        raise DataError(f"data.image_column={column} holds {first.dtype} values; it must hold images or numbers")
-    if first.dtype.kind in "iu" and first.ndim in (2, 3):
+    else:
+        first = np.asarray(table.with_format("numpy")[0][column])
+        if first.dtype.kind not in "biuf":
+            raise DataError(f"data.image_column={column} holds {first.dtype} values; it must hold images or numbers")
+        if first.dtype.kind not in "iu" or first.ndim not in (2, 3):
+            return Inputs(column, False)
         one_channel = first.ndim == 2 or 1 in (first.shape[0], first.shape[-1])
-        return Inputs(column, True, "L" if grayscale or one_channel else "RGB", image_size)
-    return Inputs(column, False)
+        mode = "L" if grayscale or one_channel else "RGB"
+    height, width = Inputs(column, True, mode).convert(first).shape[1:]
+    return Inputs(column, True, mode, (image_size, image_size) if image_size is not None else (height, width))
 
 
 class Rows(torch.utils.data.Dataset):
@@ -162,7 +171,7 @@ class Rows(torch.utils.data.Dataset):
     def __init__(self, table: "datasets.Dataset", inputs: Inputs, labels: torch.Tensor) -> None:
         # Images stay PIL images (the python format); arrays come as NumPy arrays, not lists.
         columns = table.select_columns([inputs.column])
-        self.table = columns if inputs.image and _is_image(columns, inputs.column) else columns.with_format("numpy")
+        self.table = columns if _is_image(columns, inputs.column) else columns.with_format("numpy")
         self.inputs = inputs
         self.labels = labels
 
@@ -177,10 +186,9 @@ class Rows(torch.utils.data.Dataset):
         samples = [self.inputs.convert(value) for batch in self.table.iter(batch_size=READ_BATCH)
                    for value in batch[self.inputs.column]]
         shapes = sorted({tuple(sample.shape) for sample in samples})
-        if len(shapes) > 1:
-            hint = "set data.image_size=N to resize them to N x N" if self.inputs.image else "every row needs one shape"
-            raise DataError(f"data.image_column={self.inputs.column} holds samples of shapes {shapes[0]} and "
-                            f"{shapes[-1]}; {hint}")
+        if len(shapes) > 1:  # images all have one (Inputs.size): these are numbers
+            raise DataError(f"data.image_column={self.inputs.column} holds numbers of shapes {shapes[0]} and "
+                            f"{shapes[-1]}; every row needs one shape")
         return torch.stack(samples)
 
 
@@ -235,8 +243,12 @@ def build(
     image_size: int | None = None,
     grayscale: bool = False,
     root: str = "~/.cache/trainer",
-) -> DataSplits:
-    """Read the splits, hold them in memory; images standardised per channel with training stats.
+    in_memory: Any = "auto",
+    memory_budget_mb: float = 4096,
+    workers: int = 2,
+) -> DataSplits | StreamedSplits:
+    """The splits, held in memory or streamed from disk; images standardised per channel with the
+    training split's statistics.
 
     Args:
         path: a save_to_disk folder (a DatasetDict, or a single Dataset: the training split), or
@@ -250,13 +262,19 @@ def build(
         test_split: the test split's name, evaluated once at the end; null or absent: none.
         val_fraction: fraction of the training split held out when there is no validation split.
         seed: seed of that hold-out.
-        image_size: side images are resized to (square); null keeps their size (all must match).
+        image_size: side images are resized to (square); null: the first training image's size
+            (images of another size are resized to it).
         grayscale: read images as one channel (else one channel only if they are stored so).
         root: where Parquet files are converted once to memory-mapped Arrow files (root/hf).
+        in_memory: "auto" (images held in memory when every split fits `memory_budget_mb` as
+            float32, streamed otherwise), true (held), or false (streamed). Numbers are held.
+        memory_budget_mb: the most the splits may take in memory under in_memory=auto, in MiB.
+        workers: DataLoader worker processes reading a streamed split (0: read in the training process).
     """
     if image_size is not None and image_size < 1:
         raise ConfigError(f"data.image_size={image_size} must be at least 1, or null to keep the stored size")
     check_fraction(val_fraction)
+    mode, budget, workers = check_in_memory(in_memory), check_budget(memory_budget_mb), check_workers(workers)
     wanted = tuple(name for name in (train_split, val_split, test_split) if name is not None)
     if len(set(wanted)) < len(wanted):
         raise ConfigError(f"data.train_split, data.val_split and data.test_split must differ; they are {', '.join(wanted)}")
@@ -267,6 +285,9 @@ def build(
     splits = {name: found[name] for name in wanted if name in found}
     _check_columns(path, splits, {"image_column": image_column, "label_column": label_column})
     labels, classes = labels_of(splits, label_column)
+    if len(torch.unique(labels[train_split])) < 2:
+        raise DataError(f"data.label_column={label_column}: the {train_split!r} split holds "
+                        f"{len(torch.unique(labels[train_split]))} class; classification needs at least 2")
     inputs = inputs_of(splits[train_split], image_column, image_size, grayscale)
     notices = []
     if val_split is None or val_split not in splits:
@@ -281,16 +302,27 @@ def build(
         train = Rows(splits[train_split], inputs, labels[train_split])
         val = Rows(splits[val_split], inputs, labels[val_split])
     test = Rows(splits[test_split], inputs, labels[test_split]) if test_split in splits else None
+
+    rows = len(train) + len(val) + (len(test) if test is not None else 0)
+    reason = stream_reason(mode, rows * train[0][0].numel() * 4, budget)  # float32 in memory
+    if reason is not None and not inputs.image:
+        if mode == "false":
+            raise ConfigError(f"data.in_memory=false streams images, but data.image_column={image_column} holds "
+                              "numbers, which are held in memory: set data.in_memory=auto or true")
+        reason = None
+    if reason is not None:
+        notices.append(f"data=hf is streamed from disk ({reason}) by {workers} worker process(es)")
+        return streamed_splits(Streamed(train, train.labels), Streamed(val, val.labels),
+                               Streamed(test, test.labels) if test is not None else None, classes, workers, notices)
     return _in_memory(train, val, test, classes, notices)
 
 
 def _in_memory(train: Rows, val: Rows, test: Rows | None, classes: int, notices: list[str]) -> DataSplits:
     x_train, x_val = train.stack(), val.stack()
     x_test = test.stack() if test is not None else None
-    if train.inputs.image:  # pixels to [0, 1], then standardised per channel with the training split's stats
+    if train.inputs.image:  # pixels to [0, 1], standardised per channel as a streamed split is (streamed.py)
         x_train, x_val = x_train.float() / 255, x_val.float() / 255
-        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
-        std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)  # a constant channel stays finite
+        mean, std = image_stats(x_train)
         x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
         x_test = (x_test.float() / 255 - mean) / std if x_test is not None else None
     return DataSplits(x_train=x_train, y_train=train.labels, x_val=x_val, y_val=val.labels,

@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -121,6 +122,34 @@ class StreamedSplits:
             self.heads[name, count] = images.to(self.device), labels.to(self.device)
         images, labels = self.heads[name, count]
         return self.normalise(images), labels
+
+
+IN_MEMORY = ("auto", "true", "false")
+
+
+def check_in_memory(value: Any) -> str:
+    """data.in_memory as "auto", "true" or "false" (YAML reads true/false as booleans)."""
+    text = str(value).lower() if isinstance(value, bool) else value
+    if text not in IN_MEMORY:
+        raise ConfigError(f"data.in_memory={value} is unknown; valid: auto (held in memory when it fits "
+                          "data.memory_budget_mb, streamed otherwise), true, false")
+    return str(text)
+
+
+def check_budget(memory_budget_mb: object) -> float:
+    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
+        raise ConfigError(f"data.memory_budget_mb={memory_budget_mb} must be a number of MiB > 0")
+    return float(memory_budget_mb)
+
+
+def stream_reason(in_memory: str, needed_bytes: int, memory_budget_mb: float) -> str | None:
+    """Why a data set is streamed (in_memory "false", or "auto" and `needed_bytes` as float32 over
+    the budget), for its notice; None: it is held in memory."""
+    if in_memory == "false":
+        return "data.in_memory=false"
+    if in_memory == "auto" and needed_bytes > memory_budget_mb * 2**20:
+        return f"the images need {needed_bytes / 2**20:.3g} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}"
+    return None
 
 
 def check_workers(workers: object) -> int:

@@ -1,7 +1,9 @@
 """Data-parallel training across the processes `torchrun` starts, on PyTorch's own engine.
 
 `torchrun --standalone --nproc_per_node=N -m trainer.cli ...` (or `train processes=N`, through
-engine/launch.py) starts N copies of `train`, each with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment. `setup` joins
+engine/launch.py) starts N copies of `train`, each with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT in its environment; on SLURM (`srun train ...`, or the submitit launcher) engine/slurm.py
+writes the same variables from SLURM's, so a job's tasks join the same way. `setup` joins
 them into one process group (gloo for CPU tensors, NCCL for CUDA ones, one GPU per local rank)
 and `current()` answers, anywhere, which process this is. A plain `train` is world size 1: every
 method here is then a no-op, and the loop runs exactly as it always did.
@@ -142,8 +144,9 @@ class Context:
             return requested
         if self.local_rank >= torch.cuda.device_count():
             raise ConfigError(f"local rank {self.local_rank} was started but only {torch.cuda.device_count()} CUDA GPU(s) "
-                              "are visible; start at most that many processes per machine (processes=N, or "
-                              "torchrun's --nproc_per_node), or train on the CPU with device=cpu")
+                              "are visible; start at most that many processes per machine (processes=N, torchrun's "
+                              "--nproc_per_node, or SLURM's tasks per node, each seeing the node's GPUs), or train "
+                              "on the CPU with device=cpu")
         return torch.device("cuda", self.local_rank)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.data.source import Batch, StreamSource, batch_source, tensor_batches
 from trainer.data.text import bits_per_char
-from trainer.engine import distributed
+from trainer.engine import distributed, threads
 from trainer.engine.checkpoint import CheckpointPolicy, NoCheckpoints
 from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
@@ -241,6 +241,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         state = self.state
         self._flush()
+        threads.rebalance(self.parts.cfg.trainer.threads)  # another train process may have started or ended
         metrics = self.evaluate()
         row = {"kind": "epoch", "epoch": state.epoch, "step": state.step,
                "train_loss": state.epoch_loss_sum / max(state.epoch_steps, 1), **metrics,

@@ -31,6 +31,7 @@ from trainer.models.decoding import Decoding
 from trainer.tricks.clipping import Clipping
 from trainer.tricks.distill import HardLoss, SoftLoss
 from trainer.tricks.early_stopping import SEQUENCE_MONITORS, EarlyStopping, NoEarlyStopping
+from trainer.tricks.norm import synchronised
 from trainer.tricks.precision import Precision
 from trainer.tricks.regularisation import Penalty, Regularisation
 from trainer.tricks.sched import Schedule
@@ -268,7 +269,9 @@ def build_parts(cfg: DictConfig) -> Parts:
     # Seed after the data is built, so the model's initial weights depend on the seed alone.
     seed_everything(cfg.seed)
     model = build_model(cfg, data, regularisation).to(device)
-    notices = list(data.notices) + [notice for notice in (determinism_notice, loss.notice) if notice]
+    # Before the optimizer and compile see it: SyncBatchNorm layers replace the batch norms (norm.sync).
+    model, sync_notice = synchronised(model, cfg.norm.get("sync", False), ranks.world_size, device)
+    notices = list(data.notices) + [notice for notice in (determinism_notice, loss.notice, sync_notice) if notice]
     if cfg.trainer.channels_last:
         if len(data.input_shape) == 3:
             # NHWC lets cuDNN use tensor-core convolution kernels without transposes.

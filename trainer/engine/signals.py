@@ -1,12 +1,14 @@
-"""SIGINT and SIGTERM while training: the first asks the loop to stop once the step in progress
-is done (it then checkpoints and ends with status interrupted), a second stops at once."""
+"""SIGINT, SIGTERM and SIGUSR2 while training: the first asks the loop to stop once the step in
+progress is done (it then checkpoints and ends with status interrupted), a second stops at once.
+SIGUSR2 is SLURM's warning ahead of a job's time limit (`sbatch --signal`; the submitit launcher
+sends it `signal_delay_s` early), which would otherwise end the process without a checkpoint."""
 from __future__ import annotations
 
 import signal
 from types import FrameType
 from typing import Any
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopSignals:

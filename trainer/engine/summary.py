@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from trainer.config import choices
 from trainer.data.text import bits_per_char
 from trainer.engine.parts import Parts
+from trainer.tricks.norm import synchronises
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Trainer, TrainState
@@ -65,7 +66,8 @@ def summarise(cfg: DictConfig, parts: Parts, state: "TrainState", restored_best:
         "samples_per_s": round(state.samples_seen / max(state.train_s, 1e-9), 1),
         "device": {"requested": cfg.device, "actual": str(parts.device), "name": _device_name(parts.device)},
         "precision": {"requested": parts.precision.requested, "actual": parts.precision.actual},
-        "tricks": choices(cfg),
+        # norm.sync as it took effect: false in one process or without batch norm, whatever was asked.
+        "tricks": {**choices(cfg), **({"norm.sync": synchronises(parts.model)} if cfg.norm.name == "batchnorm" else {})},
         "params": parts.num_params,
         "seed": cfg.seed,
         "signal": state.signal,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from trainer.data import DataSplits
 from trainer.data.seq2seq import IGNORE_INDEX
 from trainer.observe import layer_stats
+from trainer.tricks.norm import local_statistics
 
 if TYPE_CHECKING:
     from trainer.engine.loop import Trainer
@@ -65,5 +66,6 @@ def layers_probe(trainer: "Trainer") -> dict[str, Any]:
     rows, trainer.layer_rows = trainer.layer_rows, None
     if rows is None:
         x, y = parts.data.head("val", LAYER_STATS_BATCH)
-        rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
+        with local_statistics(parts.model):  # rank 0 alone probes: no batch norm may wait for the other ranks
+            rows = layer_stats.collect(parts.model, x, y, parts.criterion, parts.precision)
     return {"kind": "layers", "epoch": state.epoch, "step": state.step, "layers": rows}

@@ -36,7 +36,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -48,6 +48,9 @@ from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
 from trainer.observe.run_folder import write_record
+
+if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
+    from trainer.engine.distributed import Context
 
 # Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
 # folder again when the job stops on a config error.
@@ -170,10 +173,47 @@ def resumable(task: Task) -> Task:
     @functools.wraps(task)
     def job(cfg: DictConfig) -> float | None:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            return resume_job(Path(HydraConfig.get().runtime.output_dir), cfg, task, failed_jobs)
+            from trainer.engine import distributed
+
+            job_dir = Path(HydraConfig.get().runtime.output_dir)
+            if distributed.current().enabled:
+                return shared_job(job_dir, cfg, task, distributed.current())
+            return resume_job(job_dir, cfg, task, failed_jobs)
         return task(cfg)
 
     return job
+
+
+def shared_job(job_dir: Path, cfg: DictConfig, task: Task, ranks: Context) -> float | None:
+    """A job the ranks of a process group train together (the tasks of a SLURM job under the
+    submitit launcher). Rank 0 alone goes through `resume_job`, which reads and moves the job's
+    files, and tells the others what it decided (train, with which `resume`, or not at all):
+    ranks deciding on their own would race on those files and could disagree. Rank 0's result is
+    the job's."""
+    if ranks.is_main:
+        started = False
+
+        def announced(cfg: DictConfig) -> float | None:
+            nonlocal started
+            started = True
+            ranks.broadcast_text(json.dumps({"train": True, "resume": cfg.get("resume")}))
+            return task(cfg)
+
+        try:
+            return resume_job(job_dir, cfg, announced, failed_jobs)
+        finally:
+            if not started:  # skipped, refused, or failed before training: the others return too
+                ranks.broadcast_text(json.dumps({"train": False}))
+    decided = json.loads(ranks.broadcast_text(""))
+    if not decided["train"]:
+        return None
+    cfg = copy.deepcopy(cfg)
+    cfg.resume = decided["resume"]
+    try:
+        return task(cfg)
+    except Exception:  # rank 0 reports the crash (error.txt, the failed mark); the traceback is this rank's
+        traceback.print_exc()
+        return None
 
 
 def _mark(job_dir: Path) -> Path:

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from trainer.data import DataSplits, imagefolder, streamed
 from trainer.data.source import OrderSampler, StreamSource
-from trainer.data.streamed import Streamed, StreamedSplits, stats_sample, streamed_splits
+from trainer.data.streamed import Streamed, StreamedSplits, stats_sample, stream_reason, streamed_splits
 from trainer.engine import checkpoint
 from trainer.engine.distributed import Context
 from trainer.errors import ConfigError
@@ -179,6 +179,14 @@ def test_auto_streams_what_does_not_fit_the_budget(images: list[str]) -> None:
     assert any("the images need 0.044 MiB in memory, over data.memory_budget_mb=0.04" in n for n in streamed.notices)
     assert torch.equal(streamed.labels("val"), held.y_val) and streamed.num_train == len(held.x_train)
     assert isinstance(imagefolder.build(path, image_size=8, in_memory=True, memory_budget_mb=0.04), DataSplits)
+
+
+def test_one_rule_says_why_a_data_set_is_streamed() -> None:
+    # data=imagefolder and data=hf both ask stream_reason; large sizes are whole MiB, not 2.87e+04.
+    assert stream_reason("auto", 28711 * 2**20, 4096) == ("the images need 28711 MiB in memory, "
+                                                          "over data.memory_budget_mb=4096")
+    assert stream_reason("auto", 2**30, 4096) is None and stream_reason("true", 2**50, 1) is None
+    assert stream_reason("false", 1, 4096) == "data.in_memory=false"
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -153,8 +153,14 @@ def stream_reason(in_memory: str, needed_bytes: int, memory_budget_mb: float) ->
     if in_memory == "false":
         return "data.in_memory=false"
     if in_memory == "auto" and needed_bytes > memory_budget_mb * 2**20:
-        return f"the images need {needed_bytes / 2**20:.3g} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}"
+        return f"the images need {_mib(needed_bytes)} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}"
     return None
+
+
+def _mib(size: int) -> str:
+    """Bytes as MiB, whole from 10 up (`28711`), else 2 significant digits (`0.044`)."""
+    mib = size / 2**20
+    return f"{mib:.0f}" if mib >= 10 else f"{mib:.2g}"
 
 
 def check_workers(workers: object) -> int:

@@ -8,16 +8,18 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fakes import make_images
 from in_process import train_in_process
 from test_kill_resume import assert_same_outcome
+from PIL import Image
 from torch.utils.data import TensorDataset
 
-from trainer.data import DataSplits, imagefolder
+from trainer.data import DataSplits, imagefolder, streamed
 from trainer.data.source import OrderSampler, StreamSource
-from trainer.data.streamed import Streamed, StreamedSplits, streamed_splits
+from trainer.data.streamed import Streamed, StreamedSplits, stats_sample, stream_reason, streamed_splits
 from trainer.engine import checkpoint
 from trainer.engine.distributed import Context
 from trainer.errors import ConfigError
@@ -136,6 +138,38 @@ def test_any_map_style_dataset_of_uint8_images_streams() -> None:
     assert len(x_val) == 6 and torch.equal(y_val, labels[:6])
 
 
+def test_statistics_over_a_sample_span_a_class_sorted_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ImageFolder lists class by class: 40 dark images, then 40 bright ones. A sample of a quarter
+    # of the split must see both classes, not the first quarter (all dark).
+    rng = np.random.default_rng(0)
+    for name, low in (("dark", 0), ("bright", 215)):
+        (tmp_path / name).mkdir()
+        for i in range(40):
+            Image.fromarray(rng.integers(low, low + 41, (4, 4, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    held = imagefolder.build(str(tmp_path), image_size=4, val_path=str(tmp_path), in_memory=True)
+    whole = imagefolder.build(str(tmp_path), image_size=4, val_path=str(tmp_path), in_memory=False, workers=0)
+    monkeypatch.setattr(streamed, "STATS_BYTES", 20 * 4 * 3 * 4 * 4)  # 20 of the 80 images as float32
+    sampled = [imagefolder.build(str(tmp_path), image_size=4, val_path=str(tmp_path), in_memory=False, workers=0)
+               for _ in range(2)]
+    assert isinstance(held, DataSplits) and isinstance(whole, StreamedSplits)
+    # The whole split: the in-memory path's statistics (its standardised inputs have mean 0, std 1).
+    assert torch.allclose(held.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(held.x_train.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-5)
+    x = torch.stack([whole.train.dataset[i][0] for i in range(80)]).float() / 255
+    assert torch.allclose(whole.mean, x.mean(dim=(0, 2, 3), keepdim=True))
+    # The sample: close to the whole set's (the first 20 images would give a mean of about 0.08, not 0.5).
+    assert torch.allclose(sampled[0].mean, whole.mean, atol=0.02) and torch.allclose(sampled[0].std, whole.std, atol=0.02)
+    # Seeded: the same statistics every time (every rank, a resumed run).
+    assert torch.equal(sampled[0].mean, sampled[1].mean) and torch.equal(sampled[0].std, sampled[1].std)
+
+
+def test_the_statistics_sample_is_one_seeded_index_per_equal_stretch() -> None:
+    assert stats_sample(5, 5) == stats_sample(5, 9) == [0, 1, 2, 3, 4]
+    picked = stats_sample(1000, 10)
+    assert picked == stats_sample(1000, 10) and picked != [100 * i for i in range(10)]
+    assert [index // 100 for index in picked] == list(range(10))
+
+
 def test_auto_streams_what_does_not_fit_the_budget(images: list[str]) -> None:
     path = images[0].split("=", 1)[1]
     # 60 RGB images of 8 x 8 as float32: 46,080 bytes, 0.044 MiB.
@@ -145,6 +179,14 @@ def test_auto_streams_what_does_not_fit_the_budget(images: list[str]) -> None:
     assert any("the images need 0.044 MiB in memory, over data.memory_budget_mb=0.04" in n for n in streamed.notices)
     assert torch.equal(streamed.labels("val"), held.y_val) and streamed.num_train == len(held.x_train)
     assert isinstance(imagefolder.build(path, image_size=8, in_memory=True, memory_budget_mb=0.04), DataSplits)
+
+
+def test_one_rule_says_why_a_data_set_is_streamed() -> None:
+    # data=imagefolder and data=hf both ask stream_reason; large sizes are whole MiB, not 2.87e+04.
+    assert stream_reason("auto", 28711 * 2**20, 4096) == ("the images need 28711 MiB in memory, "
+                                                          "over data.memory_budget_mb=4096")
+    assert stream_reason("auto", 2**30, 4096) is None and stream_reason("true", 2**50, 1) is None
+    assert stream_reason("false", 1, 4096) == "data.in_memory=false"
 
 
 @pytest.mark.parametrize(("override", "message"), [

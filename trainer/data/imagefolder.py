@@ -20,11 +20,11 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 from trainer.data import DataSplits
-from trainer.data.streamed import StreamedSplits, Streamed, check_workers, image_stats, streamed_splits
+from trainer.data.streamed import (Streamed, StreamedSplits, check_budget, check_in_memory, check_workers, image_stats,
+                                   stream_reason, streamed_splits)
 from trainer.errors import ConfigError, DataError
 
 LAYOUT = "point it at a folder with one sub-folder of images per class"
-IN_MEMORY = ("auto", "true", "false")
 
 
 def build(
@@ -61,10 +61,7 @@ def build(
         raise ConfigError(f"data.image_size={image_size} must be at least 1")
     if not 0 < val_fraction < 1:
         raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
-    mode = _in_memory(in_memory)
-    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
-        raise ConfigError(f"data.memory_budget_mb={memory_budget_mb} must be a number of MiB > 0")
-    check_workers(workers)
+    mode, budget, workers = check_in_memory(in_memory), check_budget(memory_budget_mb), check_workers(workers)
 
     files = {key: _index(key, folder) for key, folder in
              (("path", path), ("val_path", val_path), ("test_path", test_path)) if folder is not None}
@@ -72,9 +69,8 @@ def build(
     steps.append(transforms.Resize((image_size, image_size)))
     # float32 in memory: 4 bytes per pixel and channel, every split
     needed = sum(len(found.samples) for found in files.values()) * (1 if grayscale else 3) * image_size**2 * 4
-    if mode == "false" or mode == "auto" and needed > memory_budget_mb * 2**20:
-        reason = ("data.in_memory=false" if mode == "false" else
-                  f"the images need {_mib(needed)} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}")
+    reason = stream_reason(mode, needed, budget)
+    if reason is not None:
         return _streamed(files, transforms.Compose([*steps, transforms.PILToTensor()]), path, val_fraction, seed,
                          workers, f"data=imagefolder is streamed from disk ({reason}) by {workers} worker process(es)")
 
@@ -109,21 +105,6 @@ def build(
         task="classification", num_outputs=len(classes),
         x_test=(x_test - mean) / std if x_test is not None else None, y_test=y_test,
     )
-
-
-def _mib(size: int) -> str:
-    """Bytes as MiB, whole above 10 (`28710`), else 2 significant digits (`0.044`)."""
-    mib = size / 2**20
-    return f"{mib:.0f}" if mib >= 10 else f"{mib:.2g}"
-
-
-def _in_memory(value: Any) -> str:
-    """data.in_memory as "auto", "true" or "false" (YAML reads true/false as booleans)."""
-    text = str(value).lower() if isinstance(value, bool) else value
-    if text not in IN_MEMORY:
-        raise ConfigError(f"data.in_memory={value} is unknown; valid: auto (held in memory when it fits "
-                          "data.memory_budget_mb, streamed otherwise), true, false")
-    return str(text)
 
 
 class ImageFiles(datasets.ImageFolder):

@@ -15,14 +15,14 @@ this contract, and its labels.
 
 Images stay uint8 until they reach the device, where `StreamedSplits.normalise` turns them into
 float32 standardised per channel: x / 255, minus the training split's mean, over its std. The
-statistics come from a bounded sample (`STATS_BYTES`) of the training split, its first images
-in split order, so they are the in-memory path's own whenever the sample holds the whole split.
+statistics are measured on the whole training split when it fits `STATS_BYTES` (then they are the
+in-memory path's own), else on a seeded sample spread evenly across it (`stats_sample`).
 trainer/data/source.py reads the batches (DataLoader worker processes, pinned memory, prefetching).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +33,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from trainer.errors import ConfigError, DataError
 
 # The training images the per-channel statistics are measured on, as float32 bytes: the whole
-# split when it is that small, else its first images (a random sample: the split order is shuffled).
+# split when it is that small, else a sample of that size (stats_sample).
 STATS_BYTES = 256 * 2**20
+# Seeds that sample: fixed, so every rank, and a resumed run, measures the same statistics.
+STATS_SEED = 0
 # Samples read ahead by each worker process, in batches.
 PREFETCH_BATCHES = 2
 
@@ -51,8 +53,11 @@ class Streamed:
 
     def head(self, count: int) -> "Streamed":
         """Its first `count` samples."""
-        count = min(count, len(self))
-        return Streamed(Subset(self.dataset, range(count)), self.labels[:count])
+        return self.take(range(min(count, len(self))))
+
+    def take(self, indices: Sequence[int]) -> "Streamed":
+        """The samples at `indices`, in that order."""
+        return Streamed(Subset(self.dataset, indices), self.labels[list(indices)])
 
 
 @dataclass
@@ -148,8 +153,14 @@ def stream_reason(in_memory: str, needed_bytes: int, memory_budget_mb: float) ->
     if in_memory == "false":
         return "data.in_memory=false"
     if in_memory == "auto" and needed_bytes > memory_budget_mb * 2**20:
-        return f"the images need {needed_bytes / 2**20:.3g} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}"
+        return f"the images need {_mib(needed_bytes)} MiB in memory, over data.memory_budget_mb={memory_budget_mb:g}"
     return None
+
+
+def _mib(size: int) -> str:
+    """Bytes as MiB, whole from 10 up (`28711`), else 2 significant digits (`0.044`)."""
+    mib = size / 2**20
+    return f"{mib:.0f}" if mib >= 10 else f"{mib:.2g}"
 
 
 def check_workers(workers: object) -> int:
@@ -193,14 +204,27 @@ def image_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
+def stats_sample(count: int, size: int) -> list[int]:
+    """Which of `count` training samples the statistics read: all of them, in order, when `size`
+    or more may be read; else `size` indices, one drawn (seeded by STATS_SEED) from each of
+    `size` equal consecutive stretches of the split. Spread over the whole split, not its head: an
+    ImageFolder lists its images class by class, so its first images are of its first classes."""
+    if size >= count:
+        return list(range(count))
+    edges = torch.arange(size + 1) * count // size
+    widths = edges[1:] - edges[:-1]  # each >= 1, as size < count
+    draws = torch.rand(size, generator=torch.Generator().manual_seed(STATS_SEED), dtype=torch.float64)
+    return (edges[:-1] + (draws * widths).long()).tolist()
+
+
 def streamed_splits(train: Streamed, val: Streamed, test: Streamed | None, num_classes: int, workers: int,
                     notices: list[str] | None = None) -> StreamedSplits:
     """The StreamedSplits of these splits: the sample shape from the first training image, the
-    normalisation from a bounded sample of the training split (STATS_BYTES)."""
+    normalisation from the training split, or a sample of it that fits STATS_BYTES."""
     workers = check_workers(workers)
     shape = tuple(train.dataset[0][0].shape)
     per_image = 4 * int(torch.Size(shape).numel())
-    images, _ = read_all(train.head(max(STATS_BYTES // per_image, 1)), workers)
+    images, _ = read_all(train.take(stats_sample(len(train), max(STATS_BYTES // per_image, 1))), workers)
     mean, std = image_stats(images.float().div_(255))
     return StreamedSplits(train=train, val=val, test=test, num_outputs=num_classes, input_shape=shape,
                           mean=mean, std=std, workers=workers, notices=list(notices or []))

@@ -104,7 +104,7 @@ def test_auto_shares_the_cores_among_running_train_processes() -> None:
         other.kill()  # however it ends, the kernel drops its lock
         other.wait()
     assert threads.resolve("auto") == 8
-    assert [file.name for file in threads.registry().glob("*.lock")] == [f"{os.getpid()}.lock"]  # its file removed
+    assert [file.name.split("-")[0] for file in threads.registry().glob("*.lock")] == [str(os.getpid())]  # its file removed
 
 
 @pytest.mark.usefixtures("eight_cores")
@@ -122,3 +122,90 @@ def test_a_run_gives_up_its_share_when_another_starts_and_takes_it_back() -> Non
         other.wait()
     threads.rebalance("auto")
     assert torch.get_num_threads() == 8
+
+
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    monkeypatch.setenv("TRAINER_PROCESSES_DIR", str(folder))
+    monkeypatch.setattr(threads, "_joined", {})
+    monkeypatch.setattr(threads, "_unusable", set(), raising=False)
+
+
+def _refuse_under(folder: Path, function: Callable[..., object], errno: int, why: str) -> Callable[..., object]:
+    """`function`, failing with OSError(errno) for paths in the registry folder (and only there:
+    the test's own files still open)."""
+    def refusing(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).startswith(str(folder)):
+            raise OSError(errno, why)
+        return function(path, *args, **kwargs)
+
+    return refusing
+
+
+def _unusable_by_file(folder: Path, _monkeypatch: pytest.MonkeyPatch) -> None:
+    folder.write_text("a file where the registry folder should be")
+
+
+def _unusable_by_permission(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder.mkdir()  # as root chmod 0o500 denies nothing: the refusal is made where the run would meet it
+    monkeypatch.setattr(os, "open", _refuse_under(folder, os.open, 13, "Permission denied"))
+
+
+def _unusable_by_full_disk(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Path, "mkdir", _refuse_under(folder, Path.mkdir, 28, "No space left on device"))
+
+
+def _unusable_by_read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Path, "mkdir", _refuse_under(folder, Path.mkdir, 30, "Read-only file system"))
+
+
+def _no_flock(_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(*_args: object) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(threads.fcntl, "flock", unsupported)
+
+
+@pytest.mark.usefixtures("eight_cores")
+@pytest.mark.parametrize("make_unusable", [_unusable_by_file, _unusable_by_permission, _unusable_by_full_disk,
+                                           _unusable_by_read_only, _no_flock])
+def test_an_unusable_registry_counts_this_process_alone_with_one_notice(
+        make_unusable: Callable[[Path, pytest.MonkeyPatch], None], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    make_unusable(folder, monkeypatch)
+    before = folder.read_bytes() if folder.is_file() else None
+    assert threads.resolve("auto") == 8  # alone: every core
+    threads.rebalance("auto")  # every epoch end: no error, no second notice
+    assert torch.get_num_threads() == 8
+    notices = capsys.readouterr().err.splitlines()
+    assert len(notices) == 1 and notices[0].startswith("notice: trainer.threads=auto counts this process alone")
+    assert str(folder) in notices[0]
+    assert before is None or folder.read_bytes() == before  # a file in its place is left as it was
+    assert not list(tmp_path.glob("processes/*.lock"))  # no lock file left behind
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_lock_files_it_cannot_open_or_lock_are_not_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    folder.mkdir()
+    (folder / "1-dir.lock").mkdir()  # not a file: cannot be opened
+    os.mkfifo(folder / "2-fifo.lock")  # opening it must not wait for a writer
+    assert threads.running_processes() == 1
+    assert threads.resolve("auto") == 8
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_a_locked_file_named_after_this_pid_does_not_hang_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another PID namespace (a container sharing /tmp) can hold a lock file named after this pid."""
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    other = _another_run()
+    try:
+        (theirs,) = folder.glob("*.lock")
+        theirs.rename(folder / f"{os.getpid()}.lock")  # their lock moves with the file
+        assert threads.running_processes() == 2  # counted, and this call returned
+    finally:
+        other.kill()
+        other.wait()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,37 +46,71 @@ def registry() -> Path:
     return Path(folder) if folder else Path(tempfile.gettempdir()) / f"trainer-processes-{os.getuid()}"
 
 
-_joined: dict[Path, int] = {}  # registry folder -> this process's locked file descriptor, held until exit
+_joined: dict[Path, Path] = {}  # registry folder -> this process's lock file, its descriptor held until exit
+_unusable: set[Path] = set()  # registry folders that failed once: noticed once, not retried
+
+
+def _join(folder: Path) -> Path:
+    """Lock a file of this process's own in the registry, held until the process ends. The name
+    holds a random part besides the pid: processes in other PID namespaces (containers sharing
+    /tmp) can have the same pid, and a blocking lock on their file would hang this run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    own = folder / f"{os.getpid()}-{secrets.token_hex(4)}.lock"
+    descriptor = os.open(own, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        own.unlink(missing_ok=True)
+        raise
+    return own
+
+
+def _is_live(file: Path) -> bool:
+    """Whether another process holds this lock file. One that cannot be opened or locked (another
+    user's, a file system without flock) cannot be told: it is not counted."""
+    try:
+        descriptor = os.open(file, os.O_RDWR | os.O_NONBLOCK)  # never waits (a FIFO in its place)
+    except OSError:  # removed by another process as we listed, or not ours to open
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # its process holds it: running
+    except OSError:
+        return False
+    else:
+        try:
+            file.unlink(missing_ok=True)  # a process that ended
+        except OSError:
+            pass  # a sticky folder that is not ours to clean: it stays, uncounted
+        return False
+    finally:
+        os.close(descriptor)
 
 
 def running_processes() -> int:
     """How many `train` processes on this machine hold a lock in the registry, this one included
     (it joins on its first call). A file whose lock can be taken belongs to a process that ended
-    (the kernel drops a dead process's locks, however it died): it is removed, not counted."""
+    (the kernel drops a dead process's locks, however it died): it is removed, not counted.
+    Counting only shares the cores, so it never fails a run: where the registry cannot be used
+    (a file in its place, read-only, no permission, a full disk, no flock) this process counts
+    alone, with one notice line."""
     folder = registry()
-    if folder not in _joined:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(folder / f"{os.getpid()}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        _joined[folder] = descriptor
-    live = 0
-    for file in folder.glob("*.lock"):
-        if file.name == f"{os.getpid()}.lock":
-            live += 1
-            continue
-        try:
-            descriptor = os.open(file, os.O_RDWR)
-        except FileNotFoundError:  # removed by another process as we listed
-            continue
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            live += 1  # its process holds it: running
-        else:
-            file.unlink(missing_ok=True)  # a process that ended
-        finally:
-            os.close(descriptor)
-    return live
+    if folder in _unusable:
+        return 1
+    try:
+        if folder not in _joined:
+            _joined[folder] = _join(folder)
+        others = [file for file in folder.glob("*.lock") if file != _joined[folder]]
+    except OSError as error:
+        _unusable.add(folder)
+        _joined.pop(folder, None)
+        print(f"notice: trainer.threads=auto counts this process alone: the registry of running train processes "
+              f"{folder} is unusable ({error.strerror or error}); set TRAINER_PROCESSES_DIR to a writable folder",
+              file=sys.stderr)
+        return 1
+    return 1 + sum(_is_live(file) for file in others)
 
 
 def _omp_threads() -> int | None:

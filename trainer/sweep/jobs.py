@@ -48,6 +48,7 @@ from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
 from trainer.observe.run_folder import write_record
+from trainer.sweep.direction import objective_direction
 
 if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
     from trainer.engine.distributed import Context
@@ -114,7 +115,8 @@ def job_name(command: str, job: Sequence[str]) -> str:
 def _register_resolvers() -> None:
     for name, function, cached in (("sweep_command", command_overrides, True),
                                    ("sweep_name", sweep_name, False),
-                                   ("sweep_job_name", job_name, False)):
+                                   ("sweep_job_name", job_name, False),
+                                   ("objective_direction", objective_direction, False)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=cached)
 

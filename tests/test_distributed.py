@@ -195,6 +195,59 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path
     assert summary["message"] == f"stopped by SIGTERM at step {summary['steps']}"
 
 
+# A stand-in for torchrun's agent: it starts a "rank" (this test's own code, under the agent's
+# TORCHELASTIC_RUN_ID) and passes its lines on; the rank notes a SIGTERM in a file, as train's
+# handler would stop the run.
+AGENT = """
+import os, subprocess, sys, time
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, "TORCHELASTIC_RUN_ID": "x"},
+                        stdout=subprocess.PIPE, text=True)
+print(rank.stdout.readline(), end="", flush=True)
+time.sleep(120)
+"""
+RANK = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("SIGTERM"), sys.exit(143)))
+from trainer.engine import distributed
+distributed.follow_agent()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_printed_train_command_trains_on_as_many_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The diagnosis's "try: train ..." line under torchrun: one process would halve the global batch.
+    two = distributed.Context(rank=0, world_size=2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.train_overrides(["seed=1"], two) == ["processes=2", "seed=1"]
+    assert distributed.train_overrides(["processes=2", "seed=1"], two) == ["processes=2", "seed=1"]
+    assert distributed.train_overrides(["seed=1"], distributed.Context()) == ["seed=1"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process on each of 2 machines: no `train` says that
+    assert distributed.train_overrides(["seed=1"], two) == ["seed=1"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # SLURM's tasks: resubmitted, not pasted
+    assert distributed.train_overrides(["seed=1"], two) == ["seed=1"]
+
+
+def test_a_rank_gets_sigterm_when_its_agent_is_killed(tmp_path: Path) -> None:
+    # SIGKILL on torchrun (or on `train processes=N`) must not leave its ranks training on, orphaned.
+    noted = tmp_path / "noted"
+    rank = f"import sys; sys.argv.append({str(noted)!r}); exec({RANK!r})"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, rank], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 30
+        while not noted.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert noted.exists() and noted.read_text() == "SIGTERM"
+    finally:
+        agent.kill()
+
+
 @pytest.mark.slow
 def test_the_real_torchrun_writes_one_run_folder(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -291,6 +344,29 @@ def test_a_sweep_of_two_process_jobs_runs_job_after_job_and_resumes(tmp_path: Pa
     assert first.stdout.count("completed: ") == 2 and (tmp_path / "sweep" / "report.md").is_file()
     again = _train(command, tmp_path)
     assert again.returncode == 0 and again.stdout.count("skipped ") == 2
+
+
+@pytest.mark.slow
+def test_ranks_of_a_sigkilled_processes_run_checkpoint_and_resume_auto_ends_it(tmp_path: Path) -> None:
+    args = [*BASE, PER_RANK, "processes=2", "data.num_train=20000", "epochs=1", "log_every=1", "hydra.run.dir=run"]
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, summary = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "summary.json"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"kind": "step"' in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parent.kill()
+    parent.wait()
+    while not summary.exists() and time.monotonic() < deadline:  # the orphaned ranks' interrupt
+        time.sleep(0.1)
+    stopped = json.loads(summary.read_text())
+    assert stopped["status"] == "interrupted" and 0 < stopped["steps"] < 600, stopped
+    resumed = _train([*args, "resume=auto"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ended = json.loads(summary.read_text())
+    assert (ended["status"], ended["world_size"], ended["steps"]) == ("completed", 2, 625)
 
 
 @pytest.mark.slow

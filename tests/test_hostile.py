@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -409,6 +410,30 @@ def test_a_claimed_folder_is_refused_and_untouched(tmp_path: Path) -> None:
         f"error: {tmp_path / 'busy'} is in use by another train process; wait for it to end, "
         "or choose another folder (hydra.run.dir=...)"]
     assert fingerprint(tmp_path) == before
+
+
+HOLDER = """
+import os, signal, sys, time
+from pathlib import Path
+from trainer.observe.records import claim
+with claim(Path(sys.argv[1])):
+    if os.fork() == 0:  # a DataLoader worker: it lingers after its parent dies
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)  # not the test's pipes, which would wait for it
+        os.dup2(null, 2)
+        time.sleep(10)
+        os._exit(0)
+    print("claimed", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_runs_folder_claimed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    assert holder.returncode == -signal.SIGKILL and holder.stdout == "claimed\n", holder.stderr
+    with claim(tmp_path):  # at once: the child still sleeps, yet holds no claim
+        pass
 
 
 @pytest.mark.slow

@@ -152,3 +152,35 @@ def test_watched_step_with_accumulation_reports_each_layer_once(make_cfg: Callab
     trainer.train_step(torch.arange(32), measure_layers=True)
     names = [row["name"] for row in trainer.layer_rows or []]
     assert names and not any("#" in name for name in names)  # the last micro-batch's forward only
+
+
+def test_a_seq2seq_encoder_fed_packed_sequences_is_reported(make_cfg: Callable[..., DictConfig]) -> None:
+    """The encoder's RNN reads a PackedSequence (padding skipped) and returns one: it is a layer too."""
+    parts = build_parts(make_cfg("data=seq2seq", "model=seq2seq", "norm=none", "data.num_train=64",
+                                 "data.num_val=16", "data.num_test=0"))
+    x, y = parts.data.x_train[:8], parts.data.y_train[:8]
+    names = [row["name"] for row in collect(parts.model, x, y, parts.criterion, parts.precision)]
+    trainer = _trainer(parts, True)
+    trainer.train_step(torch.arange(8), measure_layers=True)
+    rows = {row["name"]: row for row in trainer.layer_rows or []}
+    for name in ("encoder.layers.0", "decoder.layers.0"):
+        assert name in names and name in rows
+        assert rows[name]["act_std"] > 0 and rows[name]["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("skipping", ["nan_policy=skip", "precision=fp16"])
+def test_a_skipped_last_step_records_no_statistics(make_cfg: Callable[..., DictConfig], skipping: str) -> None:
+    """A step whose update is skipped (non-finite gradients: nan_policy=skip, or fp16's scaler
+    calibrating) measured nan or inf: the evaluation measures apart instead (layers_probe)."""
+    from trainer.observe.probes import layers_probe
+
+    parts = build_parts(make_cfg(*STEP, skipping))
+    trainer = _trainer(parts, True)
+    parts.data.x_train[16:32] = float("nan")
+    trainer.train_step(torch.arange(16, 32), measure_layers=True)
+    assert trainer.layer_rows is None
+    record = layers_probe(trainer)
+    numbers = [row[key] for row in record["layers"] for key in ("act_mean", "grad_norm") if row[key] is not None]
+    assert numbers and all(value == value and abs(value) != float("inf") for value in numbers)
+    trainer.train_step(torch.arange(16), measure_layers=True)  # a finite step is measured again
+    assert trainer.layer_rows is not None

@@ -24,7 +24,8 @@ def test_a_change_improves_only_beyond_min_delta_in_the_metrics_direction() -> N
     assert lower_is_better_score("val_acc", 0.9) == -0.9 and lower_is_better_score("val_loss", 0.9) == 0.9
 
 
-def test_the_objective_is_validation_accuracy_else_loss() -> None:
+def test_the_objective_is_bits_per_character_else_validation_accuracy_else_loss() -> None:
     assert objective({"val_acc": 0.9, "val_loss": 0.3}) == 0.9
+    assert objective({"val_acc": 0.4, "val_loss": 2.1, "val_bpc": 3.0}) == 3.0  # a character LM: minimized
     assert objective({"val_acc": None, "val_loss": 0.3}) == 0.3  # regression: no accuracy
     assert objective({}) is None  # a run with no finite evaluation

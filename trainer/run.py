@@ -132,7 +132,7 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     if not main:
         return summary
     findings = diagnosis.diagnose_file(run_dir / "metrics.jsonl", state.status, config)
-    diagnosis.with_commands(findings, overrides)
+    diagnosis.with_commands(findings, distributed.train_overrides(overrides, ranks))
     summary["diagnosis"] = diagnosis.to_dicts(findings)
     if parts.data.char_lm and isinstance(parts.model, CharLSTM) and state.status != "interrupted":
         summary["samples"] = write_samples(parts.model, parts.data.chars, run_dir, seed=cfg.seed,

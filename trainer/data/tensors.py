@@ -30,6 +30,13 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
+def is_regression(path: str) -> bool:
+    """Whether the file's training targets are floats (a regression), as `build` decides; read
+    before any run by a search's direction (trainer.sweep.direction)."""
+    y_train = _read(Path(path).expanduser()).get("y_train")
+    return y_train is not None and torch.as_tensor(y_train).is_floating_point()
+
+
 def build(path: str, num_classes: int | None = None) -> DataSplits:
     """Args:
         path: a .pt or .npz file with x_train, y_train, x_val, y_val (first dim: samples), and

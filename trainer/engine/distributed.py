@@ -19,7 +19,10 @@ The rules every rank keeps, so that no rank is ever left waiting in a collective
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from trainer.errors import ConfigError, TrainerError
 
 # What torchrun (and any launcher following its env:// convention) sets in every worker.
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# prctl's option: the signal this process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 # A rank whose peer died waits this long in a collective before giving up; torchrun usually ends
 # the job sooner (it stops every worker as soon as one exits with an error).
 TIMEOUT = timedelta(minutes=10)
@@ -201,6 +206,7 @@ def setup() -> Context:
     global _current
     if not launched() or dist.is_initialized():
         return _current
+    follow_agent()
     local_rank = int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available()
     if cuda and local_rank < torch.cuda.device_count():
@@ -208,6 +214,25 @@ def setup() -> Context:
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
     _current = Context(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
     return _current
+
+
+def train_overrides(overrides: list[str], ranks: Context) -> list[str]:
+    """The command line's `overrides` as a `train` command needs them to train as this run does:
+    under torchrun's N processes on one machine, with `processes=N` (batch_size is per process, so
+    one process would halve the global batch). Several machines, or SLURM's tasks: as they are."""
+    if not (ranks.enabled and "TORCHELASTIC_RUN_ID" in os.environ
+            and os.environ.get("LOCAL_WORLD_SIZE") == str(ranks.world_size)):
+        return overrides
+    return [f"processes={ranks.world_size}", *(o for o in overrides if not o.startswith("processes="))]
+
+
+def follow_agent() -> None:
+    """A rank that torchrun's agent started (torchrun, `train processes=N`) gets SIGTERM when the
+    agent dies, and so stops as on Ctrl-C: after the same step as the other ranks, with one
+    checkpoint. Else a SIGKILLed agent would leave its ranks training on, unwatched, holding the
+    run folder against `resume=auto`. (srun's tasks have no agent: SLURM ends them itself.)"""
+    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def teardown() -> None:

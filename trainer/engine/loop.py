@@ -174,10 +174,13 @@ class Trainer:
                 # Each micro-batch's mean loss counts 1/accumulate of the step's (no extra op without it).
                 parts.precision.backward(objective / accumulate if accumulate > 1 else objective)
             losses.append(loss.detach())
-        if watch is not None:
-            self.layer_rows = watch.rows(self._true_gradients())
+        rows = watch.rows(self._true_gradients()) if watch is not None else None
         grad_norm, skipped = parts.precision.step(self.optimizer, parts.clipping, self.params,
                                                   self.settings.skip_nonfinite)
+        if watch is not None:
+            # Non-finite gradients (a step nan_policy=skip or fp16's scaler skips) measured nan or
+            # inf, not the net: layers_probe then measures apart. One host sync, once an epoch.
+            self.layer_rows = rows if bool(torch.isfinite(grad_norm)) else None
         parts.schedule.step_end()
         parts.teacher_forcing.step_end()
         self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from trainer.tricks.precision import Precision
 
@@ -40,12 +41,14 @@ def watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _output_tensor(output: Any) -> Tensor | None:
-    """A module's main output: the tensor itself, or the first tensor of a tuple (RNNs return (out, h))."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    return None
+    """A module's main output: the tensor itself, or the first tensor of a tuple (RNNs return (out, h)).
+    An RNN fed a PackedSequence (a seq2seq encoder skipping padding) returns one: its `data` holds
+    the outputs at the real steps only, which is what the layer computed."""
+    if isinstance(output, (tuple, list)) and not isinstance(output, PackedSequence) and output:
+        output = output[0]
+    if isinstance(output, PackedSequence):
+        return output.data
+    return output if isinstance(output, Tensor) else None
 
 
 def _dead_fraction(out: Tensor) -> Tensor:

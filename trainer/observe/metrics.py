@@ -10,13 +10,13 @@ from typing import Any
 # Names that are better higher, also as the last part of a longer name (`best_val_acc`, `test_acc`).
 HIGHER_IS_BETTER = ("acc", "samples_per_s")
 # What a run is judged by, the first of these it has. The sweep's objective (what a job returns to
-# the sweeper, e.g. Optuna's, which maximizes): validation accuracy when the task has one, else
-# validation loss (every task has it).
-OBJECTIVE = ("val_acc", "val_loss")
-# What the sweep report ranks by when not told: bits per character first for a character LM (its
-# accuracy is only the top guess's), then a sequence decoder's decoded whole-sequence accuracy (not
-# the teacher-forced val_acc), then as the objective.
-RANKING = ("val_bpc", "val_seq_acc", *OBJECTIVE)
+# the sweeper, e.g. Optuna's, searching in the direction trainer.sweep.direction gives): bits per
+# character for a character LM (its accuracy is only the top guess's), validation accuracy when
+# the task has one, else validation loss (every task has it).
+OBJECTIVE = ("val_bpc", "val_acc", "val_loss")
+# What the sweep report ranks by when not told: as the objective, with a sequence decoder's
+# decoded whole-sequence accuracy (not the teacher-forced val_acc) before val_acc.
+RANKING = ("val_bpc", "val_seq_acc", "val_acc", "val_loss")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -35,7 +35,7 @@ def improves(metric: str, value: float, best: float | None, min_delta: float = 0
 
 
 def objective(best: dict[str, Any]) -> float | None:
-    """The number a sweep job returns, from its summary's `best` row: best val_acc, else best val_loss."""
+    """The number a sweep job returns, from its summary's `best` row: best val_bpc, else val_acc, else val_loss."""
     for metric in OBJECTIVE:
         if best.get(metric) is not None:
             return best[metric]

@@ -99,13 +99,35 @@ def write_lines_atomic(path: Path, lines: list[str]) -> None:
     write_atomic(path, "".join(line + "\n" for line in lines))
 
 
+# The file descriptors of the claims this process holds (see `claim`).
+_claims: set[int] = set()
+
+
+def _drop_claims_in_child() -> None:
+    """In a forked child (a DataLoader worker): let go of the parent's claims. A flock lasts while
+    any process holds its file open, and a worker outlives a SIGKILLed run by seconds (until it
+    notices), which kept the folder locked against an immediate `resume=auto`. Each descriptor is
+    pointed at /dev/null rather than closed, so the child's copy of the file object stays valid."""
+    if not _claims:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in _claims:
+        os.dup2(null, fd)
+    os.close(null)
+    _claims.clear()
+
+
+os.register_at_fork(after_in_child=_drop_claims_in_child)
+
+
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir` for this process while the block runs: a second process that tries to claim
     it (two `train` commands on one hydra.run.dir, two `resume=auto` of one run) is refused.
 
     An exclusive, non-blocking flock on `run_dir/.claimed`: the kernel drops it when this process
-    ends, however it ends, so a killed run never leaves its folder locked. If the block wrote no
+    ends, however it ends, so a killed run never leaves its folder locked (a forked child does not
+    hold it: _drop_claims_in_child). If the block wrote no
     run (it stopped on a config error), the claim file and a folder made here are removed again."""
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +140,11 @@ def claim(run_dir: Path) -> Iterator[None]:
         file.close()
         raise ConfigError(f"{run_dir} is in use by another train process; wait for it to end, "
                           "or choose another folder (hydra.run.dir=...)") from None
+    _claims.add(file.fileno())
     try:
         yield
     finally:
+        _claims.discard(file.fileno())
         if previous_run(run_dir) is None:  # nothing of a run written: leave the folder as it was
             if created:
                 path.unlink(missing_ok=True)

@@ -93,8 +93,8 @@ def install(point: str, count: int) -> None:
     if point == "step":
         remember_checkpointers()
         Trainer.train_step = counting(Trainer.train_step, lambda *a, **k: True, count, end=die_once_written)
-    elif point == "checkpoint":  # write() returns once the file, best.pt and the index are in place
-        checkpoint.Checkpointer.write = counting(checkpoint.Checkpointer.write, lambda *a, **k: True, count)
+    elif point == "checkpoint":  # write_bytes() returns once the file, best.pt and the index are in place
+        checkpoint.Checkpointer.write_bytes = counting(checkpoint.Checkpointer.write_bytes, lambda *a, **k: True, count)
     elif point == "best":
         is_best = lambda source, path, *a, **k: Path(path).name == checkpoint.BEST
         checkpoint._link_atomic = counting(checkpoint._link_atomic, is_best, count)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakes import PlantsMarker
 
 from trainer.engine import checkpoint
+from trainer.engine.loop import TrainState
 from trainer.engine.resume import check_resumable
 from trainer.errors import ConfigError
 from trainer.run import run
@@ -261,3 +262,14 @@ def test_save_snapshots_the_state_and_writes_it_off_the_training_thread(tmp_path
     saver.wait()
     assert writers and threading.main_thread() not in writers
     assert torch.equal(checkpoint.resolve("auto", tmp_path)[0]["model"]["w"], torch.ones(3))
+
+
+def test_train_state_history_round_trips_as_one_json_text_and_older_lists_load() -> None:
+    rows = [{"kind": "epoch", "epoch": 1, "val_loss": 0.1 + 0.2, "val_acc": None, "grad_norm": float("nan")},
+            {"kind": "epoch", "epoch": 2, "val_loss": float("inf"), "lr": 3e-4}]
+    state = TrainState(history=rows)
+    saved = state.to_dict()
+    assert isinstance(saved["history"], str)  # pickled as one object, however long the run
+    restored = TrainState.from_dict(saved).history
+    assert json.dumps(restored) == json.dumps(rows) and restored[0]["val_loss"] == 0.1 + 0.2
+    assert TrainState.from_dict({**saved, "history": rows}).history == rows  # a checkpoint from before

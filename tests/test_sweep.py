@@ -378,3 +378,71 @@ def test_the_optuna_direction_follows_the_metric_each_job_returns(
     best = {"val_loss": 0.5, "val_acc": None if data.task == "regression" else 0.9,
             "val_bpc": 0.7 if data.char_lm else None}
     assert objective(best) == best[metric]  # the number the job returns is that metric
+
+
+# --- a refused sweep command changes nothing --------------------------------------------------
+
+def _state(folder: Path) -> dict[str, tuple[bytes, int] | str]:
+    """Every file's bytes and mtime, and every folder (with the sweep folder's own mtime): what
+    "left exactly as it was" means."""
+    state: dict[str, tuple[bytes, int] | str] = {".": str(folder.stat().st_mtime_ns)}
+    for path in sorted(folder.rglob("*")):
+        state[str(path.relative_to(folder))] = (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else "folder"
+    return state
+
+
+REFUSED_SWEEPS = {
+    "every job stops on a bad value": ["seed=0,1", "optim.lr=0"],
+    "a swept choice that does not exist (after Hydra wrote multirun.yaml)": ["seed=0", "norm=none,batchnrom"],
+    "a bad seed among good ones already finished": ["seed=0,x"],
+}
+
+
+@pytest.mark.parametrize("args", REFUSED_SWEEPS.values(), ids=REFUSED_SWEEPS.keys())
+def test_a_refused_sweep_command_leaves_the_sweep_folder_exactly_as_it_was(args: list[str], tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    common = [*FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={sweep_dir}"]
+    first = train_in_process(["-m", *common, "seed=0"], tmp_path)
+    assert first.code == 0, first.stderr
+    before = _state(sweep_dir)
+    assert {"multirun.yaml", "report.md", "report.csv"} <= set(before)
+    refused = train_in_process(["-m", *common, *args], tmp_path)
+    assert refused.code == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert _state(sweep_dir) == before  # multirun.yaml, the report, the job: bytes and times; no .failed/ marks
+    again = train_in_process(["-m", *common, "seed=0"], tmp_path)  # the refusal left no failure behind to report
+    assert again.code == 0 and "skipped" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("args", list(REFUSED_SWEEPS.values())[:2], ids=list(REFUSED_SWEEPS)[:2])  # seed=0 would train
+def test_a_refused_sweep_command_leaves_no_new_folder(args: list[str], tmp_path: Path) -> None:
+    refused = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", *args], tmp_path)
+    assert refused.code == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_search_whose_every_trial_is_refused_says_so_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    outcome = train_in_process(["-m", "hparams_search=optuna", *FAST, "max_steps=2", "curves=false", "optim.lr=0",
+                                "hydra.sweeper.n_trials=2"], tmp_path)
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr, outcome.stderr
+    assert outcome.stderr.strip().splitlines()[-1].startswith("error: every trial of the search failed: ")
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_refusal_reads_the_shipped_defaults_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished job of another configuration recorded before an upgrade: the comparison and the
+    refusal's list of differences come from one reading of the shipped config."""
+    from trainer import config
+
+    cfg = OmegaConf.create({"seed": 0, "norm": {"name": "none"}})
+    finished_job(tmp_path / "job", cfg)
+    record = json.loads((tmp_path / "job" / sweep.RESUME_RECORD).read_text())
+    record["config"] = "an older digest"
+    (tmp_path / "job" / sweep.RESUME_RECORD).write_text(json.dumps(record))
+    calls = []
+    real = config.shipped_defaults
+    monkeypatch.setattr(config, "shipped_defaults", lambda cfg: calls.append(1) or real(cfg))
+    now = OmegaConf.create({"seed": 1, "norm": {"name": "none"}})
+    assert sweep.resume_job(tmp_path / "job", now, lambda _: pytest.fail("must not train"), []) is None
+    assert len(calls) == 1

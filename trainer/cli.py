@@ -25,7 +25,7 @@ from trainer.config import config_root, group_choices
 from trainer.engine import slurm
 from trainer.errors import ConfigError, TrainerError
 from trainer.observe.metrics import objective
-from trainer.observe.run_folder import discard_if_unused
+from trainer.observe.run_folder import discard_if_unused, settle_stopped_sweep
 from trainer.sweep import jobs as sweep  # registers the resolvers that name sweep folders (also for --cfg)
 
 CONF_DIR = str(config_root())
@@ -219,11 +219,21 @@ def main() -> None:
         if speaks:
             print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except ValueError as error:
+        # Optuna's sweeper asks for the best trial when the search ends, and raises this when
+        # every trial failed (each already said why, on its own line).
+        if "No trials are completed yet" not in str(error):
+            raise
+        if speaks:
+            failed = f": {', '.join(sweep.failed_jobs)}" if sweep.failed_jobs else ""
+            print(f"error: every trial of the search failed{failed}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except OSError as error:  # an output folder that cannot be made or written, a full disk
         if speaks:
             print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         sys.exit(EXIT_USAGE)
     finally:
+        settle_stopped_sweep()  # a multirun that stopped on an error: its folder's record put back
         if group is not None:
             group.teardown()
 

@@ -13,8 +13,10 @@ writes the record here, only once the folder is claimed for a new run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,24 @@ RECORD = ".hydra"
 OWN_FILES = {RECORD, ".claimed"}
 
 SWEEP_RECORD = "multirun.yaml"  # Hydra's record of the command that made a sweep folder
+FAILED_MARKS = ".failed"  # one empty file per failed job (trainer.sweep.jobs), read when the sweep ends
+# What a sweep command writes in its folder whether or not any job runs.
+SWEEP_OWN = {SWEEP_RECORD, FAILED_MARKS}
 
 _existed: set[Path] = set()  # folders that existed when this command started
-_sweep_record: tuple[Path, bytes] | None = None  # an earlier sweep's multirun.yaml, as it was
+
+
+@dataclass
+class _Sweep:
+    """A sweep folder as this command found it: what a refused command must leave as it was."""
+
+    folder: Path
+    record: bytes | None  # an earlier sweep's multirun.yaml
+    times: dict[Path, tuple[int, int]]  # (atime, mtime) in ns of the folder and its record
+    contents: dict[str, tuple[int, int]]  # see _contents
+
+
+_sweep: _Sweep | None = None
 _recorded = False  # whether the callback ran: without it no folder counts as made by this command
 
 
@@ -69,22 +86,81 @@ class RunFolderCallback(Callback):
         share_run_dir(config)  # after rank 0 noted what existed: the other ranks make the folder once they know it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _sweep_record
+        global _sweep
         _existed.clear()
-        remember_existing(str(config.hydra.sweep.dir), depth=2)
-        record = _absolute(str(config.hydra.sweep.dir)) / SWEEP_RECORD
-        _sweep_record = (record, record.read_bytes()) if record.is_file() else None
+        folder = _absolute(str(config.hydra.sweep.dir))
+        remember_existing(folder, depth=2)
+        # Marks an earlier command left when it ended without reading them (it crashed): not this command's.
+        shutil.rmtree(folder / FAILED_MARKS, ignore_errors=True)
+        record = folder / SWEEP_RECORD
+        _sweep = _Sweep(folder, record.read_bytes() if record.is_file() else None,
+                        {path: (path.stat().st_atime_ns, path.stat().st_mtime_ns) for path in (folder, record) if path.exists()},
+                        _contents(folder))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Put back the multirun.yaml of the sweep that made this folder: Hydra's launcher rewrites
         it with every command aimed at the folder, even one whose jobs are all skipped or refused.
         The folder's record stays the first command's; each job's .hydra/ records that job."""
-        global _sweep_record
-        if _sweep_record is not None:
-            record, earlier = _sweep_record
-            _sweep_record = None
-            if not record.is_file() or record.read_bytes() != earlier:
-                write_atomic(record, lambda file: file.write(earlier))
+        settle_sweep(refused_sweep(config))
+
+
+def _contents(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file (size, mtime in ns) and folder ((-1, 0)) under `folder`, by relative path, but
+    the sweep command's own records (SWEEP_OWN)."""
+    found: dict[str, tuple[int, int]] = {}
+    for root, folders, files in os.walk(folder):
+        if root == str(folder):
+            folders[:] = [name for name in folders if name not in SWEEP_OWN]
+            files = [name for name in files if name not in SWEEP_OWN]
+        for name in folders:
+            found[os.path.relpath(os.path.join(root, name), folder)] = (-1, 0)
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:  # removed as we walked
+                continue
+            found[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def refused_sweep(config: DictConfig) -> bool:
+    """Whether this multirun was refused: some job failed (a bad value, a foreign finished run)
+    and none changed anything in the sweep folder (none trained, crashed or was set aside), so the
+    folder must be left exactly as it was, its report included. Smoke jobs keep nothing anyway."""
+    if _sweep is None or config.get("smoke"):
+        return False
+    marks = _sweep.folder / FAILED_MARKS
+    return marks.is_dir() and any(marks.iterdir()) and _contents(_sweep.folder) == _sweep.contents
+
+
+def settle_stopped_sweep() -> None:
+    """A multirun that stopped on an error before it ended (a job's override that does not
+    compose, a sweeper that raised): settled as at its end, refused if it changed nothing."""
+    if _sweep is not None:
+        settle_sweep(_contents(_sweep.folder) == _sweep.contents)
+
+
+def settle_sweep(refused: bool) -> None:
+    """At the end of a multirun, or when it stopped on an error: multirun.yaml back as it was,
+    byte for byte and with its times, and the failed-job marks cleared (the report callback has
+    read them). A refused command's folder is then as it found it (its times too), or removed with
+    the parents this command made for it."""
+    global _sweep
+    if _sweep is None:
+        return
+    sweep, _sweep = _sweep, None
+    record = sweep.folder / SWEEP_RECORD
+    if sweep.record is not None and (not record.is_file() or record.read_bytes() != sweep.record):
+        write_atomic(record, lambda file: file.write(sweep.record))
+    shutil.rmtree(sweep.folder / FAILED_MARKS, ignore_errors=True)
+    if refused and made_by_this_command(sweep.folder):
+        record.unlink(missing_ok=True)
+        discard_if_unused(sweep.folder)
+        return
+    for path, times in sweep.times.items():
+        if path != sweep.folder or refused:
+            with contextlib.suppress(OSError):
+                os.utime(path, ns=times)
 
 
 def _under_torchrun() -> bool:

@@ -19,7 +19,8 @@ command again therefore finds the same folders:
 - a job that fails (a crash, a config error, a foreign finished run) leaves a mark in the sweep
   folder's `.failed/`, which the report callback reads when the sweep ends, so the sweep exits
   non-zero also when the jobs ran in other processes (the joblib launcher's workers). A job
-  clears its mark when it starts again.
+  clears its mark when it starts again, and the marks are cleared when the sweep ends; a command
+  whose jobs were all refused, none run, writes no report (observe.run_folder.refused_sweep).
 
 The resolvers are registered when this module is imported, which Hydra does when it builds the
 report callback (hydra.callbacks.report), before it reads hydra.sweep.dir.
@@ -47,7 +48,7 @@ from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
-from trainer.observe.run_folder import write_record
+from trainer.observe.run_folder import FAILED_MARKS, refused_sweep, write_record
 from trainer.sweep.direction import objective_direction
 
 if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
@@ -62,7 +63,6 @@ FINISHED = ("completed", "early_stopped", "diverged")
 # together before a rerun, so the new attempt starts clean and the old one stays readable.
 ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
 PREVIOUS = "previous"
-FAILED_MARKS = ".failed"  # in the sweep folder: one empty file per failed job, named after it
 # Not part of what a job is: how many threads it used changes its speed, not its result.
 NOT_CONFIGURATION = ("trainer.threads", "curves")  # how a job runs or what it draws, not what it is
 MAX_NAME = 150  # well under the 255 bytes a folder name may have
@@ -245,12 +245,15 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
     digest, current = fingerprint(cfg), settings(cfg)
     summary = read_json(job_dir / "summary.json")
     record = read_json(job_dir / RESUME_RECORD) or {}
-    same = _same_configuration(record, digest, current, cfg)
+    recorded = record.get("settings")
+    # A record of this digest is this configuration; one written while `_target_` still counted, or
+    # before an upgrade added keys this job leaves at their defaults, matches on its settings. Read
+    # once: a refusal names the differences from this same comparison.
+    as_recorded = _as_recorded(recorded, current, cfg) if recorded is not None and record.get("config") != digest else None
+    same = record.get("config") == digest or (as_recorded is not None and without_targets(recorded) == as_recorded)
     if summary is not None and summary.get("status") in FINISHED:
         if not same:
-            recorded = record.get("settings")
-            why = (differences(without_targets(recorded), _as_recorded(recorded, current, cfg))
-                   if recorded is not None else "not recorded")
+            why = differences(without_targets(recorded), as_recorded) if as_recorded is not None else "not recorded"
             print(f"error: {job_dir} holds a finished run of another configuration ({why}); it is kept: "
                   "run this sweep elsewhere with hydra.sweep.dir=DIR", file=sys.stderr)
             record_failure(job_dir, failed)
@@ -280,16 +283,6 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
     if (job_dir / "summary.json").exists():
         _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
     return result
-
-
-def _same_configuration(record: dict[str, Any], digest: str, current: dict[str, str], cfg: DictConfig) -> bool:
-    """Whether the job folder's record is of this configuration: a record written while `_target_`
-    still counted, or before an upgrade added keys that this job leaves at their defaults, matches
-    on its settings."""
-    recorded = record.get("settings")
-    if record.get("config") == digest:
-        return True
-    return recorded is not None and without_targets(recorded) == _as_recorded(recorded, current, cfg)
 
 
 def _as_recorded(recorded: dict[str, str], current: dict[str, str], cfg: DictConfig) -> dict[str, str]:
@@ -340,10 +333,12 @@ class ReportCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
-        # Jobs run by a launcher's worker processes listed their failures there, not here: read the marks.
+        # Jobs run by a launcher's worker processes listed their failures there, not here: read the
+        # marks (RunFolderCallback, whose end comes after this one's, clears them).
         failed_jobs.extend(name for name in marked_failures(sweep_dir) if name not in failed_jobs)
-        if config.get("smoke"):  # smoke jobs keep no runs to report on, and leave no marks behind either
-            shutil.rmtree(sweep_dir / FAILED_MARKS, ignore_errors=True)
+        if config.get("smoke"):  # smoke jobs keep no runs to report on
+            return
+        if refused_sweep(config):  # every job refused, none ran: the folder stays as it was, its report too
             return
         # Jobs that stopped on a config error leave no folder behind; list them by name.
         missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]

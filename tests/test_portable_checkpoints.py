@@ -5,6 +5,8 @@ precision on resume is said in one line. No GPU here: the device states are simu
 the checkpoint dict, as a GPU run would have written it."""
 from __future__ import annotations
 
+import io
+import random
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +48,21 @@ def test_cuda_state_is_restored_onto_the_device_in_use_only(restored_cuda: list)
     # An older checkpoint holding every visible GPU's state (4), resumed where 2 are visible.
     set_rng_state({**state, "cuda": [cuda_state(i) for i in range(4)]}, GPU1)
     assert [(int(s[0]), d) for s, d in restored_cuda] == [(7, GPU1), (1, GPU1)]
+
+
+def test_python_random_state_round_trips_through_a_checkpoint_and_older_ones_still_load(tmp_path: Path) -> None:
+    random.seed(5)
+    state = rng_state(CPU)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # one tensor, not 625 ints, yet weights_only loads it back
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    expected = [random.random() for _ in range(3)]
+    set_rng_state(saved, CPU)
+    assert [random.random() for _ in range(3)] == expected
+    random.seed(5)
+    older = {**state, "python": random.getstate()}  # a checkpoint from before: the plain tuple
+    set_rng_state(older, CPU)
+    assert [random.random() for _ in range(3)] == expected
 
 
 def test_loading_an_optimizer_state_keeps_its_implementation() -> None:

@@ -59,17 +59,30 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     a checkpoint then resumes on the CPU, or where fewer GPUs are visible."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
+        "python": _python_state(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
+def _python_state() -> tuple[int, torch.Tensor, float | None]:
+    """`random.getstate()` with its 625 words as one tensor: pickled as a single object, not 625
+    (the checkpoint writer's pickling holds the GIL the training thread needs)."""
+    version, words, gauss = random.getstate()
+    return version, torch.tensor(words, dtype=torch.int64), gauss
+
+
+def _python_state_from(saved: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`random.setstate`'s argument from `_python_state` (or an older checkpoint's plain tuple)."""
+    version, words, gauss = saved
+    return version, tuple(words.tolist()) if isinstance(words, torch.Tensor) else words, gauss
+
+
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     """Restore `rng_state`'s states; a CUDA state only onto a CUDA device (a GPU checkpoint resumed
     on the CPU has no use for it, a CPU one on a GPU has none: that generator starts from the seed)."""
-    random.setstate(state["python"])
+    random.setstate(_python_state_from(state["python"]))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])

@@ -20,6 +20,7 @@ import torch
 
 from hydra.core.hydra_config import HydraConfig
 
+from trainer import parent_locks
 from trainer.errors import ConfigError
 
 
@@ -53,7 +54,9 @@ _unusable: set[Path] = set()  # registry folders that failed once: noticed once,
 def _join(folder: Path) -> Path:
     """Lock a file of this process's own in the registry, held until the process ends. The name
     holds a random part besides the pid: processes in other PID namespaces (containers sharing
-    /tmp) can have the same pid, and a blocking lock on their file would hang this run."""
+    /tmp) can have the same pid, and a blocking lock on their file would hang this run. A forked
+    child (a DataLoader worker, which outlives a SIGKILLed run by seconds) does not hold it, so
+    it is never counted as a running process: trainer.parent_locks."""
     folder.mkdir(parents=True, exist_ok=True)
     own = folder / f"{os.getpid()}-{secrets.token_hex(4)}.lock"
     descriptor = os.open(own, os.O_CREAT | os.O_RDWR, 0o600)
@@ -63,6 +66,7 @@ def _join(folder: Path) -> Path:
         os.close(descriptor)
         own.unlink(missing_ok=True)
         raise
+    parent_locks.hold(descriptor)
     return own
 
 

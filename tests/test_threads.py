@@ -247,3 +247,14 @@ def test_a_registry_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.M
     _fresh_registry(monkeypatch, Path("~/processes"))
     assert threads.running_processes() == 1
     assert (tmp_path / "home" / "processes").is_dir() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_under_torchrun_only_rank_0_says_the_registry_is_unusable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    folder.write_text("a file where the registry folder should be")
+    monkeypatch.setenv("RANK", "1")
+    assert threads.running_processes() == 1
+    assert capsys.readouterr().err == ""

@@ -111,9 +111,10 @@ def running_processes() -> int:
     except OSError as error:
         _unusable.add(folder)
         _joined.pop(folder, None)
-        print(f"notice: trainer.threads=auto counts this process alone: the registry of running train processes "
-              f"{folder} is unusable ({error.strerror or error}); set TRAINER_PROCESSES_DIR to a writable folder",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun each rank would say it: rank 0 speaks
+            print(f"notice: trainer.threads=auto counts this process alone: the registry of running train processes "
+                  f"{folder} is unusable ({error.strerror or error}); set TRAINER_PROCESSES_DIR to a writable folder",
+                  file=sys.stderr)
         return 1
     return 1 + sum(_is_live(file) for file in others)
 

@@ -239,3 +239,11 @@ def test_a_forked_child_of_a_killed_run_is_not_counted(tmp_path: Path, monkeypat
         assert [file.name.split("-")[0] for file in folder.glob("*.lock")] == [str(os.getpid())]
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_registry_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    _fresh_registry(monkeypatch, Path("~/processes"))
+    assert threads.running_processes() == 1
+    assert (tmp_path / "home" / "processes").is_dir() and not (tmp_path / "~").exists()

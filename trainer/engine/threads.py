@@ -44,7 +44,8 @@ def registry() -> Path:
     """The folder of the running processes' lock files: $TRAINER_PROCESSES_DIR, else one per user
     in the temporary folder (every process of a user on this machine finds the same one)."""
     folder = os.environ.get("TRAINER_PROCESSES_DIR")
-    return Path(folder) if folder else Path(tempfile.gettempdir()) / f"trainer-processes-{os.getuid()}"
+    # expanduser: a quoted "~/..." would otherwise make a folder named "~" wherever the run starts.
+    return Path(folder).expanduser() if folder else Path(tempfile.gettempdir()) / f"trainer-processes-{os.getuid()}"
 
 
 _joined: dict[Path, Path] = {}  # registry folder -> this process's lock file, its descriptor held until exit

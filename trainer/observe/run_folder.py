@@ -72,6 +72,21 @@ def remember_existing(folder: Path | str, depth: int = 0) -> None:
                     pending.append((child, levels - 1))
 
 
+def note_job_folder(job_dir: Path) -> None:
+    """In a launcher's worker process (joblib's, submitit's), which never saw the sweep start: note
+    what existed as the job begins, so a job refused there is removed like one run in the main
+    process. Hydra has just made the job folder if missing: an empty one is this command's; the
+    folders above it (the sweep folder, which the main process settles) existed."""
+    global _recorded
+    if _sweep is not None:  # the main process: on_multirun_start noted it all before Hydra made anything
+        return
+    _recorded = True
+    folder = _absolute(job_dir)
+    _existed.update(parent for parent in folder.parents if parent.is_dir())
+    if folder.is_dir() and any(folder.iterdir()):
+        _existed.add(folder)
+
+
 def made_by_this_command(folder: Path | str) -> bool:
     return _recorded and _absolute(folder) not in _existed
 

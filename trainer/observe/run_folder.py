@@ -10,6 +10,10 @@ Hydra would also write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) into 
 the task can check whether the folder already holds a run, relabelling that run with a command
 that is then refused. So `hydra.output_subdir` is null (conf/config.yaml) and `write_record`
 writes the record here, only once the folder is claimed for a new run.
+
+A sweep folder is noted as the multirun starts (RunFolderCallback): when it ends, or stops on an
+error, its multirun.yaml is put back, and a command whose every job was refused leaves the folder
+exactly as it found it (or removes it, when it made it).
 """
 from __future__ import annotations
 

@@ -477,3 +477,12 @@ def test_a_refused_sweep_under_the_joblib_launcher_changes_nothing(tmp_path: Pat
     refused = train("-m", *common, "seed=0,1", "optim.lr=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert _state(sweep_dir) == before  # no job folders left by the workers, no marks, no report
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_a_file_where_the_sweep_folder_goes_is_one_line_and_left_alone(where: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("the user's own file\n")
+    outcome = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={tmp_path / where}"], tmp_path)
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr, outcome.stderr
+    assert len(outcome.stderr.strip().splitlines()) == 1 and outcome.stderr.startswith("error: ")
+    assert (tmp_path / "file").read_text() == "the user's own file\n"

@@ -156,7 +156,8 @@ def settle_stopped_sweep() -> None:
     """A multirun that stopped on an error before it ended (a job's override that does not
     compose, a sweeper that raised): settled as at its end, refused if it changed nothing."""
     if _sweep is not None:
-        settle_sweep(_contents(_sweep.folder) == _sweep.contents)
+        with contextlib.suppress(OSError):  # best effort: the error that stopped the sweep is the one to report
+            settle_sweep(_contents(_sweep.folder) == _sweep.contents)
 
 
 def settle_sweep(refused: bool) -> None:
@@ -168,6 +169,8 @@ def settle_sweep(refused: bool) -> None:
     if _sweep is None:
         return
     sweep, _sweep = _sweep, None
+    if not sweep.folder.is_dir():  # never made (a file in its place): nothing of this command's is there
+        return
     record = sweep.folder / SWEEP_RECORD
     if sweep.record is not None and (not record.is_file() or record.read_bytes() != sweep.record):
         write_atomic(record, lambda file: file.write(sweep.record))

@@ -246,6 +246,7 @@ def test_the_tools_shrink_like_training(smoke_cfg: Callable[..., DictConfig], tr
     assert (small.tsne.max_points, small.sample.length) == (smoke.SMOKE_TSNE_POINTS, smoke.SMOKE_SAMPLE_LENGTH)
     assert shrink(smoke_cfg("tsne.perplexity=[5,100]")).tsne.max_points == 101  # each perplexity below the points
     assert shrink(smoke_cfg("tsne.max_points=20", "tsne.perplexity=10")).tsne.max_points == 20  # never more
+    assert "max_points" not in shrink(smoke_cfg("~tsne.max_points")).tsne  # removed: the tool's own default
 
     checked: list[int] = []
     monkeypatch.setattr(export_module, "time_inference", lambda models, x, batch_size: checked.append(len(x)) or (1.0, 1.0))

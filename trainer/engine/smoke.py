@@ -54,10 +54,12 @@ def shrink(cfg: DictConfig) -> DictConfig:
     small.checkpoint.every_epochs = 1  # the write and the load back are phases to check
     small.checkpoint.every_steps = min(cfg.checkpoint.every_steps, 1)
     # The tools shrink too; a value that is no count is left for the tool to refuse, as without smoke.
-    if _count(cfg.tsne.max_points):
-        small.tsne.max_points = min(cfg.tsne.max_points, max(SMOKE_TSNE_POINTS, _above_perplexities(cfg.tsne.perplexity)))
-    if _count(cfg.sample.length):
-        small.sample.length = min(cfg.sample.length, SMOKE_SAMPLE_LENGTH)
+    # (`get`: `~tsne.max_points` leaves the tool its own default, which a smoke run keeps too.)
+    tsne, sample = cfg.get("tsne") or {}, cfg.get("sample") or {}
+    if _count(tsne.get("max_points")):
+        small.tsne.max_points = min(tsne.max_points, max(SMOKE_TSNE_POINTS, _above_perplexities(tsne.get("perplexity"))))
+    if _count(sample.get("length")):
+        small.sample.length = min(sample.length, SMOKE_SAMPLE_LENGTH)
     return small
 
 

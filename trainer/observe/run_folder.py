@@ -171,9 +171,9 @@ def settle_sweep(refused: bool) -> None:
     sweep, _sweep = _sweep, None
     if not sweep.folder.is_dir():  # never made (a file in its place): nothing of this command's is there
         return
-    record = sweep.folder / SWEEP_RECORD
-    if sweep.record is not None and (not record.is_file() or record.read_bytes() != sweep.record):
-        write_atomic(record, lambda file: file.write(sweep.record))
+    record, earlier = sweep.folder / SWEEP_RECORD, sweep.record
+    if earlier is not None and (not record.is_file() or record.read_bytes() != earlier):
+        write_atomic(record, lambda file: file.write(earlier))
     shutil.rmtree(sweep.folder / FAILED_MARKS, ignore_errors=True)
     if refused and made_by_this_command(sweep.folder):
         record.unlink(missing_ok=True)

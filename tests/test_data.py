@@ -250,3 +250,14 @@ def test_label_noise_needs_classification(make_cfg) -> None:
     with pytest.raises(ConfigError, match="data.label_noise=0.2 needs a classification task"):
         build_parts(make_cfg("data=adding", "data.num_train=64", "data.num_val=16", "data.seq_len=10",
                              "model=rnn", "data.label_noise=0.2"))
+
+
+def test_head_spreads_over_a_class_sorted_split() -> None:
+    # A split listed class by class (an ImageFolder): its first 50 of 1000 rows are all of class 0.
+    x, y = torch.arange(1000.0).unsqueeze(1), torch.arange(1000) // 100
+    splits = DataSplits(x, y, x, y, task="classification", num_outputs=10)
+    sample_x, sample_y = splits.head("train", 50)
+    assert sorted(set(sample_y.tolist())) == list(range(10)) and torch.equal(sample_y, sample_x[:, 0].long() // 100)
+    assert torch.equal(splits.head("train", 50)[0], sample_x)  # seeded: the same rows every time
+    whole_x, whole_y = splits.head("val", 5000)  # no more than asked: the whole split, in order
+    assert torch.equal(whole_x, x) and torch.equal(whole_y, y)

@@ -66,6 +66,19 @@ def test_overfitting_names_the_epoch_it_began() -> None:
     assert diagnose(history(train, [1.0, 0.7, 0.55, 0.5, 0.51, 0.51, 0.52, 0.52]), []) == []
 
 
+def test_a_tiny_rise_of_a_converged_run_is_not_overfitting() -> None:
+    # The validation loss more than doubles (1.1e-5 -> 2.6e-5), yet by 1.5e-5, nothing next to the
+    # fresh model's loss: every prediction is as right as at the minimum.
+    train = [2.3, 0.5, 0.05, 1e-3, 1e-4, 1e-5, 5e-6, 2e-6]
+    val = [2.3, 0.5, 0.05, 1e-3, 1.1e-5, 1.5e-5, 2e-5, 2.6e-5]
+    assert diagnose(history(train, val, [1.0] * 8), []) == []
+    # Converged by the first epoch: the start line's initial loss gives the scale.
+    start = {"task": "classification", "initial_loss": 2.3, "chance_loss": 2.3, "num_outputs": 10}
+    assert diagnose(history(train[3:], val[3:], [1.0] * 5), [], start=start) == []
+    # The same shape at the loss's own scale is overfitting.
+    assert kinds(diagnose(history(train, [2.3, 0.5, 0.3, 0.2, 0.11, 0.15, 0.2, 0.26], [0.9] * 8), [])) == ["overfitting"]
+
+
 def test_underfitting() -> None:
     findings = diagnose(history([1.40, 1.20, 1.05, 0.95, 0.9], [1.4, 1.2, 1.1, 1.0, 0.95], [0.3, 0.4, 0.45, 0.5, 0.5]), [])
     assert kinds(findings) == ["underfitting"]

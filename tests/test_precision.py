@@ -270,3 +270,18 @@ def test_bf16_on_cuda_autocasts() -> None:
 def test_auto_on_cuda_picks_a_half_precision() -> None:
     strategy = precision.build("auto", torch.device("cuda"))
     assert strategy.actual == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
+
+
+@pytest.mark.parametrize("model", ["model=rnn", "model=char_lstm", "model=seq2seq"])
+def test_fp16_on_the_cpu_runs_an_lstm_in_fp32_with_a_notice(model: str, make_cfg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """PyTorch's CPU LSTM has no float16 kernel: the run's first forward raised a traceback."""
+    from trainer.run import run
+
+    data = {"model=rnn": ["data=adding"], "model=char_lstm": ["data=text", "data.max_chars=3000", "data.seq_len=16"],
+            "model=seq2seq": ["data=seq2seq", "norm=none", "data.num_train=64", "data.num_val=16", "data.num_test=0"]}[model]
+    summary = run(make_cfg(model, *data, "precision=fp16", "max_steps=2"), tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["precision"] == {"requested": "fp16", "actual": "fp32"}
+    gru = precision.build("fp16", CPU, nn.GRU(4, 4))  # float16 GRUs and everything else run on the CPU
+    assert gru.actual == "fp16" and gru.notice is None
+    assert "cannot run an LSTM" in (precision.build("fp16", CPU, nn.LSTM(4, 4)).notice or "")

@@ -222,3 +222,39 @@ def test_cli_smoke_all_runs_every_choice(tmp_path: Path) -> None:
                 assert [line.split()[-1] for line in launched].count(f"{group}={choice}") == 1, f"{group}={choice}"
     jobs = result.stdout.count("smoke ok:")
     assert f"smoke: {jobs} of {jobs} jobs passed" in result.stdout and jobs > 40
+
+
+def test_a_smoke_run_never_names_its_temporary_folder(temp_root: Path, smoke_cfg: Callable[..., DictConfig],
+                                                      trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder is removed when the smoke run ends: a path into it would name files that are gone."""
+    smoke_run(smoke_cfg("data=synthetic", "model=mlp"))
+    for task in ("export", "tsne", "lr_find", "check_init"):
+        assert smoke_run(smoke_cfg("data=synthetic", f"task={task}", f"resume={trained_run}")).startswith("smoke ok")
+    out = capsys.readouterr()
+    assert "completed: 2 epochs" in out.out  # the training run's closing line, without its folder
+    assert str(temp_root) not in out.out + out.err and "trainer-smoke-" not in out.out + out.err
+    assert not list(temp_root.glob("trainer-smoke-*"))
+
+
+def test_the_tools_shrink_like_training(smoke_cfg: Callable[..., DictConfig], trained_run: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.engine import smoke
+    from trainer.tasks import export as export_module
+    from trainer.tasks import tsne as tsne_module
+
+    small = shrink(smoke_cfg())
+    assert (small.tsne.max_points, small.sample.length) == (smoke.SMOKE_TSNE_POINTS, smoke.SMOKE_SAMPLE_LENGTH)
+    assert shrink(smoke_cfg("tsne.perplexity=[5,100]")).tsne.max_points == 101  # each perplexity below the points
+    assert shrink(smoke_cfg("tsne.max_points=20", "tsne.perplexity=10")).tsne.max_points == 20  # never more
+    assert "max_points" not in shrink(smoke_cfg("~tsne.max_points")).tsne  # removed: the tool's own default
+
+    checked: list[int] = []
+    monkeypatch.setattr(export_module, "time_inference", lambda models, x, batch_size: checked.append(len(x)) or (1.0, 1.0))
+    smoke_run(smoke_cfg("data=synthetic", "task=export", f"resume={trained_run}"))
+    assert checked == [smoke.SMOKE_VAL_SAMPLES]  # not export's 1000
+
+    embedded: list[int] = []
+    real = tsne_module.tsne
+    monkeypatch.setattr(tsne_module, "tsne", lambda *args, **kwargs: embedded.append(kwargs["max_points"]) or real(*args, **kwargs))
+    smoke_run(smoke_cfg("data=synthetic", "task=tsne", f"resume={trained_run}"))
+    assert embedded == [smoke.SMOKE_TSNE_POINTS]  # not the config's 2000

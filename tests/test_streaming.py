@@ -19,7 +19,8 @@ from torch.utils.data import TensorDataset
 
 from trainer.data import DataSplits, imagefolder, streamed
 from trainer.data.source import OrderSampler, StreamSource
-from trainer.data.streamed import Streamed, StreamedSplits, stats_sample, stream_reason, streamed_splits
+from trainer.data import spread_sample
+from trainer.data.streamed import Streamed, StreamedSplits, stream_reason, streamed_splits
 from trainer.engine import checkpoint
 from trainer.engine.distributed import Context
 from trainer.errors import ConfigError
@@ -164,10 +165,24 @@ def test_statistics_over_a_sample_span_a_class_sorted_split(tmp_path: Path, monk
 
 
 def test_the_statistics_sample_is_one_seeded_index_per_equal_stretch() -> None:
-    assert stats_sample(5, 5) == stats_sample(5, 9) == [0, 1, 2, 3, 4]
-    picked = stats_sample(1000, 10)
-    assert picked == stats_sample(1000, 10) and picked != [100 * i for i in range(10)]
+    assert spread_sample(5, 5) == spread_sample(5, 9) == [0, 1, 2, 3, 4]
+    picked = spread_sample(1000, 10)
+    assert picked == spread_sample(1000, 10) and picked != [100 * i for i in range(10)]
     assert [index // 100 for index in picked] == list(range(10))
+
+
+def test_head_spreads_over_a_class_sorted_split() -> None:
+    # ImageFolder lists class by class: the first 6 of 24 samples would all be of class 0.
+    pixels = torch.arange(24, dtype=torch.uint8).view(24, 1, 1, 1).expand(24, 1, 2, 2).contiguous()
+    labels = torch.arange(24) // 8
+    split = Streamed(TensorDataset(pixels, labels), labels)
+    data = streamed_splits(split, split, None, 3, workers=0)
+    x, y = data.head("val", 6)
+    rows = spread_sample(24, 6)
+    assert set(y.tolist()) == {0, 1, 2} and torch.equal(y, labels[rows])
+    assert torch.allclose(x, data.normalise(pixels[rows]))  # each image with its own label
+    again = streamed_splits(split, split, None, 3, workers=0).head("val", 6)  # seeded: every rank, every resume
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
 
 
 def test_auto_streams_what_does_not_fit_the_budget(images: list[str]) -> None:

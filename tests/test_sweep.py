@@ -446,3 +446,43 @@ def test_a_refusal_reads_the_shipped_defaults_once(tmp_path: Path, monkeypatch: 
     now = OmegaConf.create({"seed": 1, "norm": {"name": "none"}})
     assert sweep.resume_job(tmp_path / "job", now, lambda _: pytest.fail("must not train"), []) is None
     assert len(calls) == 1
+
+
+def test_a_worker_process_removes_the_job_folder_it_made_for_a_refused_job(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher's worker (joblib) never sees the sweep start: it notes what existed as each job begins."""
+    from trainer.observe import run_folder
+
+    monkeypatch.setattr(run_folder, "_sweep", None)
+    monkeypatch.setattr(run_folder, "_existed", set())
+    monkeypatch.setattr(run_folder, "_recorded", False)
+    sweep_dir = tmp_path / "sweep"
+    new, earlier = sweep_dir / "seed=1", sweep_dir / "seed=0"
+    (earlier / ".hydra").mkdir(parents=True)  # an earlier attempt's record: the folder is not this command's
+    new.mkdir()  # as Hydra makes it just before the job
+    for job in (new, earlier):
+        run_folder.note_job_folder(job)
+        (job / ".claimed").touch()
+        run_folder.discard_if_unused(job)
+    assert not new.exists() and earlier.is_dir() and sweep_dir.is_dir()
+
+
+@pytest.mark.slow
+def test_a_refused_sweep_under_the_joblib_launcher_changes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep_dir = tmp_path / "sweep"
+    common = [*FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={sweep_dir}"]
+    assert train("-m", *common, "seed=0", cwd=tmp_path).returncode == 0
+    before = _state(sweep_dir)
+    refused = train("-m", *common, "seed=0,1", "optim.lr=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert _state(sweep_dir) == before  # no job folders left by the workers, no marks, no report
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_a_file_where_the_sweep_folder_goes_is_one_line_and_left_alone(where: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("the user's own file\n")
+    outcome = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={tmp_path / where}"], tmp_path)
+    assert outcome.code == 2 and "Traceback" not in outcome.stderr, outcome.stderr
+    assert len(outcome.stderr.strip().splitlines()) == 1 and outcome.stderr.startswith("error: ")
+    assert (tmp_path / "file").read_text() == "the user's own file\n"

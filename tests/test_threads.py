@@ -3,6 +3,7 @@ for every run, recorded in summary.json, and not part of what a sweep job is."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,51 @@ def test_a_locked_file_named_after_this_pid_does_not_hang_the_run(tmp_path: Path
     finally:
         other.kill()
         other.wait()
+
+
+FORKING_RUN = """
+import os, signal, time
+from trainer.engine import threads
+threads.running_processes()  # joins the registry, as a run does
+child = os.fork()
+if child == 0:  # a DataLoader worker: it lingers after its parent dies
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # not the test's pipes, which would wait for it
+    os.dup2(null, 2)
+    time.sleep(30)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_child_of_a_killed_run_is_not_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    run_ = subprocess.run([sys.executable, "-c", FORKING_RUN], capture_output=True, text=True, timeout=60)
+    child = int(run_.stdout)
+    try:
+        assert run_.returncode == -signal.SIGKILL, run_.stderr
+        assert threads.running_processes() == 1  # at once: the child still sleeps, yet holds no lock
+        assert [file.name.split("-")[0] for file in folder.glob("*.lock")] == [str(os.getpid())]
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_registry_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    _fresh_registry(monkeypatch, Path("~/processes"))
+    assert threads.running_processes() == 1
+    assert (tmp_path / "home" / "processes").is_dir() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.usefixtures("eight_cores")
+def test_under_torchrun_only_rank_0_says_the_registry_is_unusable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "processes"
+    _fresh_registry(monkeypatch, folder)
+    folder.write_text("a file where the registry folder should be")
+    monkeypatch.setenv("RANK", "1")
+    assert threads.running_processes() == 1
+    assert capsys.readouterr().err == ""

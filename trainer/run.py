@@ -146,5 +146,5 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     display.show(diagnosis.panel(findings))
     for line in diagnosis.command_lines(findings):
         print(line, flush=True)
-    display.finish(summary, str(run_dir))
+    display.finish(summary, None if cfg.get("smoke") else str(run_dir))  # a smoke run's folder is removed
     return summary

@@ -9,6 +9,22 @@ import torch
 from trainer.errors import ConfigError
 
 Task = Literal["classification", "regression"]
+# Seeds `spread_sample`: fixed, so every rank, a resumed run and a later tool read the same samples.
+SAMPLE_SEED = 0
+
+
+def spread_sample(count: int, size: int) -> list[int]:
+    """Which of a split's `count` samples a reader of `size` of them takes: all of them, in order,
+    when `size` or more may be read; else `size` indices, one drawn (seeded by SAMPLE_SEED) from
+    each of `size` equal consecutive stretches of the split. Spread over the whole split, not its
+    head: an ImageFolder lists its images class by class, so its first images are of its first
+    classes. The one rule for every sample of a split (the streamed statistics, `head`)."""
+    if size >= count:
+        return list(range(count))
+    edges = torch.arange(size + 1) * count // size
+    widths = edges[1:] - edges[:-1]  # each >= 1, as size < count
+    draws = torch.rand(size, generator=torch.Generator().manual_seed(SAMPLE_SEED), dtype=torch.float64)
+    return (edges[:-1] + (draws * widths).long()).tolist()
 
 
 @dataclass
@@ -70,9 +86,15 @@ class DataSplits:
         return getattr(self, f"y_{name}")
 
     def head(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `count` samples of split `name` (views): what the layer statistics, the
-        diagnosis and the tools read; streamed data (streamed.StreamedSplits) answers the same."""
-        return getattr(self, f"x_{name}")[:count], getattr(self, f"y_{name}")[:count]
+        """`count` samples of split `name` spread over all of it (`spread_sample`; the whole split,
+        as views, when it has no more): what the layer statistics, the diagnosis and the tools read;
+        streamed data (streamed.StreamedSplits) answers the same. Each sample is a whole row (a
+        character window, a padded sequence), so sequence data loses nothing by the spread."""
+        x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if count >= len(x):
+            return x[:count], y[:count]
+        rows = torch.tensor(spread_sample(len(x), count), device=x.device)
+        return x[rows], y[rows.to(y.device)]
 
     def to(self, device: torch.device) -> "DataSplits":
         test = (self.x_test.to(device), self.y_test.to(device)) if self.has_test else (None, None)

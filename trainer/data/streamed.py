@@ -16,7 +16,7 @@ this contract, and its labels.
 Images stay uint8 until they reach the device, where `StreamedSplits.normalise` turns them into
 float32 standardised per channel: x / 255, minus the training split's mean, over its std. The
 statistics are measured on the whole training split when it fits `STATS_BYTES` (then they are the
-in-memory path's own), else on a seeded sample spread evenly across it (`stats_sample`).
+in-memory path's own), else on a seeded sample spread evenly across it (trainer.data.spread_sample).
 trainer/data/source.py reads the batches (DataLoader worker processes, pinned memory, prefetching).
 """
 from __future__ import annotations
@@ -30,13 +30,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from trainer.data import spread_sample
 from trainer.errors import ConfigError, DataError
 
 # The training images the per-channel statistics are measured on, as float32 bytes: the whole
-# split when it is that small, else a sample of that size (stats_sample).
+# split when it is that small, else a sample of that size spread over it (spread_sample).
 STATS_BYTES = 256 * 2**20
-# Seeds that sample: fixed, so every rank, and a resumed run, measures the same statistics.
-STATS_SEED = 0
 # Samples read ahead by each worker process, in batches.
 PREFETCH_BATCHES = 2
 
@@ -120,10 +119,12 @@ class StreamedSplits:
         return self.split(name).labels
 
     def head(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `count` samples of split `name` as the model reads them, on the device: what
-        the layer statistics, the diagnosis and the tools look at instead of a whole split."""
+        """`count` samples of split `name` spread over all of it (spread_sample), as the model
+        reads them, on the device: what the layer statistics, the diagnosis and the tools look at
+        instead of a whole split."""
         if (name, count) not in self.heads:
-            images, labels = read_all(self.split(name).head(count), self.workers)
+            split = self.split(name)
+            images, labels = read_all(split.take(spread_sample(len(split), count)), self.workers)
             self.heads[name, count] = images.to(self.device), labels.to(self.device)
         images, labels = self.heads[name, count]
         return self.normalise(images), labels
@@ -204,19 +205,6 @@ def image_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
-def stats_sample(count: int, size: int) -> list[int]:
-    """Which of `count` training samples the statistics read: all of them, in order, when `size`
-    or more may be read; else `size` indices, one drawn (seeded by STATS_SEED) from each of
-    `size` equal consecutive stretches of the split. Spread over the whole split, not its head: an
-    ImageFolder lists its images class by class, so its first images are of its first classes."""
-    if size >= count:
-        return list(range(count))
-    edges = torch.arange(size + 1) * count // size
-    widths = edges[1:] - edges[:-1]  # each >= 1, as size < count
-    draws = torch.rand(size, generator=torch.Generator().manual_seed(STATS_SEED), dtype=torch.float64)
-    return (edges[:-1] + (draws * widths).long()).tolist()
-
-
 def streamed_splits(train: Streamed, val: Streamed, test: Streamed | None, num_classes: int, workers: int,
                     notices: list[str] | None = None) -> StreamedSplits:
     """The StreamedSplits of these splits: the sample shape from the first training image, the
@@ -224,7 +212,7 @@ def streamed_splits(train: Streamed, val: Streamed, test: Streamed | None, num_c
     workers = check_workers(workers)
     shape = tuple(train.dataset[0][0].shape)
     per_image = 4 * int(torch.Size(shape).numel())
-    images, _ = read_all(train.take(stats_sample(len(train), max(STATS_BYTES // per_image, 1))), workers)
+    images, _ = read_all(train.take(spread_sample(len(train), max(STATS_BYTES // per_image, 1))), workers)
     mean, std = image_stats(images.float().div_(255))
     return StreamedSplits(train=train, val=val, test=test, num_outputs=num_classes, input_shape=shape,
                           mean=mean, std=std, workers=workers, notices=list(notices or []))

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from trainer.data import DataSplits
 from trainer.data.streamed import StreamedSplits
@@ -29,6 +29,10 @@ SMOKE_STEPS_PER_EPOCH = 2  # training batches per epoch
 SMOKE_MAX_BATCH = 16       # a ResNet-18 step on a CPU costs about a second per 32 images
 SMOKE_VAL_SAMPLES = 16     # evaluation and the per-layer statistics (a forward and backward) read these: one small batch
 SMOKE_LR_FIND_STEPS = 10   # task=lr_find: enough readings for its steepest-descent rule (>= 5)
+# task=tsne: validation points, above the default perplexities (5, 30, 50; each must be below the
+# count) and raised past a larger one; t-SNE's time grows with the points (2000 by default).
+SMOKE_TSNE_POINTS = 64
+SMOKE_SAMPLE_LENGTH = 32   # characters per sample a character LM (or task=sample) draws: 500 by default
 
 
 class SmokeFailure(TrainerError):
@@ -49,7 +53,25 @@ def shrink(cfg: DictConfig) -> DictConfig:
         small.device = "cpu"
     small.checkpoint.every_epochs = 1  # the write and the load back are phases to check
     small.checkpoint.every_steps = min(cfg.checkpoint.every_steps, 1)
+    # The tools shrink too; a value that is no count is left for the tool to refuse, as without smoke.
+    # (`get`: `~tsne.max_points` leaves the tool its own default, which a smoke run keeps too.)
+    tsne, sample = cfg.get("tsne") or {}, cfg.get("sample") or {}
+    if _count(tsne.get("max_points")):
+        small.tsne.max_points = min(tsne.max_points, max(SMOKE_TSNE_POINTS, _above_perplexities(tsne.get("perplexity"))))
+    if _count(sample.get("length")):
+        small.sample.length = min(sample.length, SMOKE_SAMPLE_LENGTH)
     return small
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _above_perplexities(perplexity: object) -> int:
+    """The fewest points every perplexity asked for is below (0 when they are not numbers)."""
+    values = list(perplexity) if isinstance(perplexity, (list, tuple, ListConfig)) else [perplexity]
+    numbers = [value for value in values if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return int(max(numbers)) + 1 if numbers else 0
 
 
 def slice_data(data: DataSplits | StreamedSplits, step_batch: int) -> DataSplits | StreamedSplits:
@@ -106,7 +128,7 @@ def smoke_run(cfg: DictConfig) -> str:
 def _smoke_task(cfg: DictConfig, run_dir: Path, started: float) -> str:
     from trainer.tasks import run_task
 
-    code = run_task(cfg, run_dir, lr_find_steps=SMOKE_LR_FIND_STEPS)
+    code = run_task(cfg, run_dir, smoke=True)
     if code:
         raise SmokeFailure(f"task={cfg.task} found errors (exit {code}); see its report above")
     return f"smoke ok: task={cfg.task}, {time.perf_counter() - started:.1f}s"

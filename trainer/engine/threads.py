@@ -20,6 +20,7 @@ import torch
 
 from hydra.core.hydra_config import HydraConfig
 
+from trainer import parent_locks
 from trainer.errors import ConfigError
 
 
@@ -43,7 +44,8 @@ def registry() -> Path:
     """The folder of the running processes' lock files: $TRAINER_PROCESSES_DIR, else one per user
     in the temporary folder (every process of a user on this machine finds the same one)."""
     folder = os.environ.get("TRAINER_PROCESSES_DIR")
-    return Path(folder) if folder else Path(tempfile.gettempdir()) / f"trainer-processes-{os.getuid()}"
+    # expanduser: a quoted "~/..." would otherwise make a folder named "~" wherever the run starts.
+    return Path(folder).expanduser() if folder else Path(tempfile.gettempdir()) / f"trainer-processes-{os.getuid()}"
 
 
 _joined: dict[Path, Path] = {}  # registry folder -> this process's lock file, its descriptor held until exit
@@ -53,7 +55,9 @@ _unusable: set[Path] = set()  # registry folders that failed once: noticed once,
 def _join(folder: Path) -> Path:
     """Lock a file of this process's own in the registry, held until the process ends. The name
     holds a random part besides the pid: processes in other PID namespaces (containers sharing
-    /tmp) can have the same pid, and a blocking lock on their file would hang this run."""
+    /tmp) can have the same pid, and a blocking lock on their file would hang this run. A forked
+    child (a DataLoader worker, which outlives a SIGKILLed run by seconds) does not hold it, so
+    it is never counted as a running process: trainer.parent_locks."""
     folder.mkdir(parents=True, exist_ok=True)
     own = folder / f"{os.getpid()}-{secrets.token_hex(4)}.lock"
     descriptor = os.open(own, os.O_CREAT | os.O_RDWR, 0o600)
@@ -63,6 +67,7 @@ def _join(folder: Path) -> Path:
         os.close(descriptor)
         own.unlink(missing_ok=True)
         raise
+    parent_locks.hold(descriptor)
     return own
 
 
@@ -106,9 +111,10 @@ def running_processes() -> int:
     except OSError as error:
         _unusable.add(folder)
         _joined.pop(folder, None)
-        print(f"notice: trainer.threads=auto counts this process alone: the registry of running train processes "
-              f"{folder} is unusable ({error.strerror or error}); set TRAINER_PROCESSES_DIR to a writable folder",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun each rank would say it: rank 0 speaks
+            print(f"notice: trainer.threads=auto counts this process alone: the registry of running train processes "
+                  f"{folder} is unusable ({error.strerror or error}); set TRAINER_PROCESSES_DIR to a writable folder",
+                  file=sys.stderr)
         return 1
     return 1 + sum(_is_live(file) for file in others)
 

@@ -64,8 +64,11 @@ UNDERFIT_MAX_ACC = 0.9
 # Overfitting: the validation loss has stayed above its minimum for at least 3 evaluations (fewer
 # is within noise; early stopping's usual patience is about this) ...
 OVERFIT_EVALS = 3
-# ... ends at least 5% above that minimum, while the training loss kept falling below its value there.
+# ... ends at least 5% above that minimum, while the training loss kept falling below its value there ...
 OVERFIT_MIN_RISE = 0.05
+# ... and the rise is at least 1% of the fresh model's loss (the loss's scale): a run that converged
+# to ~0 loss can double its validation loss (1.1e-5 -> 2.6e-5) with every prediction unchanged.
+OVERFIT_MIN_SCALE_RISE = 0.01
 # Dead units: more than half of a ReLU layer's units output 0 for a whole batch; they get no
 # gradient and cannot recover (Lu et al. 2020, "Dying ReLU and initialization").
 DEAD_FRACTION = 0.5
@@ -505,8 +508,10 @@ def _overfitting(epochs: Records, facts: Facts) -> Finding | None:
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     after = rows[best + 1:]
     low, last = rows[best], rows[-1]
-    if (len(after) < OVERFIT_EVALS or last["val_loss"] < (1 + OVERFIT_MIN_RISE) * low["val_loss"]
-            or last["train_loss"] >= low["train_loss"]):
+    rise = last["val_loss"] - low["val_loss"]
+    scale = _first_loss(epochs, [], facts) or rows[0]["val_loss"]
+    if (len(after) < OVERFIT_EVALS or rise < OVERFIT_MIN_RISE * low["val_loss"]
+            or rise < OVERFIT_MIN_SCALE_RISE * abs(scale) or last["train_loss"] >= low["train_loss"]):
         return None
     began = low.get("epoch")
     evidence = {"began_epoch": began, "best_val_loss": low["val_loss"], "final_val_loss": last["val_loss"],

@@ -63,7 +63,9 @@ class PlainDisplay:
     def show(self, renderable: Any) -> None:
         self.console.print(renderable)
 
-    def finish(self, summary: dict[str, Any], run_dir: str) -> None:
+    def finish(self, summary: dict[str, Any], run_dir: str | None) -> None:
+        """The closing line; `run_dir` None for a run in a temporary folder (smoke=true), which is gone
+        by the time anyone reads it."""
         best = summary["best"]
         print(
             f"{summary['status']}: {summary['epochs_run']} epochs, {summary['steps']} steps in "
@@ -71,8 +73,8 @@ class PlainDisplay:
             # "best" is one epoch, the one early stopping would keep: its val_acc need not be the highest.
             f"best epoch {best.get('epoch', '-')} (lowest val_loss): val_acc "
             f"{_format('val_acc', best.get('val_acc'))} val_loss {_format('val_loss', best.get('val_loss'))}"
-            + "".join(f" {key} {_format(key, best[key])}" for key in OPTIONAL_COLUMNS if key in best) + "; "
-            f"run folder {run_dir}",
+            + "".join(f" {key} {_format(key, best[key])}" for key in OPTIONAL_COLUMNS if key in best)
+            + (f"; run folder {run_dir}" if run_dir is not None else ""),
             flush=True,
         )
 
@@ -132,7 +134,7 @@ class QuietDisplay(PlainDisplay):
     def show(self, renderable: Any) -> None:
         pass
 
-    def finish(self, summary: dict[str, Any], run_dir: str) -> None:
+    def finish(self, summary: dict[str, Any], run_dir: str | None) -> None:
         pass
 
 

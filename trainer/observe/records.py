@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from trainer import parent_locks
 from trainer.errors import ConfigError
 
 # A run's own files, and what the tool tasks leave (task=NAME writes NAME.json).
@@ -99,27 +100,6 @@ def write_lines_atomic(path: Path, lines: list[str]) -> None:
     write_atomic(path, "".join(line + "\n" for line in lines))
 
 
-# The file descriptors of the claims this process holds (see `claim`).
-_claims: set[int] = set()
-
-
-def _drop_claims_in_child() -> None:
-    """In a forked child (a DataLoader worker): let go of the parent's claims. A flock lasts while
-    any process holds its file open, and a worker outlives a SIGKILLed run by seconds (until it
-    notices), which kept the folder locked against an immediate `resume=auto`. Each descriptor is
-    pointed at /dev/null rather than closed, so the child's copy of the file object stays valid."""
-    if not _claims:
-        return
-    null = os.open(os.devnull, os.O_RDONLY)
-    for fd in _claims:
-        os.dup2(null, fd)
-    os.close(null)
-    _claims.clear()
-
-
-os.register_at_fork(after_in_child=_drop_claims_in_child)
-
-
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir` for this process while the block runs: a second process that tries to claim
@@ -127,8 +107,8 @@ def claim(run_dir: Path) -> Iterator[None]:
 
     An exclusive, non-blocking flock on `run_dir/.claimed`: the kernel drops it when this process
     ends, however it ends, so a killed run never leaves its folder locked (a forked child does not
-    hold it: _drop_claims_in_child). If the block wrote no
-    run (it stopped on a config error), the claim file and a folder made here are removed again."""
+    hold it: trainer.parent_locks). If the block wrote no run (it stopped on a config error), the
+    claim file and a folder made here are removed again."""
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CLAIM
@@ -140,11 +120,11 @@ def claim(run_dir: Path) -> Iterator[None]:
         file.close()
         raise ConfigError(f"{run_dir} is in use by another train process; wait for it to end, "
                           "or choose another folder (hydra.run.dir=...)") from None
-    _claims.add(file.fileno())
+    parent_locks.hold(file.fileno())
     try:
         yield
     finally:
-        _claims.discard(file.fileno())
+        parent_locks.release(file.fileno())
         if previous_run(run_dir) is None:  # nothing of a run written: leave the folder as it was
             if created:
                 path.unlink(missing_ok=True)

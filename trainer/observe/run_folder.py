@@ -10,6 +10,10 @@ Hydra would also write `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) into 
 the task can check whether the folder already holds a run, relabelling that run with a command
 that is then refused. So `hydra.output_subdir` is null (conf/config.yaml) and `write_record`
 writes the record here, only once the folder is claimed for a new run.
+
+A sweep folder is noted as the multirun starts (RunFolderCallback): when it ends, or stops on an
+error, its multirun.yaml is put back, and a command whose every job was refused leaves the folder
+exactly as it found it (or removes it, when it made it).
 """
 from __future__ import annotations
 
@@ -70,6 +74,21 @@ def remember_existing(folder: Path | str, depth: int = 0) -> None:
                 if child.is_dir() and not child.is_symlink():
                     _existed.add(child)
                     pending.append((child, levels - 1))
+
+
+def note_job_folder(job_dir: Path) -> None:
+    """In a launcher's worker process (joblib's, submitit's), which never saw the sweep start: note
+    what existed as the job begins, so a job refused there is removed like one run in the main
+    process. Hydra has just made the job folder if missing: an empty one is this command's; the
+    folders above it (the sweep folder, which the main process settles) existed."""
+    global _recorded
+    if _sweep is not None:  # the main process: on_multirun_start noted it all before Hydra made anything
+        return
+    _recorded = True
+    folder = _absolute(job_dir)
+    _existed.update(parent for parent in folder.parents if parent.is_dir())
+    if folder.is_dir() and any(folder.iterdir()):
+        _existed.add(folder)
 
 
 def made_by_this_command(folder: Path | str) -> bool:
@@ -137,7 +156,8 @@ def settle_stopped_sweep() -> None:
     """A multirun that stopped on an error before it ended (a job's override that does not
     compose, a sweeper that raised): settled as at its end, refused if it changed nothing."""
     if _sweep is not None:
-        settle_sweep(_contents(_sweep.folder) == _sweep.contents)
+        with contextlib.suppress(OSError):  # best effort: the error that stopped the sweep is the one to report
+            settle_sweep(_contents(_sweep.folder) == _sweep.contents)
 
 
 def settle_sweep(refused: bool) -> None:
@@ -149,9 +169,11 @@ def settle_sweep(refused: bool) -> None:
     if _sweep is None:
         return
     sweep, _sweep = _sweep, None
-    record = sweep.folder / SWEEP_RECORD
-    if sweep.record is not None and (not record.is_file() or record.read_bytes() != sweep.record):
-        write_atomic(record, lambda file: file.write(sweep.record))
+    if not sweep.folder.is_dir():  # never made (a file in its place): nothing of this command's is there
+        return
+    record, earlier = sweep.folder / SWEEP_RECORD, sweep.record
+    if earlier is not None and (not record.is_file() or record.read_bytes() != earlier):
+        write_atomic(record, lambda file: file.write(earlier))
     shutil.rmtree(sweep.folder / FAILED_MARKS, ignore_errors=True)
     if refused and made_by_this_command(sweep.folder):
         record.unlink(missing_ok=True)

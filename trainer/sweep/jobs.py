@@ -48,7 +48,7 @@ from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
-from trainer.observe.run_folder import FAILED_MARKS, refused_sweep, write_record
+from trainer.observe.run_folder import FAILED_MARKS, note_job_folder, refused_sweep, write_record
 from trainer.sweep.direction import objective_direction
 
 if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
@@ -178,6 +178,7 @@ def resumable(task: Task) -> Task:
             from trainer.engine import distributed
 
             job_dir = Path(HydraConfig.get().runtime.output_dir)
+            note_job_folder(job_dir)  # before this job writes anything into it
             if distributed.current().enabled:
                 return shared_job(job_dir, cfg, task, distributed.current())
             return resume_job(job_dir, cfg, task, failed_jobs)

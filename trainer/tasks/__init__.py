@@ -18,6 +18,7 @@ TASKS = {
     "sample": "resume=RUN_DIR: samples.txt, text from a character LM run (data=text model=char_lstm)",
 }
 
+import io
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -27,10 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.errors import ConfigError
 
 
-def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -> int:
+def run_task(cfg: DictConfig, run_dir: Path, smoke: bool = False) -> int:
     """Run `cfg.task` (not train) and return the exit code: plan exits 2 when the config has errors.
 
-    `lr_find_steps` shortens the LR range test (smoke=true); None keeps its default.
+    `smoke` (smoke=true, in a temporary folder that is removed afterwards): the LR range test and
+    export's check run on fewer steps and samples (trainer.engine.smoke; the config's shrink does
+    the rest), and the result is rendered but not shown, nor the folder: they would name files
+    that are gone.
 
     lr_find, check_init, export and tsne write their picture or file and a JSON result into the
     run folder; plan writes nothing."""
@@ -45,6 +49,8 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
     console = Console()
+    shown = Console(file=io.StringIO()) if smoke else console
+    limits = _smoke_limits(cfg.task) if smoke else {}
     if cfg.task == "plan":
         from trainer.tasks.plan import error_lines, plan, render
 
@@ -56,25 +62,35 @@ def run_task(cfg: DictConfig, run_dir: Path, lr_find_steps: int | None = None) -
     with claim(run_dir):  # like a training run: never in a folder that holds a run, never two at once
         check_unused(run_dir)
         if cfg.task in ("export", "tsne", "sample"):  # these read a trained run and its own config, not the command's
-            result, render = _on_trained_run(cfg, run_dir)
+            result, render = _on_trained_run(cfg, run_dir, limits)
         else:
             parts = build_parts(cfg)
             if cfg.task == "lr_find":
                 from trainer.tasks.lr_find import lr_find, render
 
-                result = lr_find(parts, run_dir, **({"num_steps": lr_find_steps} if lr_find_steps else {}))
+                result = lr_find(parts, run_dir, **limits)
             else:
                 from trainer.tasks.check_init import check_init, render
 
                 result = check_init(parts, run_dir)
         write_record(run_dir, cfg)
-        console.print(render(result))
+        shown.print(render(result))
         write_json_atomic(run_dir / f"{cfg.task}.json", result)
-    console.print(f"written to {run_dir}")
+    if not smoke:
+        console.print(f"written to {run_dir}")
     return 0
 
 
-def _on_trained_run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]:
+def _smoke_limits(task: str) -> dict[str, int]:
+    """What smoke=true shrinks in a task beyond its config: the LR range test's steps, and the
+    validation samples export checks and times the folded model on."""
+    from trainer.engine.smoke import SMOKE_LR_FIND_STEPS, SMOKE_VAL_SAMPLES
+
+    return {"lr_find": {"num_steps": SMOKE_LR_FIND_STEPS}, "export": {"check_samples": SMOKE_VAL_SAMPLES}}.get(task, {})
+
+
+def _on_trained_run(cfg: DictConfig, run_dir: Path,
+                    limits: dict[str, int]) -> tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]:
     """export, tsne or sample of the run `resume=` names; their settings are the `export:` / `tsne:` /
     `sample:` config nodes."""
     settings = OmegaConf.to_container(cfg[cfg.task], resolve=True)
@@ -82,7 +98,7 @@ def _on_trained_run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Cal
     if cfg.task == "export":
         from trainer.tasks.export import export, render
 
-        return export(cfg.resume, run_dir, **settings), render
+        return export(cfg.resume, run_dir, **settings, **limits), render
     if cfg.task == "sample":
         from trainer.tasks.sample import render, sample_run
 

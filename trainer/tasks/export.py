@@ -93,7 +93,8 @@ def time_inference(models: list[nn.Module], x: torch.Tensor, batch_size: int, re
     return [statistics.median(record) for record in times]
 
 
-def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: float = 1e-4) -> dict[str, Any]:
+def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: float = 1e-4, *,
+           check_samples: int = CHECK_SAMPLES) -> dict[str, Any]:
     """Write run_dir/inference.pt from the run `resume` names, batch norm folded if `fold_bn`.
 
     Args:
@@ -102,6 +103,8 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
         fold_bn: fold conv/linear + batch-norm pairs; false exports the model as trained.
         tolerance: largest max-abs difference between the folded and unfolded outputs, relative to
             the outputs' scale (max |output|, at least 1), for the file to be written.
+        check_samples: validation samples the folded outputs are compared on and timed with
+            (fewer under smoke=true).
 
     Returns:
         {"checkpoint", "file", "folded": [names], "before"/"after": count_layers + "inference_s",
@@ -120,7 +123,7 @@ def export(resume: str | None, run_dir: Path, fold_bn: bool = True, tolerance: f
     notice = None
     if fold_bn and not folded:
         notice = "nothing to fold: the model has no conv/linear layer followed by batch norm; exported as is"
-    x = run.data.head("val", CHECK_SAMPLES)[0].cpu()
+    x = run.data.head("val", check_samples)[0].cpu()
     batch_size = int(run.config.get("batch_size", 100))
     reference, result = _outputs(original, x, batch_size), _outputs(exported, x, batch_size)
     max_abs_diff = float((reference - result).abs().max())

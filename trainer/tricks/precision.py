@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
 from trainer.config import group_choices
@@ -94,8 +95,8 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def build(name: str, device: torch.device) -> Precision:
-    """Builder named by conf/precision/*.yaml; `device` is passed at run time."""
+def build(name: str, device: torch.device, model: nn.Module | None = None) -> Precision:
+    """Builder named by conf/precision/*.yaml; `device` and the `model` it will run are passed at run time."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
     if name not in ("auto", "tf32", "fp32", *AUTOCAST_DTYPES):  # a conf/precision/*.yaml without code here
@@ -105,6 +106,10 @@ def build(name: str, device: torch.device) -> Precision:
     if not cuda:
         if name == "tf32":
             return Precision(name, "fp32", device.type, f"precision={name} needs a CUDA GPU; running fp32 on the {device.type}")
+        if name == "fp16" and model is not None and any(isinstance(m, nn.LSTM) for m in model.modules()):
+            # PyTorch's CPU LSTM (oneDNN) has no float16 kernel: the first forward would raise.
+            return Precision(name, "fp32", device.type, f"precision={name} cannot run an LSTM on the {device.type} "
+                             "(no float16 CPU kernel); running fp32 (bf16 runs there)")
         # fp16 and bf16 autocast (and fp16's loss scaling) run on the CPU as on a GPU.
         return Precision(name, "fp32" if name == "auto" else name, device.type)
     if name == "auto":

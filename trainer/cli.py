@@ -108,6 +108,24 @@ def in_process_group(job: Callable[[DictConfig], float | None]) -> Callable[[Dic
     return grouped
 
 
+def _make_plugins_discoverable() -> None:
+    """Let Hydra find this project's sweeper (hydra/sweeper=every_choice, experiment=smoke_all).
+    Hydra discovers plugins by listing the folders of the `hydra_plugins` namespace package, and an
+    editable install (`pip install -e .`, the README's) serves ours through an import hook that
+    such a listing does not see: the sweeper imports but is not found. Putting the folder that
+    holds our `hydra_plugins` on sys.path makes it a listed part of the namespace; in an ordinary
+    install that folder is site-packages, already there."""
+    import hydra_plugins
+    import hydra_plugins.trainer_sweepers
+
+    root = str(Path(hydra_plugins.trainer_sweepers.__file__).resolve().parents[2])
+    if str(Path(root) / "hydra_plugins") not in list(hydra_plugins.__path__):
+        sys.path.append(root)
+
+
+_make_plugins_discoverable()
+
+
 # In a multirun each job is skipped if finished, continued or rerun if not, and contained if it crashes.
 _hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(
     in_process_group(sweep.resumable(train_job)))

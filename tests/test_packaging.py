@@ -73,3 +73,16 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_from_another_folder(tmp_path: 
     report = subprocess.run([str(venv / "bin" / "train-report"), "--help"], cwd=elsewhere, env=env,
                             capture_output=True, text=True)  # the second console script: trainer.sweep.report:main
     assert report.returncode == 0 and "sweep folder" in report.stdout, report.stderr
+
+
+def test_hydra_discovers_the_every_choice_sweeper_from_another_folder(tmp_path: Path) -> None:
+    """As `train -m experiment=smoke_all` run anywhere: under the README's editable install Hydra's
+    plugin listing did not see hydra_plugins/trainer_sweepers (it imported, but was not found)."""
+    script = ("import trainer.cli\n"
+              "from hydra.core.plugins import Plugins\n"
+              "from hydra.plugins.sweeper import Sweeper\n"
+              "print(sorted(c.__name__ for c in Plugins.instance().discover(Sweeper)))\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert "EveryChoiceSweeper" in found.stdout

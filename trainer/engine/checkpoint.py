@@ -1,5 +1,5 @@
-"""Checkpoints: written atomically, verified on load, never loaded with pickled code, and off the
-training thread.
+"""Checkpoints: written atomically, verified on load, never loaded with pickled code, and hashed and
+written to disk off the training thread.
 
 `Checkpointer.save` serialises the state on the training thread (the bytes are the snapshot, so
 training may go on changing its tensors) and hands them to a background thread, which hashes them

@@ -380,6 +380,20 @@ def test_the_optuna_direction_follows_the_metric_each_job_returns(
     assert objective(best) == best[metric]  # the number the job returns is that metric
 
 
+@pytest.mark.parametrize(("show", "data", "direction"), [
+    ("hydra", "synthetic", "maximize"), ("hydra", "text", "minimize"), ("all", "text", "minimize")])
+def test_the_shown_resolved_config_holds_the_search_direction(show: str, data: str, direction: str,
+                                                               tmp_path: Path) -> None:
+    """`train --cfg hydra --resolve hparams_search=optuna` prints the hydra node alone: Hydra deletes
+    the job's keys before resolving, so the direction cannot come from an interpolation of `data`."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    shown = train_in_process(["--cfg", show, "--resolve", "hparams_search=optuna", f"data={data}"], tmp_path)
+    assert shown.code == 0, shown.stderr
+    assert f"    direction: {direction}\n" in shown.stdout
+    job = train_in_process(["--cfg", "job", "--resolve", "hparams_search=optuna", f"data={data}"], tmp_path)
+    assert job.code == 0 and "direction" not in job.stdout, job.stderr  # the job's config has no hydra node
+
+
 # --- a refused sweep command changes nothing --------------------------------------------------
 
 def _state(folder: Path) -> dict[str, tuple[bytes, int] | str]:

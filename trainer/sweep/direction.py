@@ -1,11 +1,12 @@
 """Which way a search over runs goes (`hydra.sweeper.direction` of the optuna preset): the way the
 metric each job returns improves (observe.metrics.OBJECTIVE), read from the config before any job
-runs. The preset writes `direction: ${objective_direction:${data}}`; a `hydra.sweeper.direction=`
+runs. The preset writes `direction: ${objective_direction:}`; a `hydra.sweeper.direction=`
 override still wins.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.observe.metrics import higher_is_better
 
@@ -23,9 +24,24 @@ def objective_metric(data: DictConfig) -> str:
     return OBJECTIVE_OF_DATA.get(name, "val_acc")
 
 
-def objective_direction(data: DictConfig) -> str:
-    """`maximize` for an accuracy, `minimize` for a loss or bits per character."""
-    return "maximize" if higher_is_better(objective_metric(data)) else "minimize"
+def objective_direction(*, _root_: DictConfig) -> str:
+    """`maximize` for an accuracy, `minimize` for a loss or bits per character: the resolver of
+    `${objective_direction:}`, given the config the interpolation sits in (OmegaConf passes `_root_`)."""
+    return "maximize" if higher_is_better(objective_metric(_run_data(_root_))) else "minimize"
+
+
+def _run_data(root: DictConfig) -> DictConfig:
+    """The run's `data` node. Not an interpolation of `${data}`: `train --cfg hydra --resolve` prints
+    the hydra node alone, and Hydra deletes the job's keys from its copy before resolving (hydra's
+    `get_sanitized_hydra_cfg`), so `${data}` failed there. The config Hydra composed is still
+    the parent of the hydra node it keeps in HydraConfig (set for `${hydra:...}`): read it from there."""
+    if "data" in root:
+        return root.data
+    composed = OmegaConf.select(HydraConfig.get(), "..data") if HydraConfig.initialized() else None
+    if not isinstance(composed, DictConfig):
+        raise ValueError("hydra.sweeper.direction=${objective_direction:} needs the run's config (its data); "
+                         "set hydra.sweeper.direction=maximize or minimize")
+    return composed
 
 
 def _float_targets(path: object) -> bool:

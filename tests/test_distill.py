@@ -267,3 +267,16 @@ def test_the_command_refuses_a_bad_teacher_in_one_line(trained_run: Path, tmp_pa
     lines = outcome.stderr.strip().splitlines()
     assert outcome.code == 2 and len(lines) == 1 and lines[0].startswith(message.replace("TRAINED", str(trained_run)))
     assert not (tmp_path / "run").exists()
+
+
+def test_fp16_on_the_cpu_runs_an_lstm_teacher_in_fp32_with_a_notice(make_cfg: Callable[..., DictConfig],
+                                                                    tmp_path: Path) -> None:
+    """The teacher runs under the student's autocast: an LSTM teacher's first forward raised a
+    traceback (no float16 CPU LSTM kernel) even when the student has no LSTM."""
+    run(make_cfg("model=rnn", "max_steps=2"), tmp_path / "teacher")
+    outcome = train_in_process(["data=synthetic", "epochs=1", "max_steps=2", "device=cpu", "curves=false",
+                                "model=cnn1d", "precision=fp16", *distilled(tmp_path / "teacher"),
+                                f"hydra.run.dir={tmp_path / 'student'}"], tmp_path)
+    assert outcome.code == 0, outcome.stderr
+    assert "precision=fp16 cannot run the distillation teacher's LSTM on the cpu" in outcome.stdout
+    assert "completed:" in outcome.stdout

@@ -13,6 +13,7 @@ from torch import nn
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
+from trainer.models.peephole import PeepholeLSTM
 from trainer.run import run
 from trainer.tricks import clipping, optim, precision
 
@@ -282,6 +283,15 @@ def test_fp16_on_the_cpu_runs_an_lstm_in_fp32_with_a_notice(model: str, make_cfg
     summary = run(make_cfg(model, *data, "precision=fp16", "max_steps=2"), tmp_path)
     assert summary["status"] == "completed"
     assert summary["precision"] == {"requested": "fp16", "actual": "fp32"}
-    gru = precision.build("fp16", CPU, nn.GRU(4, 4))  # float16 GRUs and everything else run on the CPU
-    assert gru.actual == "fp16" and gru.notice is None
+    for runs in (nn.GRU(4, 4), nn.RNN(4, 4), PeepholeLSTM(4, 4)):  # float16 GRUs and everything else run on the CPU
+        strategy = precision.build("fp16", CPU, runs)
+        assert strategy.actual == "fp16" and strategy.notice is None, type(runs).__name__
     assert "cannot run an LSTM" in (precision.build("fp16", CPU, nn.LSTM(4, 4)).notice or "")
+
+
+def test_fp16_on_the_cpu_runs_a_peephole_lstm_in_fp16(make_cfg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The peephole LSTM is an nn.LSTM subclass that runs its own step-by-step ops, not the fused
+    kernel that has no float16 CPU version: it needs no fallback to fp32."""
+    summary = run(make_cfg("model=rnn", "model.peephole=true", "precision=fp16", "max_steps=2"), tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["precision"] == {"requested": "fp16", "actual": "fp16"}

@@ -283,7 +283,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     total = min(cfg.epochs * per_epoch, cfg.max_steps) if cfg.max_steps else cfg.epochs * per_epoch
     optimizer = build("optim", cfg.optim, model=model)
     schedule = build("sched", cfg.sched, optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch)
-    precision = build("precision", cfg.precision, device=device, model=model)
+    precision = build("precision", cfg.precision, device=device, model=model, teacher=loss.teacher_model)
     if precision.notice:
         notices.append(precision.notice)
     early_stopping = build("early_stopping", cfg.early_stopping)

@@ -65,6 +65,11 @@ class HardLoss:
         hard = self.criterion(logits, targets)
         return Losses(hard, hard)
 
+    @property
+    def teacher_model(self) -> None:
+        """No teacher runs beside the model."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -120,6 +125,11 @@ class SoftLoss:
         hard = self.criterion(logits, targets)
         soft = soft_target_loss(logits, self.teacher.logits(inputs), self.temperature)
         return Losses((1 - self.alpha) * hard + self.alpha * soft, hard)
+
+    @property
+    def teacher_model(self) -> nn.Module:
+        """The teacher runs under the student's autocast: the precision must suit it too."""
+        return self.teacher.model
 
     def state_dict(self) -> dict[str, Any]:
         """Which teacher, not its weights: a resumed run loads it again from its file."""

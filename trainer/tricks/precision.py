@@ -95,8 +95,9 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def build(name: str, device: torch.device, model: nn.Module | None = None) -> Precision:
-    """Builder named by conf/precision/*.yaml; `device` and the `model` it will run are passed at run time."""
+def build(name: str, device: torch.device, model: nn.Module | None = None, teacher: nn.Module | None = None) -> Precision:
+    """Builder named by conf/precision/*.yaml; `device`, the `model` it will run and a distillation
+    `teacher` (run under the same autocast) are passed at run time."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
     if name not in ("auto", "tf32", "fp32", *AUTOCAST_DTYPES):  # a conf/precision/*.yaml without code here
@@ -106,15 +107,26 @@ def build(name: str, device: torch.device, model: nn.Module | None = None) -> Pr
     if not cuda:
         if name == "tf32":
             return Precision(name, "fp32", device.type, f"precision={name} needs a CUDA GPU; running fp32 on the {device.type}")
-        if name == "fp16" and model is not None and any(isinstance(m, nn.LSTM) for m in model.modules()):
-            # PyTorch's CPU LSTM (oneDNN) has no float16 kernel: the first forward would raise.
-            return Precision(name, "fp32", device.type, f"precision={name} cannot run an LSTM on the {device.type} "
+        if name == "fp16" and (holder := _fused_lstm_holder(model, teacher)) is not None:
+            return Precision(name, "fp32", device.type, f"precision={name} cannot run {holder} LSTM on the {device.type} "
                              "(no float16 CPU kernel); running fp32 (bf16 runs there)")
         # fp16 and bf16 autocast (and fp16's loss scaling) run on the CPU as on a GPU.
         return Precision(name, "fp32" if name == "auto" else name, device.type)
     if name == "auto":
         return Precision(name, "bf16" if native_bf16() else "fp16", "cuda")
     return Precision(name, name, "cuda")
+
+
+def _fused_lstm_holder(model: nn.Module | None, teacher: nn.Module | None) -> str | None:
+    """Which of the run's networks runs PyTorch's fused LSTM ("an" for the model, "the distillation
+    teacher's"), or None. Its CPU kernel (oneDNN) has no float16 version: the first forward under fp16
+    autocast raises, in no_grad too. Measured on torch 2.14: nn.GRU, nn.RNN and the cells run, and
+    so does an nn.LSTM subclass with its own forward (PeepholeLSTM's step-by-step ops)."""
+    for network, holder in ((model, "an"), (teacher, "the distillation teacher's")):
+        if network is not None and any(isinstance(m, nn.LSTM) and type(m).forward is nn.LSTM.forward
+                                       for m in network.modules()):
+            return holder
+    return None
 
 
 def native_bf16() -> bool:

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -78,7 +78,10 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         """The state for a checkpoint, `history` as JSON text: one object to pickle instead of
         about 25 an epoch, so a checkpoint's cost on the training thread does not grow with the run."""
-        return {**asdict(replace(self, history=[])), "history": json.dumps(self.history)}
+        # A shallow dict: asdict would deep-copy order_state, a tensor no one mutates (the generator
+        # hands out a new one), and the checkpoint serialises it on this thread at once anyway.
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "interval": asdict(self.interval), "history": json.dumps(self.history)}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "TrainState":

@@ -137,6 +137,16 @@ class Context:
             return None
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def share_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch norm's running statistics) on every rank, before an evaluation.
+        DDP broadcasts them from rank 0 at the start of each training forward, but that forward then
+        updates each rank's copy from its own part of the batch: without this each rank would
+        measure its shard with statistics of its own, and the recorded evaluation would not be that
+        of the model rank 0 checkpoints (tests/test_distributed.py)."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     @staticmethod
     def no_sync(ddp: nn.parallel.DistributedDataParallel | None, last: bool) -> AbstractContextManager:
         """Around a micro-batch's forward and backward: gradients are all-reduced once per optimizer

@@ -427,6 +427,7 @@ class Trainer:
     def measure_batches(self, batches: Iterator[Batch]) -> tuple[float, float | None]:
         """`measure` over this rank's shard, in batches; the sums are added up across ranks."""
         self.model.eval()
+        self.ranks.share_buffers(self.model)  # every rank measures the model rank 0 checkpoints
         classification = self.data.task == "classification"
         sums = torch.zeros(3, device=self.parts.device)  # loss, correct, counted: this rank's shard
         for x, y in batches:

@@ -1,14 +1,20 @@
 """Benchmark: the same model, data and steps trained three ways in one invocation, interleaved
 and repeated: a minimal hand-written PyTorch loop, `train` (trainer.run.run), and PyTorch
-Lightning. Prints the median and the best (shortest) seconds of each and their ratios; writes
-them as JSON. On a shared machine other jobs only ever add time, so the best of the interleaved
-repeats is the steadier comparison; the median says what a run typically takes.
+Lightning. Writes every figure as JSON and prints, per case:
+
+- the median and the best (shortest) seconds of each way, and their ratios;
+- the paired ratios: each repeat's ways run back to back, so their ratio cancels the machine's
+  speed of that moment; their median, with a distribution-free 95% confidence interval;
+- the same paired ratios of each run's median epoch (every epoch but the first and the cut-short
+  last, each with its evaluation and, in `train_ckpt`, one checkpoint), which also leaves out a
+  spike inside one run. On a shared machine whose speed drifts by tens of percent between runs,
+  these are the figures that can tell a few percent apart.
 
     python scripts/bench.py                      # every case, on CUDA when present, else the CPU
     python scripts/bench.py --cases cnn1d --repeats 7 --out bench.json
 
-Each way runs `steps` optimizer steps and then one evaluation of the validation set, timed from
-the first step to the end of that evaluation (process start, data generation and model
+Each way runs `steps` optimizer steps, evaluating the validation set at every epoch end and
+after the last step, timed from the first step to the end of that last evaluation (process start, data generation and model
 building are outside the timing, for all three). Checkpointing and logging are off in all
 three, so the figures compare the training loops themselves; a fourth way, `train_ckpt`, is
 `train` with its default checkpointing (a checkpoint at every epoch end, best.pt), to show what
@@ -24,8 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import io
 import json
+import math
 import platform
 import statistics
 import sys
@@ -92,7 +100,7 @@ def cases(device: str, image_root: Path) -> list[Case]:
 def config(case: Case, device: str, precision: str, extra: tuple[str, ...] = ()):
     overrides = [*case.overrides, f"batch_size={case.batch_size}", f"max_steps={case.steps}", "epochs=1000",
                  f"device={device}", f"precision={precision}", "sched=constant", "checkpoint.every_epochs=0",
-                 f"log_every={case.steps}", *extra]
+                 f"log_every={case.steps}", "curves=false", *extra]  # curves.png comes after the timing: not drawn
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -104,7 +112,16 @@ def synchronize(device: str) -> None:
 
 # ---- the three ways -----------------------------------------------------------------------------
 
-def raw_loop(cfg, steps: int) -> float:
+@dataclass(frozen=True)
+class Timing:
+    """One timed run: its seconds, and the seconds at each epoch's end (after its evaluation)
+    counted from the same start; none where a way does not report them (Lightning)."""
+
+    seconds: float
+    epoch_ends: tuple[float, ...] = ()
+
+
+def raw_loop(cfg, steps: int) -> Timing:
     """What a careful user writes by hand: data on the device, index batching, AdamW, autocast
     (streamed data: `raw_loader_loop`)."""
     parts = build_parts(cfg)  # the same model, init and optimizer settings as `train`
@@ -119,6 +136,7 @@ def raw_loop(cfg, steps: int) -> float:
     synchronize(device)
     start = time.perf_counter()
     per_epoch = n // batch
+    epoch_ends = []
     for step in range(steps):
         i = step % per_epoch
         if i == 0:
@@ -137,11 +155,12 @@ def raw_loop(cfg, steps: int) -> float:
                 correct = sum((model(data.x_val[s : s + 1024]).argmax(1) == data.y_val[s : s + 1024]).sum()
                               for s in range(0, len(data.x_val), 1024))
             float(correct)  # read the result, as a loop that prints or logs it must
+            epoch_ends.append(time.perf_counter() - start)
     synchronize(device)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - start, tuple(epoch_ends))
 
 
-def raw_loader_loop(cfg, parts, steps: int) -> float:
+def raw_loader_loop(cfg, parts, steps: int) -> Timing:
     """The hand-written loop over images on disk: a shuffling DataLoader over the same dataset with the
     same workers, pinned memory and persistent workers; uint8 batches normalised on the device."""
     model, optimizer, data, device = parts.model, parts.optimizer, parts.data, parts.device
@@ -160,7 +179,7 @@ def raw_loader_loop(cfg, parts, steps: int) -> float:
 
     synchronize(device.type)
     start = time.perf_counter()
-    step = 0
+    step, epoch_ends = 0, []
     while step < steps:
         model.train()
         for x, y in train:
@@ -176,25 +195,28 @@ def raw_loader_loop(cfg, parts, steps: int) -> float:
         with torch.no_grad(), autocast():
             correct = sum((model(ready(x)).argmax(1) == y.to(device)).sum() for x, y in val)
         float(correct)
+        epoch_ends.append(time.perf_counter() - start)
     synchronize(device.type)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - start, tuple(epoch_ends))
 
 
-def trainer_way(cfg, steps: int) -> float:
+def trainer_way(cfg, steps: int) -> Timing:
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
         summary = run(cfg, Path(folder) / "run")
+        records = [json.loads(line) for line in (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == steps
-    return summary["wall_s"]
+    # An epoch line's `elapsed` is read right after the epoch's evaluation, as the raw loop's epoch ends.
+    return Timing(summary["wall_s"], tuple(record["elapsed"] for record in records if record["kind"] == "epoch"))
 
 
-def trainer_checkpointing_way(cfg, steps: int) -> float:
+def trainer_checkpointing_way(cfg, steps: int) -> Timing:
     """`train` as a user runs it: a checkpoint at every epoch end (the default), best.pt on improvement."""
     cfg = copy.deepcopy(cfg)
     cfg.checkpoint.every_epochs = 1
     return trainer_way(cfg, steps)
 
 
-def lightning_way(cfg, steps: int) -> float:
+def lightning_way(cfg, steps: int) -> Timing:
     import lightning as L  # a benchmark extra: pip install -e .[bench]
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -230,10 +252,10 @@ def lightning_way(cfg, steps: int) -> float:
     start = time.perf_counter()
     trainer.fit(Module(), train_loader, val_loader)  # validates at each epoch end, as `train` does
     synchronize(parts.device.type)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - start)
 
 
-WAYS: dict[str, Callable] = {"raw": raw_loop, "train": trainer_way, "train_ckpt": trainer_checkpointing_way,
+WAYS: dict[str, Callable[..., Timing]] = {"raw": raw_loop, "train": trainer_way, "train_ckpt": trainer_checkpointing_way,
                              "lightning": lightning_way}
 
 
@@ -267,21 +289,50 @@ def measure(chosen: list[Case], args: argparse.Namespace) -> dict:
         ways = [way for way in args.ways if way in case.ways]
         for way in ways:  # one untimed warm-up each: imports, allocator, kernel choice
             WAYS[way](cfg, case.steps)
-        times: dict[str, list[float]] = {way: [] for way in ways}
-        for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits all ways alike
-            for way in ways:
-                times[way].append(WAYS[way](cfg, case.steps))
-        medians = {way: statistics.median(t) for way, t in times.items()}
-        bests = {way: min(t) for way, t in times.items()}
-        samples = case.steps * case.batch_size
-        results[case.name] = {
-            "steps": case.steps, "batch_size": case.batch_size, "times_s": times, "median_s": medians,
-            "best_s": bests, "samples_per_s": {way: samples / m for way, m in medians.items()},
-            **ratios(medians), "best": ratios(bests),
-        }
-        print(f"{case.name:9s} median " + line(medians), flush=True)
-        print(f"{'':9s} best   " + line(bests), flush=True)
+        timings: dict[str, list[Timing]] = {way: [] for way in ways}
+        for repeat in range(args.repeats):
+            # Interleaved, so drift in the machine's speed hits all ways alike; the order reversed
+            # every other repeat, so no way always runs right after another (or first).
+            for way in ways if repeat % 2 == 0 else ways[::-1]:
+                gc.collect()  # the previous way's garbage is not collected inside this way's timing
+                timings[way].append(WAYS[way](cfg, case.steps))
+        results[case.name] = summarise(case, timings)
+        report(case.name, results[case.name], args.repeats)
     return results
+
+
+def summarise(case: Case, timings: dict[str, list[Timing]]) -> dict:
+    """Each way's whole-run seconds (median, best) and their ratios; the repeats' paired ratios; and
+    the same for the median epoch of each run, where every way reports its epochs."""
+    times = {way: [timing.seconds for timing in runs] for way, runs in timings.items()}
+    medians = {way: statistics.median(t) for way, t in times.items()}
+    bests = {way: min(t) for way, t in times.items()}
+    samples = case.steps * case.batch_size
+    epochs = {way: [statistics.median(durations) for timing in runs if (durations := full_epochs(timing))]
+              for way, runs in timings.items()}
+    epochs = {way: medians_of_runs for way, medians_of_runs in epochs.items() if len(medians_of_runs) == len(timings[way])}
+    return {
+        "steps": case.steps, "batch_size": case.batch_size, "times_s": times, "median_s": medians,
+        "best_s": bests, "samples_per_s": {way: samples / m for way, m in medians.items()},
+        **ratios(medians), "best": ratios(bests), "paired": paired_ratios(times),
+        "epoch_median_s": epochs, "epoch_paired": paired_ratios(epochs),
+    }
+
+
+def full_epochs(timing: Timing) -> list[float]:
+    """The seconds of each epoch but the first (which also pays for the run's start) and the last
+    (which max_steps may cut short): one evaluation and, in `train_ckpt`, one checkpoint each."""
+    ends = timing.epoch_ends
+    return [b - a for a, b in zip(ends[:-1], ends[1:])][:-1]
+
+
+def report(name: str, result: dict, repeats: int) -> None:
+    print(f"{name:9s} median " + line(result["median_s"]), flush=True)
+    print(f"{'':9s} best   " + line(result["best_s"]), flush=True)
+    for label, key in (("paired", "paired"), ("epochs", "epoch_paired")):
+        for ratio, paired in result[key].items():
+            print(f"{'':9s} {label} {ratio.replace('_over_', '/')} {paired['median']:.3f} (95% interval of the "
+                  f"median {paired['low']:.3f} to {paired['high']:.3f}, {repeats} repeats)", flush=True)
 
 
 RATIOS = {"train_over_raw": ("train", "raw"), "train_ckpt_over_raw": ("train_ckpt", "raw"),
@@ -297,7 +348,35 @@ def line(seconds: dict[str, float]) -> str:
     """One way's seconds after another, then the ratios: `train/raw 1.012`."""
     shown = {name.replace("_over_", "/"): value for name, value in ratios(seconds).items() if value is not None}
     return "  ".join([*(f"{way} {s:.3f}s" for way, s in seconds.items()), *(f"{name} {v:.3f}" for name, v in shown.items())])
-    return results
+
+
+def paired_ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each repeat's time ratio (its ways ran back to back, so they shared the machine's speed of
+    the moment), summarised by the median and its distribution-free 95% confidence interval."""
+    summary = {}
+    for name, (a, b) in RATIOS.items():
+        if {a, b} <= set(times):
+            each = sorted(x / y for x, y in zip(times[a], times[b]))
+            low, high = median_interval(each)
+            summary[name] = {"median": statistics.median(each), "low": low, "high": high}
+    return summary
+
+
+def median_interval(ordered: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The order statistics that bracket the median with at least `confidence`: the median of n
+    draws lies below the k-th smallest with probability P(Binomial(n, 1/2) < k), whatever the
+    distribution. Too few draws for that confidence: the whole range."""
+    n = len(ordered)
+    below = 0.0  # P(Binomial(n, 1/2) < k), for k rising from 1
+    k = 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if below > (1 - confidence) / 2:
+            break
+        k += 1
+    if k == 0:
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
 
 
 if __name__ == "__main__":

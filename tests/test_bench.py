@@ -1,0 +1,50 @@
+"""scripts/bench.py's statistics: the paired ratios' confidence interval and the epochs it compares."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    path = Path(__file__).parent.parent / "scripts" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("n", "low", "high"), [(5, 1, 5), (6, 1, 6), (9, 2, 8), (15, 4, 12), (20, 6, 15), (40, 14, 27)])
+def test_median_interval_is_the_binomial_order_statistics(bench: ModuleType, n: int, low: int, high: int) -> None:
+    # The 1-based ranks of the usual tables of the median's distribution-free 95% interval.
+    assert bench.median_interval([float(rank) for rank in range(1, n + 1)]) == (low, high)
+
+
+def test_full_epochs_leave_out_the_first_and_the_last(bench: ModuleType) -> None:
+    timing = bench.Timing(0.5, (0.1, 0.2, 0.35, 0.45, 0.5))
+    assert bench.full_epochs(timing) == pytest.approx([0.1, 0.15, 0.1])
+    assert bench.full_epochs(bench.Timing(0.1, (0.1,))) == []
+
+
+def test_measure_reports_paired_and_epoch_ratios(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    # 2 full epochs of 4 steps and 2 more: epoch ends 3 times, one full epoch compared per run.
+    case = bench.Case("tiny", ("data=synthetic", "data.num_train=128", "data.num_val=32", "data.num_test=0",
+                               "model=mlp", "model.width=8", "curves=false"), 32, 10, ways=("raw", "train", "train_ckpt"))
+    args = argparse.Namespace(device="cpu", precision="auto", ways=["raw", "train", "train_ckpt"], repeats=2)
+    result = bench.measure([case], args)["tiny"]
+    assert set(result["times_s"]) == {"raw", "train", "train_ckpt"}
+    assert all(len(times) == 2 for times in result["times_s"].values())
+    assert set(result["epoch_median_s"]) == {"raw", "train", "train_ckpt"}
+    assert all(len(seconds) == 2 and min(seconds) > 0 for seconds in result["epoch_median_s"].values())
+    for ratios in (result["paired"], result["epoch_paired"]):
+        assert set(ratios) == {"train_over_raw", "train_ckpt_over_raw"}
+        assert all(r["low"] <= r["median"] <= r["high"] for r in ratios.values())
+    printed = capsys.readouterr().out
+    assert "paired train/raw" in printed and "epochs train_ckpt/raw" in printed

@@ -115,6 +115,43 @@ def test_a_batchnorm_run_of_two_ranks_records_the_evaluation_its_checkpoint_give
     assert "reloaded" in check_round_trip(cfg, tmp_path / "run")  # one process, the checkpoint's weights and statistics
 
 
+def test_smoke_with_two_processes_trains_two_ranks_and_checks_their_run(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`smoke=true processes=2` smoke-ran one process: the process group, the sharded batches and
+    the all-reduces went unchecked. The ranks are forked here instead of started by the elastic
+    launcher (fresh interpreters, several seconds each; the slow test below runs the real one)."""
+    from hydra import compose, initialize_config_dir
+
+    from helpers import CONF_DIR
+    from trainer.engine import smoke
+
+    started: list[dict] = []
+
+    def forked_ranks(processes: int, overrides: list[str], run_dir: Path, resume: str | None) -> dict:
+        outcomes = train_ranks([*overrides, f"hydra.run.dir={run_dir}"], tmp_path, world_size=processes)
+        assert [outcome.code for outcome in outcomes] == [0] * processes, outcomes[0].stderr + outcomes[1].stderr
+        started.append(json.loads((run_dir / "summary.json").read_text()))
+        return started[-1]
+
+    monkeypatch.setattr(launch, "train_processes", forked_ranks)
+    overrides = [*BASE, PER_RANK, "norm=batchnorm", "smoke=true", "processes=2"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    verdict = smoke.smoke_run(cfg, overrides)
+    assert verdict.startswith("smoke ok: 4 steps in 2 epochs on 2 processes") and "reloaded" in verdict, verdict
+    [summary] = started
+    assert summary["world_size"] == 2 and summary["steps"] == 4  # shrunk: 2 epochs of 2 global batches
+    assert not smoke.is_smoke_rank()  # the mark was for the ranks only
+
+
+@pytest.mark.slow
+def test_smoke_with_two_processes_runs_the_real_launcher(tmp_path: Path) -> None:
+    result = _train([*BASE, PER_RANK, "smoke=true", "processes=2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "on 2 processes" in result.stdout.splitlines()[-1]
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
+
+
 def slurm_task(rank: int, world_size: int, _port: int, job_id: int) -> dict[str, str]:
     """What srun gives task `rank` of a one-node job of `world_size` tasks: no torchrun variable."""
     return {"SLURM_JOB_ID": str(job_id), "SLURM_STEP_ID": "0", "SLURM_NTASKS": str(world_size), "SLURM_PROCID": str(rank),

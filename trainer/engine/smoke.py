@@ -8,14 +8,21 @@ device is named. It runs in a temporary folder that is removed afterwards (curve
 drawn: that takes longer than the training, and a plotting error never fails a real run), loads the latest good checkpoint back (trainer/engine/smoke_check.py), and fails, as a
 one-line error, on a non-finite loss, gradient or metric, or on any phase that raises: so a
 config that would break in hour two of a real run breaks here.
+
+`processes=N` (N > 1) smoke-runs N processes as the real run would (trainer/engine/launch.py): the
+process group, the sharded batches, the gradient all-reduce and rank 0's files are phases too.
+Each process is started with SMOKE_RANK set, which tells `train` to train the shrunk config in
+the smoke run's folder; this process then checks what rank 0 wrote.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -33,6 +40,8 @@ SMOKE_LR_FIND_STEPS = 10   # task=lr_find: enough readings for its steepest-desc
 # count) and raised past a larger one; t-SNE's time grows with the points (2000 by default).
 SMOKE_TSNE_POINTS = 64
 SMOKE_SAMPLE_LENGTH = 32   # characters per sample a character LM (or task=sample) draws: 500 by default
+# Set (to "1") for the processes a `smoke=true processes=N` run starts: each trains as one rank of the smoke run.
+SMOKE_RANK = "TRAINER_SMOKE_RANK"
 
 
 class SmokeFailure(TrainerError):
@@ -93,8 +102,9 @@ def _where(error: BaseException) -> str:
     return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
-def smoke_run(cfg: DictConfig) -> str:
+def smoke_run(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
     """Smoke-run `cfg` (training, or its task) in a temporary folder; return the one-line verdict.
+    `overrides`, the command's, are what the ranks of a multi-process run compose their config from.
 
     Raises TrainerError for bad input (as a real run would) and SmokeFailure for what the smoke
     run found, each a one-line message."""
@@ -103,15 +113,19 @@ def smoke_run(cfg: DictConfig) -> str:
 
     check_top_level(cfg)  # the user's own values, before shrinking changes them
     small = shrink(cfg)
+    processes = small.processes  # check_top_level took it for an integer >= 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trainer-smoke-") as folder:
         run_dir = Path(folder) / "run"
         try:
             if small.task != "train":
                 return _smoke_task(small, run_dir, started)
-            from trainer.run import run
+            if processes > 1:
+                summary = _train_processes(processes, overrides, run_dir)
+            else:
+                from trainer.run import run
 
-            summary = run(small, run_dir)
+                summary = run(small, run_dir)
             check_summary(summary, run_dir)
             round_trip = check_round_trip(small, run_dir)
         except TrainerError:
@@ -121,8 +135,34 @@ def smoke_run(cfg: DictConfig) -> str:
             raise SmokeFailure(f"smoke run failed at {_where(error)}: {type(error).__name__}: {message}") from None
     best = summary["best"]
     figure = f"val_acc {best['val_acc']:.4f}" if best.get("val_acc") is not None else f"val_loss {best['val_loss']:.4g}"
-    return (f"smoke ok: {summary['steps']} steps in {summary['epochs_run']} epochs ({figure}), {round_trip}, "
+    on = f" on {processes} processes" if processes > 1 else ""
+    return (f"smoke ok: {summary['steps']} steps in {summary['epochs_run']} epochs{on} ({figure}), {round_trip}, "
             f"{time.perf_counter() - started:.1f}s")
+
+
+def _train_processes(processes: int, overrides: Sequence[str], run_dir: Path) -> dict:
+    """The smoke run trained by `processes` ranks started as `train processes=N` starts them, each
+    told by SMOKE_RANK to shrink the config and train in `run_dir`; rank 0's summary."""
+    from trainer.engine.launch import train_processes
+
+    os.environ[SMOKE_RANK] = "1"  # inherited by the ranks the launcher starts
+    try:
+        return train_processes(processes, list(overrides), run_dir, None)
+    finally:
+        del os.environ[SMOKE_RANK]
+
+
+def is_smoke_rank() -> bool:
+    """Whether this process is a rank a `smoke=true processes=N` run started."""
+    return os.environ.get(SMOKE_RANK) == "1"
+
+
+def smoke_rank(cfg: DictConfig, run_dir: Path) -> None:
+    """One rank of a multi-process smoke run: the shrunk config, trained in the smoke run's folder
+    (the process that started the ranks checks the outcome and removes the folder)."""
+    from trainer.run import run
+
+    run(shrink(cfg), run_dir)
 
 
 def _smoke_task(cfg: DictConfig, run_dir: Path, started: float) -> str:

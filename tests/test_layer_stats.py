@@ -184,3 +184,59 @@ def test_a_skipped_last_step_records_no_statistics(make_cfg: Callable[..., DictC
     assert numbers and all(value == value and abs(value) != float("inf") for value in numbers)
     trainer.train_step(torch.arange(16), measure_layers=True)  # a finite step is measured again
     assert trainer.layer_rows is not None
+
+
+class _StepLoop(nn.Module):
+    """A layer stack run once per time step, as a decoder fed its own predictions runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.relu, self.head = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, T, 3)
+        from trainer.models.time_steps import time_steps
+
+        with time_steps():
+            steps = [self.head(self.relu(self.lin(x[:, t]))) for t in range(x.shape[1])]
+        return torch.stack(steps).mean(0)
+
+
+def test_a_layer_run_at_every_time_step_is_one_row_over_all_its_steps() -> None:
+    torch.manual_seed(0)
+    model = _StepLoop()
+    with torch.no_grad():  # unit 0 fires only where the first feature is positive: at step 1, not step 0
+        model.lin.weight.zero_()
+        model.lin.weight[0, 0] = 1.0
+        model.lin.bias.copy_(torch.tensor([0.0, -1.0, 1.0, 0.5]))
+    x = torch.randn(6, 3, 3)
+    x[:, 0, 0], x[:, 1, 0], x[:, 2, 0] = -1.0, 1.0, -2.0
+    rows = collect(model, x, torch.randint(2, (6,)), nn.CrossEntropyLoss(), FP32, activation_samples=5)
+    assert [row["name"] for row in rows] == ["lin", "relu", "head"]  # not one row per step and layer
+    relu = torch.stack([torch.relu(model.lin(x[:, t])) for t in range(3)]).detach()
+    row = rows[1]
+    assert row["act_mean"] == pytest.approx(relu.mean().item(), rel=1e-6)
+    assert row["act_std"] == pytest.approx(relu.std().item(), rel=1e-5)
+    assert row["dead_fraction"] == pytest.approx(0.25)  # unit 1 alone is dead at every step; unit 0 lives at step 1
+    assert row["activations"].shape == (5,)
+
+
+def test_a_seq2seq_decoder_fed_its_own_predictions_reports_one_row_per_layer(
+        make_cfg: Callable[..., DictConfig]) -> None:
+    """Scheduled sampling (teacher_forcing < 1) runs the decoder step by step: its layers' hooks
+    fired once per time step, giving rows head, head#2, ... head#9."""
+    parts = build_parts(make_cfg("data=seq2seq", "model=seq2seq", "norm=none", "data.num_train=64",
+                                 "data.num_val=16", "data.num_test=0"))
+    x, y = parts.data.x_train[:8], parts.data.y_train[:8]
+    forced = [row["name"] for row in collect(parts.model, x, y, parts.criterion, parts.precision)]
+    parts.model.teacher_forcing_ratio = 0.0  # every step's input is the previous prediction: no RNG
+    outputs: list[torch.Tensor] = []
+    parts.model.head.register_forward_hook(lambda _module, _inputs, out: outputs.append(out.detach().float()))
+    rows = collect(parts.model, x, y, parts.criterion, parts.precision)
+    assert [row["name"] for row in rows] == forced and len(outputs) > 2
+    head = next(row for row in rows if row["name"] == "head")
+    every_step = torch.cat([out.reshape(-1) for out in outputs])
+    assert head["act_mean"] == pytest.approx(every_step.mean().item(), rel=1e-5, abs=1e-7)
+    assert head["act_std"] == pytest.approx(every_step.std().item(), rel=1e-5)
+    trainer = _trainer(parts, True)  # the training step's own statistics too
+    trainer.train_step(torch.arange(8), measure_layers=True)
+    assert [row["name"] for row in trainer.layer_rows or []] == forced

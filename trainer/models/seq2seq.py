@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from trainer.data.seq2seq import BOS, PAD
 from trainer.errors import ConfigError
 from trainer.models import check_at_least, check_probability, dropout_layers
+from trainer.models.time_steps import time_steps
 from trainer.tricks.norm import NormFactory
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -224,18 +225,19 @@ class Seq2Seq(nn.Module):
         """Step by step; each step's input is the true token with probability `ratio`, per sequence
         and step, else the previous step's prediction (Bengio et al. 2015)."""
         state, outputs, previous = memory.state, [], tokens[:, 0]
-        for t in range(tokens.shape[1]):
-            if t > 0:
-                true = tokens[:, t]
-                if ratio >= 1.0:
-                    previous = true
-                elif ratio > 0.0:
-                    keep = torch.rand(true.shape, device=true.device) < ratio
-                    previous = torch.where(keep, true, previous)
-                # ratio 0: every input is the model's own previous prediction
-            step_logits, state = self.decode_step(previous, state, memory)
-            outputs.append(step_logits)
-            previous = step_logits.detach().argmax(-1)
+        with time_steps():  # the per-layer statistics: each decoder layer is one row, not one per step
+            for t in range(tokens.shape[1]):
+                if t > 0:
+                    true = tokens[:, t]
+                    if ratio >= 1.0:
+                        previous = true
+                    elif ratio > 0.0:
+                        keep = torch.rand(true.shape, device=true.device) < ratio
+                        previous = torch.where(keep, true, previous)
+                    # ratio 0: every input is the model's own previous prediction
+                step_logits, state = self.decode_step(previous, state, memory)
+                outputs.append(step_logits)
+                previous = step_logits.detach().argmax(-1)
         return torch.stack(outputs, dim=1)
 
     def _decode(self, tokens: torch.Tensor, state: list[LayerState], memory: Memory

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from trainer.models.time_steps import current_loop
 from trainer.tricks.precision import Precision
 
 LINEAR = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
@@ -56,12 +57,17 @@ def _dead_fraction(out: Tensor) -> Tensor:
 
     `<= 0` rather than `== 0` so the leaky variants count units that never leave the leak.
     """
+    return 1.0 - _alive_units(out).float().mean()
+
+
+def _alive_units(out: Tensor) -> Tensor:
+    """Per unit (feature, or channel of a conv map): whether it is > 0 for some sample and position."""
     out = out.detach()
     per_unit = out.reshape(out.shape[0], out.shape[1], -1) if out.ndim > 2 else out.reshape(out.shape[0], -1)
     alive = (per_unit > 0).any(dim=0)
     if alive.ndim > 1:
         alive = alive.any(dim=-1)
-    return 1.0 - alive.float().mean()
+    return alive
 
 
 @contextmanager
@@ -102,12 +108,13 @@ class LayerWatch:
         self.names = {id(module): name for name, module in self.watched}
         self.weights_of = {id(module): _weights(module) for _, module in self.watched}
         self.activation_samples = activation_samples
-        self.calls: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
+        self.calls: list[tuple[str, nn.Module, Tensor | StepOutputs, Tensor | None]] = []
         self.seen: dict[str, int] = {}
+        self.steps: dict[tuple[int, str], StepOutputs] = {}  # (step loop, layer) -> its outputs so far
         self.handles: list[Any] = []
 
     def __enter__(self) -> "LayerWatch":
-        self.calls, self.seen = [], {}
+        self.calls, self.seen, self.steps = [], {}, {}
         self.handles = [module.register_forward_hook(self._hook) for _, module in self.watched]
         return self
 
@@ -121,17 +128,65 @@ class LayerWatch:
         if out is None:
             return
         name = self.names[id(module)]
-        self.seen[name] = self.seen.get(name, 0) + 1
         # Reduce now: a later in-place op (ReLU(inplace=True)) may overwrite this output.
         act = out.detach().float()
-        sample = _sample(act, self.activation_samples) if self.activation_samples > 0 else None
+        loop = current_loop()
+        if loop is not None and (loop, name) in self.steps:  # a later time step of a layer this loop ran
+            self.steps[loop, name].add(act)
+            return
+        self.seen[name] = self.seen.get(name, 0) + 1
         label = name if self.seen[name] == 1 else f"{name}#{self.seen[name]}"
-        self.calls.append((label, module, _activation_stats(act, isinstance(module, RELU_FAMILY)), sample))
+        relu_family = isinstance(module, RELU_FAMILY)
+        if loop is not None:
+            self.steps[loop, name] = StepOutputs(act, relu_family, self.activation_samples)
+            self.calls.append((label, module, self.steps[loop, name], None))
+            return
+        sample = _sample(act, self.activation_samples) if self.activation_samples > 0 else None
+        self.calls.append((label, module, _activation_stats(act, relu_family), sample))
 
     def rows(self, grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
         """One dict per layer call watched (see `collect`), with the gradients `grad_of`
         (parameter id -> its true, unscaled gradient, or None), read back in one host sync."""
         return _rows(self.calls, self.weights_of, grad_of)
+
+
+class StepOutputs:
+    """One layer's outputs over the time steps of a loop (trainer/models/time_steps.py), reduced
+    as they come, on their device: count, mean and sum of squared deviations, combined step by
+    step (Chan et al. 1979) rather than from sums of squares, which lose float32's digits; and
+    which units fired at some step. `stats` is then what `_activation_stats` gives for all the
+    steps' outputs at once."""
+
+    def __init__(self, act: Tensor, relu_family: bool, sample_count: int) -> None:
+        self.count = act.numel()
+        self.mean = act.mean()
+        self.squares = ((act - self.mean) ** 2).sum()
+        self.alive = _alive_units(act) if relu_family and act.ndim >= 2 else None
+        self.sample_count = sample_count
+        self.samples = [_sample(act, sample_count)] if sample_count > 0 else []
+
+    def add(self, act: Tensor) -> None:
+        count, mean = act.numel(), act.mean()
+        total = self.count + count
+        delta = mean - self.mean
+        self.squares = self.squares + ((act - mean) ** 2).sum() + delta**2 * (self.count * count / total)
+        self.mean = self.mean + delta * (count / total)
+        self.count = total
+        if self.alive is not None:
+            self.alive = self.alive | _alive_units(act)
+        if self.sample_count > 0:
+            self.samples.append(_sample(act, self.sample_count))
+
+    def stats(self) -> Tensor:
+        """[mean, std, dead fraction] over every step's outputs (nan where undefined)."""
+        nan = self.mean.new_tensor(float("nan"))
+        std = (self.squares / (self.count - 1)).sqrt() if self.count > 1 else nan
+        dead = 1.0 - self.alive.float().mean() if self.alive is not None else nan
+        return torch.stack([self.mean, std, dead])
+
+    def sample(self) -> Tensor | None:
+        """Up to `sample_count` values from all the steps' samples, or None when not sampling."""
+        return _sample(torch.cat(self.samples), self.sample_count) if self.samples else None
 
 
 def collect(
@@ -158,7 +213,8 @@ def collect(
 
     Returns:
         One dict per watched layer call, in forward order (a layer called twice in a forward is
-        reported per call, the second as "name#2"): name, kind (class name), act_mean, act_std,
+        reported per call, the second as "name#2"; but a layer run once per time step in a loop
+        marked by trainer.models.time_steps is one row over all its steps): name, kind (class name), act_mean, act_std,
         dead_fraction (ReLU family only, else None), weight_norm, grad_norm, grad_std (over the
         module's own `weight*` parameters; None for a layer without weights). Python floats;
         a non-finite value (an exploding net) stays nan or inf.
@@ -208,11 +264,13 @@ def _weight_stats(weights: list[nn.Parameter], grad_of: dict[int, Tensor | None]
     return torch.stack([weight_norm, flat.norm(), flat.std() if flat.numel() > 1 else nan])
 
 
-def _rows(calls: list[tuple[str, nn.Module, Tensor, Tensor | None]], weights_of: dict[int, list[nn.Parameter]],
-          grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
+def _rows(calls: list[tuple[str, nn.Module, Tensor | StepOutputs, Tensor | None]],
+          weights_of: dict[int, list[nn.Parameter]], grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
     """Stack every statistic on the device and read them all back with one host sync."""
     if not calls:
         return []
+    calls = [(name, module, act.stats(), act.sample()) if isinstance(act, StepOutputs) else (name, module, act, sample)
+             for name, module, act, sample in calls]
     device = calls[0][2].device
     table = torch.stack([torch.cat([act.to(device), _weight_stats(weights_of[id(module)], grad_of, device)])
                          for _, module, act, _ in calls]).cpu().tolist()

@@ -394,6 +394,16 @@ def test_the_shown_resolved_config_holds_the_search_direction(show: str, data: s
     assert job.code == 0 and "direction" not in job.stdout, job.stderr  # the job's config has no hydra node
 
 
+def test_the_direction_without_a_config_to_read_says_what_to_set() -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import InterpolationResolutionError
+
+    HydraConfig.instance().cfg = None  # type: ignore[assignment]  # as outside any train command
+    alone = OmegaConf.create({"hydra": {"sweeper": {"direction": "${objective_direction:}"}}})
+    with pytest.raises(InterpolationResolutionError, match="set hydra.sweeper.direction=maximize or minimize"):
+        OmegaConf.resolve(alone)
+
+
 # --- a refused sweep command changes nothing --------------------------------------------------
 
 def _state(folder: Path) -> dict[str, tuple[bytes, int] | str]:

@@ -48,3 +48,30 @@ def test_measure_reports_paired_and_epoch_ratios(bench: ModuleType, capsys: pyte
         assert all(r["low"] <= r["median"] <= r["high"] for r in ratios.values())
     printed = capsys.readouterr().out
     assert "paired train/raw" in printed and "epochs train_ckpt/raw" in printed
+
+
+@pytest.fixture(scope="module")
+def bench_step(bench: ModuleType) -> ModuleType:
+    path = Path(__file__).parent.parent / "scripts" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports `bench`, which the fixture above registered
+    return module
+
+
+def test_bench_step_times_alternating_steps_and_the_null_pairing(bench: ModuleType, bench_step: ModuleType) -> None:
+    case = bench.Case("tiny", ("data=synthetic", "data.num_train=128", "model=mlp", "model.width=8"), 32, 10)
+    result = bench_step.measure(bench.config(case, "cpu", "auto"), steps=20)
+    for pairing in ("train_vs_raw", "raw_vs_raw"):
+        figures = result[pairing]
+        assert figures["first_s"] > 0 and figures["second_s"] > 0
+        assert figures["difference_s"] == pytest.approx(figures["second_s"] - figures["first_s"])
+    expected = result["train_vs_raw"]["difference_s"] - result["raw_vs_raw"]["difference_s"]
+    assert result["overhead"]["seconds"] == pytest.approx(expected)
+
+
+def test_alternate_swaps_which_runs_first(bench_step: ModuleType) -> None:
+    calls: list[str] = []
+    bench_step.alternate(lambda i: calls.append("a"), lambda i: calls.append("b"), steps=3, device="cpu", warmup=0)
+    assert calls == ["a", "b", "b", "a", "a", "b"]

@@ -3,7 +3,10 @@ overrides that shrink a run to seconds. Imported as `from helpers import ...` (c
 only fixtures)."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import trainer.sweep.jobs  # noqa: F401 - registers the resolvers conf/config.yaml's hydra.sweep names (as the CLI does)
 from trainer.config import config_root, group_choices  # noqa: F401 - every choice of a group, read from conf/
@@ -16,3 +19,15 @@ GROUPS_DIR = Path(CONF_DIR)
 # test_smoke.py checks that a run writes it by default).
 SMALL = ["data=synthetic", "epochs=1", "max_steps=3", "batch_size=32", "log_every=1", "device=cpu", "curves=false"]
 
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as the module `name` (registered in sys.modules: dataclasses look their module
+    up there, and one script may import another)."""
+    path = Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

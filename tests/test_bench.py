@@ -2,23 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from helpers import load_script
+
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = Path(__file__).parent.parent / "scripts" / "bench.py"
-    spec = importlib.util.spec_from_file_location("bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 @pytest.mark.parametrize(("n", "low", "high"), [(5, 1, 5), (6, 1, 6), (9, 2, 8), (15, 4, 12), (20, 6, 15), (40, 14, 27)])
@@ -52,12 +45,7 @@ def test_measure_reports_paired_and_epoch_ratios(bench: ModuleType, capsys: pyte
 
 @pytest.fixture(scope="module")
 def bench_step(bench: ModuleType) -> ModuleType:
-    path = Path(__file__).parent.parent / "scripts" / "bench_step.py"
-    spec = importlib.util.spec_from_file_location("bench_step", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports `bench`, which the fixture above registered
-    return module
+    return load_script("bench_step")  # imports `bench`, which the fixture above registered
 
 
 def test_bench_step_times_alternating_steps_and_the_null_pairing(bench: ModuleType, bench_step: ModuleType) -> None:

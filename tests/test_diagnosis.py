@@ -12,6 +12,8 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from helpers import load_script
+
 from trainer.observe.diagnosis import apply_suggestion, command, command_lines, diagnose, diagnose_file, panel, to_dicts, with_commands
 
 
@@ -319,22 +321,9 @@ def test_real_run_big_model_on_32_samples_overfits(make_cfg: Callable[..., DictC
 
 # The planted-fault benchmark (scripts/diagnose_bench.py): one case, and all of them (both -m slow;
 # the default run has each finding's unit test above).
-def _bench() -> Any:
-    import importlib.util
-    import sys
-
-    path = Path(__file__).parent.parent / "scripts" / "diagnose_bench.py"
-    spec = importlib.util.spec_from_file_location("diagnose_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # two runs with their curves.png: seconds even when the machine is quiet
 def test_bench_finds_and_fixes_offset_inputs(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_script("diagnose_bench")
     case = next(case for case in bench.FAULTS if case.name == "inputs_offset")
     row = bench.fault_row(dataclasses.replace(case, overrides=(*case.overrides, "epochs=2")), tmp_path)  # seconds
     assert row["found"] and row["findings"][0] == "inputs" and row["suggestion"] == "data.standardise=true"
@@ -346,7 +335,7 @@ def test_bench_finds_and_fixes_offset_inputs(tmp_path: Path) -> None:
 def test_bench_every_fault_and_healthy_run(tmp_path: Path) -> None:
     """The benchmark's own promise (the README's table): recall >= 11/12, fix rate >= 10/12 of the
     faults, no finding on a healthy run."""
-    bench = _bench()
+    bench = load_script("diagnose_bench")
     out = tmp_path / "diagnose.json"
     assert bench.main(["--out", str(out)]) == 0
     totals = json.loads(out.read_text())["totals"]

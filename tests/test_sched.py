@@ -44,6 +44,20 @@ def test_constant() -> None:
     assert lrs(sched.constant) == [BASE] * (TOTAL + 1)
 
 
+def test_constant_never_steps_its_scheduler_and_loads_a_stepped_one() -> None:
+    optimizer = make_optimizer(momentum=0.9)
+    schedule = sched.constant(optimizer, TOTAL, PER_EPOCH)
+    stepped = sched.Schedule(sched.LambdaLR(make_optimizer(momentum=0.9), lambda step: 1.0), per_step=True)
+    for _ in range(5):
+        optimizer.step()
+        schedule.step_end()
+        stepped.step_end()
+    schedule.eval_end(1.0)
+    assert schedule.scheduler.last_epoch == 0  # no per-step work for an LR that never changes
+    schedule.load_state_dict(stepped.state_dict())  # a checkpoint from when constant stepped
+    assert sched.current_lr(optimizer) == BASE
+
+
 def test_cosine() -> None:
     got = lrs(sched.cosine, min_lr_ratio=0.1)
     assert got[0] == pytest.approx(BASE)

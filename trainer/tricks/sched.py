@@ -15,18 +15,20 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLR
 from trainer.errors import ConfigError
 
 class Schedule:
-    """Drives a torch scheduler from the loop's two events: a step ended, an evaluation ended."""
+    """Drives a torch scheduler from the loop's two events: a step ended (`per_step`), an evaluation
+    ended (otherwise); `fixed`: neither, for a schedule whose LR never changes."""
 
-    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, per_step: bool) -> None:
+    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, per_step: bool, fixed: bool = False) -> None:
         self.scheduler = scheduler
-        self.per_step = per_step
+        self.per_step = per_step and not fixed
+        self.per_eval = not per_step and not fixed
 
     def step_end(self) -> None:
         if self.per_step:
             self.scheduler.step()
 
     def eval_end(self, val_loss: float) -> None:
-        if not self.per_step:
+        if self.per_eval:
             self.scheduler.step(val_loss)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
@@ -93,7 +95,10 @@ def _check_gamma(gamma: float) -> None:
 # Builders named by conf/sched/*.yaml. Runtime arguments: optimizer, total_steps, steps_per_epoch.
 
 def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> Schedule:
-    return _lambda(optimizer, lambda step: 1.0)
+    # The scheduler is kept for its state_dict (checkpoints hold one for every schedule), but never
+    # stepped: stepping a LambdaLR recomputes every group's LR in Python, tens of microseconds a
+    # step after a backward pass, to set the same base LR again.
+    return Schedule(LambdaLR(optimizer, lambda step: 1.0), per_step=True, fixed=True)
 
 def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, every_epochs: int = 10, gamma: float = 0.1) -> Schedule:
     """Divide the LR by 1/gamma (10 by default) every `every_epochs` epochs."""

@@ -47,7 +47,7 @@ def test_constant() -> None:
 def test_constant_never_steps_its_scheduler_and_loads_a_stepped_one() -> None:
     optimizer = make_optimizer(momentum=0.9)
     schedule = sched.constant(optimizer, TOTAL, PER_EPOCH)
-    stepped = sched.Schedule(sched.LambdaLR(make_optimizer(momentum=0.9), lambda step: 1.0), per_step=True)
+    stepped = sched.Schedule(sched.LambdaLR(make_optimizer(momentum=0.9), lambda step: 1.0), steps_on="step")
     for _ in range(5):
         optimizer.step()
         schedule.step_end()

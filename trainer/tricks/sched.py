@@ -7,7 +7,7 @@ reacts to the validation loss at each evaluation (`eval_end`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
@@ -15,20 +15,20 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLR
 from trainer.errors import ConfigError
 
 class Schedule:
-    """Drives a torch scheduler from the loop's two events: a step ended (`per_step`), an evaluation
-    ended (otherwise); `fixed`: neither, for a schedule whose LR never changes."""
+    """Drives a torch scheduler from the loop's two events, stepping it on the one `steps_on`
+    names: "step" (a step ended), "eval" (an evaluation ended, with its val_loss), or "never" (an
+    LR that never changes)."""
 
-    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, per_step: bool, fixed: bool = False) -> None:
+    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, steps_on: Literal["step", "eval", "never"]) -> None:
         self.scheduler = scheduler
-        self.per_step = per_step and not fixed
-        self.per_eval = not per_step and not fixed
+        self.steps_on = steps_on
 
     def step_end(self) -> None:
-        if self.per_step:
+        if self.steps_on == "step":
             self.scheduler.step()
 
     def eval_end(self, val_loss: float) -> None:
-        if self.per_eval:
+        if self.steps_on == "eval":
             self.scheduler.step(val_loss)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def restarts_factor(step: int, first_cycle_steps: int, cycle_mult: float, min_lr
     return cosine_factor(int(position), max(int(cycle), 1), min_lr_ratio)
 
 def _lambda(optimizer: Optimizer, factor: Callable[[int], float]) -> Schedule:
-    return Schedule(LambdaLR(optimizer, factor), per_step=True)
+    return Schedule(LambdaLR(optimizer, factor), steps_on="step")
 
 def resolve_warmup(warmup_steps: int | None, warmup_fraction: float | None, total_steps: int) -> int:
     """Warmup length in steps: `warmup_steps` when set, else `warmup_fraction` of training."""
@@ -98,7 +98,7 @@ def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> Sc
     # The scheduler is kept for its state_dict (checkpoints hold one for every schedule), but never
     # stepped: stepping a LambdaLR recomputes every group's LR in Python, tens of microseconds a
     # step after a backward pass, to set the same base LR again.
-    return Schedule(LambdaLR(optimizer, lambda step: 1.0), per_step=True, fixed=True)
+    return Schedule(LambdaLR(optimizer, lambda step: 1.0), steps_on="never")
 
 def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, every_epochs: int = 10, gamma: float = 0.1) -> Schedule:
     """Divide the LR by 1/gamma (10 by default) every `every_epochs` epochs."""
@@ -164,7 +164,7 @@ def onecycle(
         optimizer, max_lr=max_lrs, total_steps=total_steps, pct_start=pct_start,
         div_factor=div_factor, final_div_factor=final_div_factor, cycle_momentum=cycles_momentum,
     )
-    return Schedule(scheduler, per_step=True)
+    return Schedule(scheduler, steps_on="step")
 
 def plateau(
     optimizer: Optimizer, total_steps: int, steps_per_epoch: int,
@@ -176,7 +176,7 @@ def plateau(
     if patience < 0:
         raise ConfigError(f"sched.patience={patience} must be >= 0")
     return Schedule(ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
-                                      threshold=threshold, min_lr=min_lr), per_step=False)
+                                      threshold=threshold, min_lr=min_lr), steps_on="eval")
 
 def current_lr(optimizer: Optimizer) -> float:
     """The LR the next step takes: the first param group's (the groups differ in weight decay only,

@@ -47,14 +47,12 @@ def train_job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        from trainer.engine.smoke import is_smoke_rank
+        from trainer.engine.smoke import is_smoke_rank, train_smoke_rank
 
         smoke_rank = ranks.enabled and is_smoke_rank()  # one of the processes a `smoke=true processes=N` run started
         with ranks.all_or_none():
             refuse_under_torchrun(cfg, ranks.enabled and not smoke_rank)
         if cfg.smoke is True and smoke_rank:
-            from trainer.engine.smoke import smoke_rank as train_smoke_rank
-
             train_smoke_rank(cfg, run_dir)  # in the smoke run's folder: the process that started this one checks it
             return None
         if cfg.smoke is True:  # anything else is refused as a bad value by check_top_level

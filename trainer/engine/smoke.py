@@ -157,7 +157,7 @@ def is_smoke_rank() -> bool:
     return os.environ.get(SMOKE_RANK) == "1"
 
 
-def smoke_rank(cfg: DictConfig, run_dir: Path) -> None:
+def train_smoke_rank(cfg: DictConfig, run_dir: Path) -> None:
     """One rank of a multi-process smoke run: the shrunk config, trained in the smoke run's folder
     (the process that started the ranks checks the outcome and removes the folder)."""
     from trainer.run import run

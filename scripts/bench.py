@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 
 from trainer.cli import CONF_DIR
 from trainer.data.streamed import StreamedSplits
-from trainer.engine.parts import build_parts
+from trainer.engine.parts import Parts, build_parts
 from trainer.run import run
 
 
@@ -121,16 +121,34 @@ class Timing:
     epoch_ends: tuple[float, ...] = ()
 
 
+def raw_step(parts: Parts) -> Callable[[torch.Tensor], None]:
+    """The raw loop's optimizer step on the training samples an index names: autocast to the run's
+    dtype, fp16's loss scaling, AdamW (the parts' optimizer)."""
+    model, optimizer, data, device = parts.model, parts.optimizer, parts.data, parts.device.type
+    dtype = parts.precision.autocast_dtype
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(index: torch.Tensor) -> None:
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(model(data.x_train[index]), data.y_train[index])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def raw_loop(cfg, steps: int) -> Timing:
     """What a careful user writes by hand: data on the device, index batching, AdamW, autocast
     (streamed data: `raw_loader_loop`)."""
     parts = build_parts(cfg)  # the same model, init and optimizer settings as `train`
     if isinstance(parts.data, StreamedSplits):
         return raw_loader_loop(cfg, parts, steps)
-    model, optimizer, data = parts.model, parts.optimizer, parts.data
+    model, data = parts.model, parts.data
     dtype = parts.precision.autocast_dtype
-    scaler = torch.amp.GradScaler(parts.device.type, enabled=dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss()
+    step_on = raw_step(parts)
     batch, n, device = cfg.batch_size, len(data.x_train), parts.device.type
     generator = torch.Generator().manual_seed(0)
     synchronize(device)
@@ -142,13 +160,7 @@ def raw_loop(cfg, steps: int) -> Timing:
         if i == 0:
             model.train()
             order = torch.randperm(n, generator=generator).to(parts.device)
-        index = order[i * batch : (i + 1) * batch]
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_fn(model(data.x_train[index]), data.y_train[index])
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        step_on(order[i * batch : (i + 1) * batch])
         if i == per_epoch - 1 or step == steps - 1:  # evaluate at each epoch end, as `train` does
             model.eval()
             with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -32,9 +32,8 @@ from typing import Callable
 
 import torch
 from rich.console import Console
-from torch import nn
 
-from bench import cases, config, synchronize
+from bench import cases, config, raw_step, synchronize
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
 from trainer.observe.display import PlainDisplay
@@ -42,20 +41,17 @@ from trainer.observe.display import PlainDisplay
 Step = Callable[[int], None]
 
 
-def raw_step(parts: Parts, order: torch.Tensor, batch: int, per_epoch: int) -> Step:
-    """The hand-written step of scripts/bench.py's raw loop, on `parts`' model and optimizer."""
-    model, optimizer, data, loss_fn = parts.model, parts.optimizer, parts.data, nn.CrossEntropyLoss()
+def raw_steps(parts: Parts, order: torch.Tensor, batch: int, per_epoch: int) -> Step:
+    """scripts/bench.py's raw loop step (autocast and loss scaling as the run's precision says), on `parts`."""
+    step_on = raw_step(parts)
 
     def step(i: int) -> None:
-        index = order[(i % per_epoch) * batch : (i % per_epoch + 1) * batch]
-        loss_fn(model(data.x_train[index]), data.y_train[index]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_on(order[(i % per_epoch) * batch : (i % per_epoch + 1) * batch])
 
     return step
 
 
-def trainer_step(parts: Parts, order: torch.Tensor, batch: int, per_epoch: int) -> Step:
+def trainer_steps(parts: Parts, order: torch.Tensor, batch: int, per_epoch: int) -> Step:
     """`Trainer.train_step` on `parts`, its device-side meter read once an epoch as the loop does."""
     trainer = Trainer(parts, PlainDisplay(Console(file=io.StringIO())), [], torch.Generator().manual_seed(0))
 
@@ -97,10 +93,10 @@ def measure(cfg, steps: int) -> dict[str, dict[str, float]]:
     per_epoch = copies[0].steps_per_epoch
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(0)).to(copies[0].device)
     device = copies[0].device.type
-    train = compare(alternate(raw_step(copies[0], order, batch, per_epoch),
-                              trainer_step(copies[1], order, batch, per_epoch), steps, device))
-    null = compare(alternate(raw_step(copies[0], order, batch, per_epoch),
-                             raw_step(copies[2], order, batch, per_epoch), steps, device))
+    train = compare(alternate(raw_steps(copies[0], order, batch, per_epoch),
+                              trainer_steps(copies[1], order, batch, per_epoch), steps, device))
+    null = compare(alternate(raw_steps(copies[0], order, batch, per_epoch),
+                             raw_steps(copies[2], order, batch, per_epoch), steps, device))
     overhead = train["difference_s"] - null["difference_s"]
     return {"train_vs_raw": train, "raw_vs_raw": null,
             "overhead": {"seconds": overhead, "fraction_of_raw_step": overhead / train["first_s"]}}

@@ -140,6 +140,19 @@ def raw_step(parts: Parts) -> Callable[[torch.Tensor], None]:
     return step
 
 
+def raw_evaluate(parts: Parts) -> float:
+    """The raw loop's evaluation: validation accuracy in batches of 1024 under the run's autocast,
+    read to the host as a loop that prints or logs it must; the model left in train mode."""
+    model, data, device = parts.model, parts.data, parts.device.type
+    dtype = parts.precision.autocast_dtype
+    model.eval()
+    with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        correct = sum((model(data.x_val[s : s + 1024]).argmax(1) == data.y_val[s : s + 1024]).sum()
+                      for s in range(0, len(data.x_val), 1024))
+    model.train()
+    return float(correct) / len(data.x_val)
+
+
 def raw_loop(cfg, steps: int) -> Timing:
     """What a careful user writes by hand: data on the device, index batching, AdamW, autocast
     (streamed data: `raw_loader_loop`)."""
@@ -147,7 +160,6 @@ def raw_loop(cfg, steps: int) -> Timing:
     if isinstance(parts.data, StreamedSplits):
         return raw_loader_loop(cfg, parts, steps)
     model, data = parts.model, parts.data
-    dtype = parts.precision.autocast_dtype
     step_on = raw_step(parts)
     batch, n, device = cfg.batch_size, len(data.x_train), parts.device.type
     generator = torch.Generator().manual_seed(0)
@@ -162,11 +174,7 @@ def raw_loop(cfg, steps: int) -> Timing:
             order = torch.randperm(n, generator=generator).to(parts.device)
         step_on(order[i * batch : (i + 1) * batch])
         if i == per_epoch - 1 or step == steps - 1:  # evaluate at each epoch end, as `train` does
-            model.eval()
-            with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                correct = sum((model(data.x_val[s : s + 1024]).argmax(1) == data.y_val[s : s + 1024]).sum()
-                              for s in range(0, len(data.x_val), 1024))
-            float(correct)  # read the result, as a loop that prints or logs it must
+            raw_evaluate(parts)
             epoch_ends.append(time.perf_counter() - start)
     synchronize(device)
     return Timing(time.perf_counter() - start, tuple(epoch_ends))

@@ -1,0 +1,141 @@
+"""Per-epoch cost of a whole `train` run against the raw loop's, measured so that the machine's
+drifting speed cancels: inside one `train` run (trainer.run.run, with everything a user's run
+does: per-step gradient norms, the per-layer statistics, metrics.jsonl, the console display and,
+with --checkpointing, a checkpoint at every epoch end and best.pt), a raw epoch runs between each
+two of its epochs, on a copy of the same model, optimizer and data (scripts/bench.py's raw loop:
+the same steps, then the same evaluation). Each train epoch is paired with the raw epoch right
+after it, some 0.1 s apart on cnn1d; whole runs (scripts/bench.py) are seconds apart, and on a
+shared machine whose speed drifts by tens of percent between runs they cannot tell a few percent
+apart.
+
+A train epoch is timed from the end of the raw epoch before it to the start of the raw epoch after
+it: its steps, its evaluation, its layer statistics and records, and the previous epoch's
+checkpoint save (the save comes after the probes at an epoch end). A checkpoint's background write
+overlaps the train epoch it was saved in front of, as in a real run; its wait, if any, is the
+train epoch's too.
+
+    python scripts/bench_epoch.py                           # cnn1d, 200 epoch pairs, checkpointing off and on
+    python scripts/bench_epoch.py --epochs 400 --checkpointing on
+
+Prints and writes (bench_epoch.json) the median paired time ratio train/raw with its
+distribution-free 95% interval; 1.03 is 0.97x the raw loop's samples/s.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import trainer.run
+from bench import cases, config, median_interval, raw_evaluate, raw_step, synchronize
+from trainer.engine.parts import build_parts
+
+
+def raw_epochs(cfg) -> Callable[[], None]:
+    """One epoch of scripts/bench.py's raw loop per call: a fresh shuffle, every step, the evaluation."""
+    parts = build_parts(cfg)  # the same seed as the run's parts: the same initial weights
+    step_on, batch, n = raw_step(parts), cfg.batch_size, len(parts.data.x_train)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch() -> None:
+        order = torch.randperm(n, generator=generator).to(parts.device)
+        for i in range(n // batch):
+            step_on(order[i * batch : (i + 1) * batch])
+        raw_evaluate(parts)
+        synchronize(parts.device.type)
+
+    return epoch
+
+
+def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
+    """Seconds of `epochs` train epochs and of the raw epoch that follows each, the first pair
+    left out (it pays for the run's start)."""
+    raw_epoch = raw_epochs(cfg)
+    train_s: list[float] = []
+    raw_s: list[float] = []
+    raw_ended: list[float] = []
+    layers_probe = trainer.run.layers_probe
+
+    def probe_then_raw_epoch(trainer_: Any) -> dict[str, Any]:
+        record = layers_probe(trainer_)  # the run's own probe, inside the train epoch's time
+        synchronize(cfg.device)
+        started = time.perf_counter()
+        if raw_ended:
+            train_s.append(started - raw_ended[-1])
+        raw_epoch()
+        raw_ended.append(time.perf_counter())
+        raw_s.append(raw_ended[-1] - started)
+        return record
+
+    # The run's probes are [layers_probe] (trainer.run._train): the raw epoch runs in its place,
+    # at each epoch end, after the run's evaluation and records and before its checkpoint.
+    trainer.run.layers_probe = probe_then_raw_epoch
+    try:
+        with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+            summary = trainer.run.run(cfg, Path(folder) / "run")
+    finally:
+        trainer.run.layers_probe = layers_probe
+    assert summary["status"] == "completed", summary["status"]
+    # Probe calls: one before the first step (epoch 0's record) and one per epoch. Pair each train
+    # epoch with the raw epoch after it; the first epoch (pair) pays for the run's start.
+    return train_s[1:], raw_s[2 : 2 + len(train_s[1:])]
+
+
+def paired(train_s: list[float], raw_s: list[float]) -> dict[str, float]:
+    """The median of the pairs' time ratios train/raw, with its 95% interval, and each side's median."""
+    each = sorted(t / r for t, r in zip(train_s, raw_s))
+    low, high = median_interval(each)
+    return {"median": statistics.median(each), "low": low, "high": high, "pairs": len(each),
+            "train_epoch_s": statistics.median(train_s), "raw_epoch_s": statistics.median(raw_s)}
+
+
+def measure(cfg, epochs: int) -> dict[str, float]:
+    """`epochs` pairs of a train epoch and a raw one, in a run of `epochs` + 1 epochs (`cfg`'s
+    epoch count and max_steps are replaced)."""
+    cfg = cfg.copy()
+    cfg.epochs, cfg.max_steps = epochs + 1, None
+    return paired(*alternate(cfg, epochs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="cnn1d", help="cnn1d or mlp (scripts/bench.py's in-memory cases)")
+    parser.add_argument("--epochs", type=int, default=200, help="pairs of epochs timed, for each setting")
+    parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="both",
+                        help="on: a checkpoint at every epoch end and best.pt, as train's default")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--out", default="bench_epoch.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    known = {case.name: case for case in cases(args.device, Path("unused")) if case.name in ("cnn1d", "mlp")}
+    if args.case not in known:
+        parser.error(f"--case {args.case} is not one of {', '.join(known)}")
+    settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.checkpointing]
+    results = {}
+    for setting in settings:
+        every = "1" if setting == "on" else "0"
+        cfg = config(known[args.case], args.device, args.precision, (f"checkpoint.every_epochs={every}",))
+        result = results[f"checkpointing_{setting}"] = measure(cfg, args.epochs)
+        print(f"{args.case}, checkpointing {setting}: train epoch {result['train_epoch_s'] * 1e3:.1f} ms, raw "
+              f"{result['raw_epoch_s'] * 1e3:.1f} ms; paired train/raw {result['median']:.4f} (95% interval "
+              f"{result['low']:.4f} to {result['high']:.4f}, {result['pairs']} pairs) = "
+              f"{1 / result['median']:.3f}x the raw loop's samples/s", flush=True)
+    machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+    Path(args.out).write_text(json.dumps({"case": args.case, "epochs": args.epochs, "machine": machine, **results},
+                                         indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainer.engine.parts import build_parts
+from trainer.observe import layer_stats
 from trainer.observe.layer_stats import collect
 from trainer.tricks import precision as precision_module
 
@@ -71,6 +72,17 @@ def test_dead_fraction_counts_units_zero_for_every_sample() -> None:
     rows = collect(model, torch.randn(8, 3), torch.randint(2, (8,)), nn.CrossEntropyLoss(), FP32)
     relu = next(row for row in rows if row["kind"] == "ReLU")
     assert relu["dead_fraction"] == pytest.approx(0.75)
+
+
+def test_a_conv_channel_lives_if_it_fires_once_anywhere() -> None:
+    # (samples, channels, positions): channel 0 fires at one sample and one position only, channel 1
+    # never (zero and negative values), channel 2 everywhere.
+    maps = torch.full((6, 3, 5), -1.0)
+    maps[4, 0, 3] = 0.5
+    maps[:, 1, 2] = 0.0
+    maps[:, 2] = 2.0
+    assert layer_stats._dead_fraction(maps).item() == pytest.approx(1 / 3)
+    assert layer_stats._alive_units(maps).tolist() == [True, False, True]
 
 
 def test_reused_module_reported_per_call_and_samples_returned() -> None:

@@ -44,11 +44,12 @@ def raw_epochs(cfg) -> Callable[[], None]:
     """One epoch of scripts/bench.py's raw loop per call: a fresh shuffle, every step, the evaluation."""
     parts = build_parts(cfg)  # the same seed as the run's parts: the same initial weights
     step_on, batch, n = raw_step(parts), cfg.batch_size, len(parts.data.x_train)
+    steps = parts.steps_per_epoch  # as many as the run's epochs take
     generator = torch.Generator().manual_seed(0)
 
     def epoch() -> None:
         order = torch.randperm(n, generator=generator).to(parts.device)
-        for i in range(n // batch):
+        for i in range(steps):
             step_on(order[i * batch : (i + 1) * batch])
         raw_evaluate(parts)
         synchronize(parts.device.type)
@@ -57,8 +58,8 @@ def raw_epochs(cfg) -> Callable[[], None]:
 
 
 def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
-    """Seconds of `epochs` train epochs and of the raw epoch that follows each, the first pair
-    left out (it pays for the run's start)."""
+    """Seconds of `epochs` train epochs and of the raw epoch that follows each, in a run of `cfg`
+    (measure_config: `epochs` + 1 epochs), the first pair left out (it pays for the run's start)."""
     raw_epoch = raw_epochs(cfg)
     train_s: list[float] = []
     raw_s: list[float] = []
@@ -87,7 +88,9 @@ def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
     assert summary["status"] == "completed", summary["status"]
     # Probe calls: one before the first step (epoch 0's record) and one per epoch. Pair each train
     # epoch with the raw epoch after it; the first epoch (pair) pays for the run's start.
-    return train_s[1:], raw_s[2 : 2 + len(train_s[1:])]
+    train_s, raw_s = train_s[1:], raw_s[2:]
+    assert len(train_s) == len(raw_s) == epochs, (len(train_s), len(raw_s), epochs)
+    return train_s, raw_s
 
 
 def paired(train_s: list[float], raw_s: list[float]) -> dict[str, float]:
@@ -98,12 +101,16 @@ def paired(train_s: list[float], raw_s: list[float]) -> dict[str, float]:
             "train_epoch_s": statistics.median(train_s), "raw_epoch_s": statistics.median(raw_s)}
 
 
-def measure(cfg, epochs: int) -> dict[str, float]:
-    """`epochs` pairs of a train epoch and a raw one, in a run of `epochs` + 1 epochs (`cfg`'s
-    epoch count and max_steps are replaced)."""
+def measure_config(cfg, epochs: int):
+    """`cfg` for a run of `epochs` + 1 epochs (the first pair is left out), its max_steps unset."""
     cfg = cfg.copy()
     cfg.epochs, cfg.max_steps = epochs + 1, None
-    return paired(*alternate(cfg, epochs))
+    return cfg
+
+
+def measure(cfg, epochs: int) -> dict[str, float]:
+    """`epochs` pairs of a train epoch and a raw one."""
+    return paired(*alternate(measure_config(cfg, epochs), epochs))
 
 
 def main() -> None:

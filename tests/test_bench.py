@@ -63,3 +63,19 @@ def test_alternate_swaps_which_runs_first(bench_step: ModuleType) -> None:
     calls: list[str] = []
     bench_step.alternate(lambda i: calls.append("a"), lambda i: calls.append("b"), steps=3, device="cpu", warmup=0)
     assert calls == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_bench_epoch_pairs_each_train_epoch_with_the_raw_epoch_after_it(bench: ModuleType) -> None:
+    import trainer.run
+
+    bench_epoch = load_script("bench_epoch")
+    probe = trainer.run.layers_probe
+    case = bench.Case("tiny", ("data=synthetic", "data.num_train=128", "data.num_val=32", "data.num_test=0",
+                               "model=mlp", "model.width=8"), 32, 10)
+    for every in (0, 1):
+        cfg = bench.config(case, "cpu", "auto", (f"checkpoint.every_epochs={every}",))
+        train_s, raw_s = bench_epoch.alternate(bench_epoch.measure_config(cfg, 3), 3)
+        assert len(train_s) == len(raw_s) == 3 and min(train_s + raw_s) > 0
+        result = bench_epoch.paired(train_s, raw_s)
+        assert result["pairs"] == 3 and result["low"] <= result["median"] <= result["high"]
+    assert trainer.run.layers_probe is probe  # the run's own probe is put back

@@ -151,7 +151,7 @@ def _finished(job: Path) -> None:
     job.mkdir(parents=True)
     (job / "summary.json").write_text(json.dumps({"status": "completed", "best": {"val_acc": 0.5}}))
     (job / ".hydra").mkdir()
-    (job / sweep.RESUME_RECORD).write_text(json.dumps({"config": sweep.fingerprint(CFG), "objective": 0.75,
+    (job / sweep.RESUME_RECORD).write_text(json.dumps({"config": sweep.fingerprint(CFG),
                                                        "settings": sweep.settings(CFG)}))
 
 
@@ -181,7 +181,7 @@ def _shared_job(ranks: distributed.Context, job: Path) -> tuple[float | None, st
 @pytest.mark.parametrize(("prepare", "trains", "result"), [
     (None, "none", 0.5),  # a new job: both train, from the start
     (_interrupted, "auto", 0.5),  # an interrupted one: both continue it (resume=auto)
-    (_finished, None, 0.75),  # a finished one: neither trains; rank 0 returns its saved objective
+    (_finished, None, 0.5),  # a finished one: neither trains; rank 0 returns its objective (best val_acc)
 ])
 def test_the_tasks_of_a_job_follow_rank_0s_decision(tmp_path: Path, prepare, trains: str | None,  # noqa: ANN001
                                                       result: float) -> None:

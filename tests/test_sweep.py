@@ -70,7 +70,7 @@ def finished_job(job_dir: Path, cfg: DictConfig, status: str = "completed") -> N
     (job_dir / "metrics.jsonl").write_text("{}\n")
     (job_dir / "summary.json").write_text(json.dumps({"status": status, "best": {"val_acc": 0.5, "val_loss": 1.0}}))
     (job_dir / ".hydra").mkdir()
-    record = {"config": sweep.fingerprint(cfg), "objective": 0.75, "settings": sweep.settings(cfg)}
+    record = {"config": sweep.fingerprint(cfg), "settings": sweep.settings(cfg)}
     (job_dir / sweep.RESUME_RECORD).write_text(json.dumps(record))
 
 
@@ -78,8 +78,19 @@ def test_finished_job_is_skipped_with_its_objective(tmp_path: Path) -> None:
     cfg, failed = OmegaConf.create({"seed": 0}), []
     finished_job(tmp_path / "job", cfg)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "job").iterdir()}
-    assert sweep.resume_job(tmp_path / "job", cfg, lambda _: pytest.fail("must not train"), failed) == 0.75
+    assert sweep.resume_job(tmp_path / "job", cfg, lambda _: pytest.fail("must not train"), failed) == 0.5  # best val_acc
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "job").iterdir()} == before and not failed
+
+
+def test_a_skipped_job_returns_todays_objective_not_the_one_saved_when_it_finished(tmp_path: Path) -> None:
+    """A char LM finished while its objective was val_acc, saved then in its record; a sweep
+    rerun now minimises val_bpc, and must be told the job's val_bpc (the summary has both)."""
+    cfg, job = OmegaConf.create({"seed": 0}), tmp_path / "job"
+    finished_job(job, cfg)
+    (job / "summary.json").write_text(json.dumps({"status": "completed", "best": {"val_bpc": 2.25, "val_acc": 0.4}}))
+    (job / sweep.RESUME_RECORD).write_text(json.dumps({"config": sweep.fingerprint(cfg), "objective": 0.4,
+                                                       "settings": sweep.settings(cfg)}))
+    assert sweep.resume_job(job, cfg, lambda _: pytest.fail("must not train"), []) == 2.25
 
 
 def test_finished_job_of_another_configuration_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +116,7 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
     assert sweep.resume_job(job, cfg, task, []) == 0.5
     assert sorted(p.name for p in (job / "previous" / "1").iterdir()) == ["checkpoints", "metrics.jsonl", "summary.json"]
     record = json.loads((job / sweep.RESUME_RECORD).read_text())
-    assert record["config"] == sweep.fingerprint(cfg) and record["objective"] == 0.5
+    assert record == {"config": sweep.fingerprint(cfg), "settings": sweep.settings(cfg)}
 
 
 def test_interrupted_attempt_with_a_checkpoint_continues_from_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,11 +142,11 @@ def test_target_is_not_part_of_the_configuration(tmp_path: Path) -> None:
     moved = OmegaConf.create({"seed": 0, "data": {"_target_": "trainer.data.new_place.build", "num_train": 8}})
     assert sweep.fingerprint(before) == sweep.fingerprint(moved)
     finished_job(tmp_path / "job", before)
-    old_record = {"config": "0123456789abcdef", "objective": 0.75,
+    old_record = {"config": "0123456789abcdef", "objective": 0.75,  # records then kept the objective
                   "settings": {**sweep.settings(before), "data._target_": '"trainer.data.old_place.build"'}}
     (tmp_path / "job" / sweep.RESUME_RECORD).write_text(json.dumps(old_record))
     failed: list[str] = []
-    assert sweep.resume_job(tmp_path / "job", moved, lambda _: pytest.fail("must not train"), failed) == 0.75
+    assert sweep.resume_job(tmp_path / "job", moved, lambda _: pytest.fail("must not train"), failed) == 0.5
     assert not failed
 
 
@@ -152,7 +163,7 @@ def test_a_key_added_by_an_upgrade_counts_only_when_set(tmp_path: Path, label_no
     (tmp_path / "job" / sweep.RESUME_RECORD).write_text(json.dumps(record))
     failed: list[str] = []
     result = sweep.resume_job(tmp_path / "job", now, lambda _: pytest.fail("must not train"), failed)
-    assert (result, failed) == ((0.75, []) if skipped else (None, ["job"]))
+    assert (result, failed) == ((0.5, []) if skipped else (None, ["job"]))
     if not skipped:
         assert "another configuration (data.label_noise (new))" in capsys.readouterr().err
 

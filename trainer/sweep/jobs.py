@@ -7,7 +7,7 @@ command again therefore finds the same folders:
 
 - a job whose folder holds a finished run (summary.json: completed, early_stopped or diverged)
   of the same configuration (its composed config, recorded in .hydra/resume.json) is skipped and
-  returns its saved objective; a folder holding a finished run of another configuration is never
+  returns its objective, read from its summary; a folder holding a finished run of another configuration is never
   touched: that job fails with a one-line error naming the keys that differ;
 - a job whose folder holds an interrupted or killed attempt of the same configuration with a
   checkpoint continues from its latest good checkpoint (as `resume=auto` does);
@@ -240,7 +240,7 @@ def marked_failures(sweep_dir: Path) -> list[str]:
 def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) -> float | None:
     """Skip, refuse, or run (after setting aside an unfinished attempt) the job in `job_dir`.
 
-    Returns the job's objective (saved, for a skipped job), or None for a job that failed; a
+    Returns the job's objective (read from its summary, for a skipped job), or None for a job that failed; a
     failed job's folder name goes to `failed`, which the CLI reports at the end."""
     _mark(job_dir).unlink(missing_ok=True)  # this attempt decides whether the job failed
     digest, current = fingerprint(cfg), settings(cfg)
@@ -260,7 +260,9 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
             record_failure(job_dir, failed)
             return None
         print(f"skipped {job_dir.name}: already {summary['status']} in {job_dir}", flush=True)
-        return record.get("objective", objective(summary.get("best") or {}))
+        # What the job returns now, from its summary: an objective saved when the job finished
+        # may be another metric's (a char LM's val_acc, before val_bpc became its objective).
+        return objective(summary.get("best") or {})
     if same and _continuable(job_dir) and not cfg.get("resume"):
         print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
         cfg = copy.deepcopy(cfg)
@@ -281,8 +283,6 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
         print(f"error: job {job_dir.name} crashed; traceback in {job_dir / 'error.txt'}", file=sys.stderr)
         record_failure(job_dir, failed)
         return None
-    if (job_dir / "summary.json").exists():
-        _write_record(job_dir, {"config": digest, "objective": result, "settings": current})
     return result
 
 

@@ -97,6 +97,22 @@ def cases(device: str, image_root: Path) -> list[Case]:
     ]
 
 
+def add_in_memory_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """--case (an in-memory case: cnn1d or mlp), --device and --precision, for the scripts that time
+    parts of a run (bench_step.py, bench_epoch.py)."""
+    parser.add_argument("--case", default="cnn1d", help="cnn1d or mlp (scripts/bench.py's in-memory cases)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto")
+
+
+def in_memory_case(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Case:
+    """The case --case names; a parser error for another."""
+    known = {case.name: case for case in cases(args.device, Path("unused")) if case.name in ("cnn1d", "mlp")}
+    if args.case not in known:
+        parser.error(f"--case {args.case} is not one of {', '.join(known)}")
+    return known[args.case]
+
+
 def config(case: Case, device: str, precision: str, extra: tuple[str, ...] = ()):
     overrides = [*case.overrides, f"batch_size={case.batch_size}", f"max_steps={case.steps}", "epochs=1000",
                  f"device={device}", f"precision={precision}", "sched=constant", "checkpoint.every_epochs=0",

@@ -36,7 +36,8 @@ from typing import Any, Callable
 import torch
 
 import trainer.run
-from bench import cases, config, median_interval, raw_evaluate, raw_step, synchronize
+from bench import (add_in_memory_case_arguments, config, in_memory_case, median_interval, raw_evaluate, raw_step,
+                   synchronize)
 from trainer.engine.parts import build_parts
 
 
@@ -115,23 +116,19 @@ def measure(cfg, epochs: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="cnn1d", help="cnn1d or mlp (scripts/bench.py's in-memory cases)")
+    add_in_memory_case_arguments(parser)
     parser.add_argument("--epochs", type=int, default=200, help="pairs of epochs timed, for each setting")
     parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="both",
                         help="on: a checkpoint at every epoch end and best.pt, as train's default")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default="bench_epoch.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    known = {case.name: case for case in cases(args.device, Path("unused")) if case.name in ("cnn1d", "mlp")}
-    if args.case not in known:
-        parser.error(f"--case {args.case} is not one of {', '.join(known)}")
+    case = in_memory_case(parser, args)
     settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.checkpointing]
     results = {}
     for setting in settings:
         every = "1" if setting == "on" else "0"
-        cfg = config(known[args.case], args.device, args.precision, (f"checkpoint.every_epochs={every}",))
+        cfg = config(case, args.device, args.precision, (f"checkpoint.every_epochs={every}",))
         result = results[f"checkpointing_{setting}"] = measure(cfg, args.epochs)
         print(f"{args.case}, checkpointing {setting}: train epoch {result['train_epoch_s'] * 1e3:.1f} ms, raw "
               f"{result['raw_epoch_s'] * 1e3:.1f} ms; paired train/raw {result['median']:.4f} (95% interval "

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from rich.console import Console
 
-from bench import cases, config, raw_step, synchronize
+from bench import add_in_memory_case_arguments, config, in_memory_case, raw_step, synchronize
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
 from trainer.observe.display import PlainDisplay
@@ -104,17 +104,13 @@ def measure(cfg, steps: int) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", default="cnn1d", help="cnn1d or mlp (scripts/bench.py's in-memory cases)")
+    add_in_memory_case_arguments(parser)
     parser.add_argument("--steps", type=int, default=2000, help="pairs of steps timed, for each comparison")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default="bench_step.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    known = {case.name: case for case in cases(args.device, Path("unused")) if case.name in ("cnn1d", "mlp")}
-    if args.case not in known:
-        parser.error(f"--case {args.case} is not one of {', '.join(known)}")
-    result = measure(config(known[args.case], args.device, args.precision), args.steps)
+    case = in_memory_case(parser, args)
+    result = measure(config(case, args.device, args.precision), args.steps)
     train, null, overhead = result["train_vs_raw"], result["raw_vs_raw"], result["overhead"]
     print(f"{args.case}: raw step {1e6 * train['first_s']:.1f} us, train step {1e6 * train['second_s']:.1f} us "
           f"(ratio {train['ratio']:.4f}); raw against raw: {1e6 * null['difference_s']:+.1f} us; "

@@ -456,6 +456,29 @@ def test_a_refused_sweep_command_leaves_no_new_folder(args: list[str], tmp_path:
     assert not (tmp_path / "multirun").exists()
 
 
+def test_a_sweep_into_a_folder_of_other_files_is_refused_before_it_writes(tmp_path: Path) -> None:
+    """hydra.sweep.dir=. in a project: its report.md, and a folder that happens to share the name
+    of the sweep's failure marks, must not be overwritten or removed."""
+    project = tmp_path / "project"
+    (project / ".failed").mkdir(parents=True)
+    (project / ".failed" / "notes.txt").write_text("mine\n")
+    (project / "report.md").write_text("# my report\n")
+    before = _state(project)
+    refused = train_in_process(["-m", *FAST, "max_steps=2", "hydra.sweep.dir=.", "seed=0,1"], project)
+    assert refused.code == 2 and "Traceback" not in refused.stderr, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: hydra.sweep.dir={project} holds files and is not a sweep's folder") and "new or empty" in line
+    assert _state(project) == before
+
+
+def test_a_sweep_into_an_empty_folder_runs(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    swept = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={tmp_path / 'empty'}", "seed=0"],
+                             tmp_path)
+    assert swept.code == 0, swept.stderr
+    assert (tmp_path / "empty" / "multirun.yaml").is_file() and len(list((tmp_path / "empty").glob("*/summary.json"))) == 1
+
+
 def test_a_search_whose_every_trial_is_refused_says_so_in_one_line(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     outcome = train_in_process(["-m", "hparams_search=optuna", *FAST, "max_steps=2", "curves=false", "optim.lr=0",

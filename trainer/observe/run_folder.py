@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class RunFolderCallback(Callback):
         global _sweep
         _existed.clear()
         folder = _absolute(str(config.hydra.sweep.dir))
+        refuse_foreign_sweep_folder(folder)
         remember_existing(folder, depth=2)
         # Marks an earlier command left when it ended without reading them (it crashed): not this command's.
         shutil.rmtree(folder / FAILED_MARKS, ignore_errors=True)
@@ -121,6 +123,20 @@ class RunFolderCallback(Callback):
         it with every command aimed at the folder, even one whose jobs are all skipped or refused.
         The folder's record stays the first command's; each job's .hydra/ records that job."""
         settle_sweep(refused_sweep(config))
+
+
+def refuse_foreign_sweep_folder(folder: Path) -> None:
+    """Stop (one line, exit 2) before anything is written when hydra.sweep.dir names a folder that
+    holds files but is no sweep's (no multirun.yaml): the working folder (hydra.sweep.dir=.), a
+    project's. A sweep would write its job folders, multirun.yaml, report.md, report.csv and
+    report.png among the user's files, overwriting any of the same name, and a refused command
+    would have to note every file below it to show it changed nothing."""
+    if not folder.is_dir() or (folder / SWEEP_RECORD).is_file() or not any(folder.iterdir()):
+        return
+    print(f"error: hydra.sweep.dir={folder} holds files and is not a sweep's folder (it has no {SWEEP_RECORD}); "
+          f"a sweep writes its jobs and report there: give a new or empty folder, e.g. hydra.sweep.dir={folder / 'sweep'}",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _contents(folder: Path) -> dict[str, tuple[int, int]]:

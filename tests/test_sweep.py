@@ -471,6 +471,21 @@ def test_a_sweep_into_a_folder_of_other_files_is_refused_before_it_writes(tmp_pa
     assert _state(project) == before
 
 
+@pytest.mark.parametrize("record", ["multirun.yaml", "optimization_results.yaml", "seed=0/.hydra/resume.json"])
+def test_a_folder_an_earlier_sweep_wrote_in_is_a_sweep_folder(record: str, tmp_path: Path) -> None:
+    """Hydra's basic sweeper leaves multirun.yaml, the Optuna sweeper optimization_results.yaml,
+    and a sweep killed before either its jobs' records: a later command may add to each."""
+    from trainer.observe.run_folder import refuse_foreign_sweep_folder
+
+    (tmp_path / record).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / record).write_text("{}\n")
+    (tmp_path / "report.md").write_text("# the sweep's report\n")
+    refuse_foreign_sweep_folder(tmp_path)  # returns: no SystemExit
+    (tmp_path / record).unlink()
+    with pytest.raises(SystemExit):
+        refuse_foreign_sweep_folder(tmp_path)
+
+
 def test_a_sweep_into_an_empty_folder_runs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     swept = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", f"hydra.sweep.dir={tmp_path / 'empty'}", "seed=0"],

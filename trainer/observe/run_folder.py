@@ -35,7 +35,12 @@ RECORD = ".hydra"
 # What this project itself puts in a run folder before a run writes anything of its own.
 OWN_FILES = {RECORD, ".claimed"}
 
-SWEEP_RECORD = "multirun.yaml"  # Hydra's record of the command that made a sweep folder
+SWEEP_RECORD = "multirun.yaml"  # Hydra's record of the command that made a sweep folder (its basic sweeper's)
+SEARCH_RECORD = "optimization_results.yaml"  # the Optuna sweeper's, which writes no multirun.yaml
+# A sweep job's record of its configuration (trainer.sweep.jobs). Inside .hydra/ so that a fresh
+# job folder still holds only Hydra's files: the CLI removes such a folder again when the job
+# stops on a config error.
+RESUME_RECORD = Path(RECORD) / "resume.json"
 FAILED_MARKS = ".failed"  # one empty file per failed job (trainer.sweep.jobs), read when the sweep ends
 # What a sweep command writes in its folder whether or not any job runs.
 SWEEP_OWN = {SWEEP_RECORD, FAILED_MARKS}
@@ -127,16 +132,24 @@ class RunFolderCallback(Callback):
 
 def refuse_foreign_sweep_folder(folder: Path) -> None:
     """Stop (one line, exit 2) before anything is written when hydra.sweep.dir names a folder that
-    holds files but is no sweep's (no multirun.yaml): the working folder (hydra.sweep.dir=.), a
-    project's. A sweep would write its job folders, multirun.yaml, report.md, report.csv and
-    report.png among the user's files, overwriting any of the same name, and a refused command
-    would have to note every file below it to show it changed nothing."""
-    if not folder.is_dir() or (folder / SWEEP_RECORD).is_file() or not any(folder.iterdir()):
+    holds files but is no sweep's: the working folder (hydra.sweep.dir=.), a project's. A sweep
+    would write its job folders, multirun.yaml, report.md, report.csv and report.png among the
+    user's files, overwriting any of the same name, and a refused command would have to note every
+    file below it to show it changed nothing."""
+    if not folder.is_dir() or not any(folder.iterdir()) or _holds_a_sweep(folder):
         return
-    print(f"error: hydra.sweep.dir={folder} holds files and is not a sweep's folder (it has no {SWEEP_RECORD}); "
-          f"a sweep writes its jobs and report there: give a new or empty folder, e.g. hydra.sweep.dir={folder / 'sweep'}",
-          file=sys.stderr)
+    print(f"error: hydra.sweep.dir={folder} holds files and is not a sweep's folder (no {SWEEP_RECORD}, "
+          f"{SEARCH_RECORD} or job folder); a sweep writes its jobs and report there: give a new or empty "
+          f"folder, e.g. hydra.sweep.dir={folder / 'sweep'}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _holds_a_sweep(folder: Path) -> bool:
+    """Whether an earlier sweep wrote in `folder`: its sweeper's record, or a job folder (one level
+    down) with a job's record, as a sweep killed before its sweeper wrote a record leaves."""
+    if (folder / SWEEP_RECORD).is_file() or (folder / SEARCH_RECORD).is_file():
+        return True
+    return any((child / RESUME_RECORD).is_file() for child in folder.iterdir() if child.is_dir())
 
 
 def _contents(folder: Path) -> dict[str, tuple[int, int]]:

@@ -48,15 +48,12 @@ from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
 from trainer.observe.records import write_json_atomic
-from trainer.observe.run_folder import FAILED_MARKS, note_job_folder, refused_sweep, write_record
+from trainer.observe.run_folder import FAILED_MARKS, RESUME_RECORD, note_job_folder, refused_sweep, write_record
 from trainer.sweep.direction import objective_direction
 
 if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
     from trainer.engine.distributed import Context
 
-# Inside .hydra/ so that a fresh job folder still holds only Hydra's files: the CLI removes such a
-# folder again when the job stops on a config error.
-RESUME_RECORD = Path(".hydra") / "resume.json"
 # Outcomes of the configuration itself: a rerun would reproduce them, so it is skipped.
 FINISHED = ("completed", "early_stopped", "diverged")
 # What one attempt of a job writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside

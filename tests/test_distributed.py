@@ -260,8 +260,13 @@ print(rank.stdout.readline(), end="", flush=True)
 time.sleep(120)
 """
 RANK = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("SIGTERM"), sys.exit(143)))
+import os, pathlib, signal, sys, time
+def note(*_):
+    # Written aside, then renamed: the test, polling, never reads a file that is still empty.
+    pathlib.Path(sys.argv[1] + ".tmp").write_text("SIGTERM")
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    sys.exit(143)
+signal.signal(signal.SIGTERM, note)
 from trainer.engine import distributed
 distributed.follow_agent()
 print("ready", flush=True)

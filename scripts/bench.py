@@ -169,29 +169,34 @@ def raw_evaluate(parts: Parts) -> float:
     return float(correct) / len(data.x_val)
 
 
+def raw_epochs(parts: Parts) -> Callable[[int], None]:
+    """The raw loop's epoch, one per call of the returned function with the number of steps to take
+    (an epoch's, or fewer at the end of a run): a fresh shuffle, the steps, then the evaluation."""
+    step_on, batch, n = raw_step(parts), parts.cfg.batch_size, len(parts.data.x_train)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(steps: int) -> None:
+        order = torch.randperm(n, generator=generator).to(parts.device)
+        for i in range(steps):
+            step_on(order[i * batch : (i + 1) * batch])
+        raw_evaluate(parts)  # at each epoch end, as `train` does
+
+    return epoch
+
+
 def raw_loop(cfg, steps: int) -> Timing:
     """What a careful user writes by hand: data on the device, index batching, AdamW, autocast
     (streamed data: `raw_loader_loop`)."""
     parts = build_parts(cfg)  # the same model, init and optimizer settings as `train`
     if isinstance(parts.data, StreamedSplits):
         return raw_loader_loop(cfg, parts, steps)
-    model, data = parts.model, parts.data
-    step_on = raw_step(parts)
-    batch, n, device = cfg.batch_size, len(data.x_train), parts.device.type
-    generator = torch.Generator().manual_seed(0)
+    epoch, per_epoch, device = raw_epochs(parts), parts.steps_per_epoch, parts.device.type
     synchronize(device)
     start = time.perf_counter()
-    per_epoch = n // batch
     epoch_ends = []
-    for step in range(steps):
-        i = step % per_epoch
-        if i == 0:
-            model.train()
-            order = torch.randperm(n, generator=generator).to(parts.device)
-        step_on(order[i * batch : (i + 1) * batch])
-        if i == per_epoch - 1 or step == steps - 1:  # evaluate at each epoch end, as `train` does
-            raw_evaluate(parts)
-            epoch_ends.append(time.perf_counter() - start)
+    for first in range(0, steps, per_epoch):
+        epoch(min(per_epoch, steps - first))
+        epoch_ends.append(time.perf_counter() - start)
     synchronize(device)
     return Timing(time.perf_counter() - start, tuple(epoch_ends))
 

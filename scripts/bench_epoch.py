@@ -36,32 +36,26 @@ from typing import Any, Callable
 import torch
 
 import trainer.run
-from bench import (add_in_memory_case_arguments, config, in_memory_case, median_interval, raw_evaluate, raw_step,
-                   synchronize)
+from bench import add_in_memory_case_arguments, config, in_memory_case, median_interval, raw_epochs, synchronize
 from trainer.engine.parts import build_parts
 
 
-def raw_epochs(cfg) -> Callable[[], None]:
-    """One epoch of scripts/bench.py's raw loop per call: a fresh shuffle, every step, the evaluation."""
+def raw_epochs_beside(cfg) -> Callable[[], None]:
+    """One whole epoch of scripts/bench.py's raw loop per call, on parts of its own."""
     parts = build_parts(cfg)  # the same seed as the run's parts: the same initial weights
-    step_on, batch, n = raw_step(parts), cfg.batch_size, len(parts.data.x_train)
-    steps = parts.steps_per_epoch  # as many as the run's epochs take
-    generator = torch.Generator().manual_seed(0)
+    epoch, steps = raw_epochs(parts), parts.steps_per_epoch
 
-    def epoch() -> None:
-        order = torch.randperm(n, generator=generator).to(parts.device)
-        for i in range(steps):
-            step_on(order[i * batch : (i + 1) * batch])
-        raw_evaluate(parts)
+    def whole_epoch() -> None:
+        epoch(steps)
         synchronize(parts.device.type)
 
-    return epoch
+    return whole_epoch
 
 
 def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
     """Seconds of `epochs` train epochs and of the raw epoch that follows each, in a run of `cfg`
     (measure_config: `epochs` + 1 epochs), the first pair left out (it pays for the run's start)."""
-    raw_epoch = raw_epochs(cfg)
+    raw_epoch = raw_epochs_beside(cfg)
     train_s: list[float] = []
     raw_s: list[float] = []
     raw_ended: list[float] = []

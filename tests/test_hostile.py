@@ -118,6 +118,19 @@ def finished_sweep_job(root: Path) -> str:
     return str(job)
 
 
+def checkpoint_copy(where: str) -> Callable[[Path], str]:
+    """The finished run's latest checkpoint copied to `where` (under the case's folder, made if
+    missing, a run copied to done/ first where it names one): a checkpoint outside its run's folder."""
+    def make(root: Path) -> str:
+        if where.startswith("done/"):
+            finished_run(root)
+        path = root / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FINISHED_RUN / "checkpoints" / "step_00000005.pt", path)
+        return str(path)
+    return make
+
+
 @dataclass
 class Case:
     name: str
@@ -162,6 +175,13 @@ CASES = [
     Case("missing checkpoint", ["resume=/no/such/ckpt.pt"], "resume=/no/such/ckpt.pt does not exist"),
     Case("truncated checkpoint", ["resume={CUT}"], "was refused: it is truncated or damaged", make={"CUT": truncated_checkpoint}),
     Case("checkpoint with pickled code", ["resume={EVIL}"], "was refused: it carries pickled code", make={"EVIL": pickled_code}),
+    # A checkpoint outside a run's checkpoints/ has no run to continue: never the folder two levels up.
+    Case("a loose checkpoint file", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("Downloads/ckpt.pt")}),
+    Case("a checkpoint kept inside another run", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("done/kept/ckpt.pt")}),
+    Case("a user's own checkpoints folder", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("mine/checkpoints/model.pt")}),
     Case("unreachable data set", ["data=cifar10", "model=cnn", "data.root={ROOT}", "data.download=false"],
          "data=cifar10: files missing", make={"ROOT": lambda root: str(root / "empty")}),
     Case("image folder missing", ["data=imagefolder", "model=cnn", "data.path=/no/such/images"], "data.path=/no/such/images does not exist"),

@@ -61,7 +61,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
             if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
                 _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
                 assert found is not None  # resolve raises for a file or folder it cannot use
-                run_dir = found.parent.parent
+                run_dir = checkpoint.run_folder(str(cfg.resume), found)
             if ranks.is_main:  # rank 0 holds the folder for all ranks
                 held.enter_context(claim(run_dir))
             payload, notices = None, []

@@ -110,6 +110,12 @@ def finished_run(root: Path) -> str:
     return str(root / "done")
 
 
+def kept_checkpoints(root: Path) -> str:
+    """A folder holding only a finished run's checkpoints/ (its records not kept, or not copied)."""
+    shutil.copytree(FINISHED_RUN / "checkpoints", root / "kept" / "checkpoints")
+    return str(root / "kept")
+
+
 def finished_sweep_job(root: Path) -> str:
     """A finished run where a sweep keeps one, with the sweep's record of its configuration."""
     job = root / "multirun" / "sweep-1a2b3c4d" / "norm=none,seed=0"
@@ -226,6 +232,8 @@ CASES = [
          make={"DONE": finished_run}),
     Case("the same command into a finished run", ["hydra.run.dir={DONE}"], "already holds a run",
          make={"DONE": finished_run}),
+    Case("a new run into a folder of a run's kept checkpoints", ["hydra.run.dir={KEPT}"],
+         "already holds a run (checkpoints)", make={"KEPT": kept_checkpoints}),
     Case("a bad value into a finished run", ["optim.lr=0", "hydra.run.dir={DONE}"], "already holds a run",
          make={"DONE": finished_run}),
     Case("an unknown choice into a finished run", ["norm=foo", "hydra.run.dir={DONE}"], "Could not find 'norm/foo'",

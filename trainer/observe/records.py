@@ -15,8 +15,11 @@ from typing import IO, Any
 from trainer import parent_locks
 from trainer.errors import ConfigError
 
-# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json).
-RUN_FILES = ("metrics.jsonl", "summary.json", "lr_find.json", "check_init.json", "export.json", "tsne.json")
+# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json). checkpoints/ alone
+# (a run's kept without its records) counts too: a new run there would write its own step_N.pt and
+# best.pt over them and drop the rest from their index.
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "lr_find.json", "check_init.json", "export.json",
+             "tsne.json")
 CLAIM = ".claimed"
 
 
@@ -107,9 +110,11 @@ def claim(run_dir: Path) -> Iterator[None]:
 
     An exclusive, non-blocking flock on `run_dir/.claimed`: the kernel drops it when this process
     ends, however it ends, so a killed run never leaves its folder locked (a forked child does not
-    hold it: trainer.parent_locks). If the block wrote no run (it stopped on a config error), the
-    claim file and a folder made here are removed again."""
+    hold it: trainer.parent_locks). If the block wrote no run (it stopped on a config error), or
+    stopped in a folder that held a run before (refused there), the claim file and a folder made
+    here are removed again."""
     made = not run_dir.exists()
+    held = previous_run(run_dir) is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CLAIM
     created = not path.exists()
@@ -121,11 +126,13 @@ def claim(run_dir: Path) -> Iterator[None]:
         raise ConfigError(f"{run_dir} is in use by another train process; wait for it to end, "
                           "or choose another folder (hydra.run.dir=...)") from None
     parent_locks.hold(file.fileno())
+    ended = False
     try:
         yield
+        ended = True
     finally:
         parent_locks.release(file.fileno())
-        if previous_run(run_dir) is None:  # nothing of a run written: leave the folder as it was
+        if previous_run(run_dir) is None or (held and not ended):  # nothing of a run written: leave the folder as it was
             if created:
                 path.unlink(missing_ok=True)
             if made and not any(run_dir.iterdir()):

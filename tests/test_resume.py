@@ -1,10 +1,9 @@
 """Nothing lost: a run killed at any point and resumed ends exactly like an uninterrupted one;
-signals checkpoint and stop; checkpoints are atomic, verified, and never run pickled code."""
+checkpoints are atomic, verified, and never run pickled code."""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -90,20 +89,6 @@ def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"] == json.loads(
         (uninterrupted / "summary.json").read_text())["final"]
-
-
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
-def test_signal_checkpoints_and_exits_with_convention(uninterrupted: Path, tmp_path: Path, signum: int, code: int) -> None:
-    run_dir = tmp_path / "run"
-    process = start_and_wait(run_dir, 10)
-    process.send_signal(signum)
-    assert process.wait(timeout=60) == code
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["signal"] == signum
-    assert checkpointed_steps(run_dir)[-1] == summary["steps"]  # the step it stopped at was checkpointed
-    resumed = train(*RUN, "resume=auto", f"hydra.run.dir={run_dir}")
-    assert resumed.returncode == 0, resumed.stderr
-    assert records(run_dir) == records(uninterrupted)
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

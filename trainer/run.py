@@ -83,15 +83,16 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
         parts = build_parts(cfg)
     display = make_display(quiet=not main)
+    resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():
         if main and payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
             write_record(run_dir, cfg)
             if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
                 write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
         elif main:
-            truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
+            truncate_metrics(run_dir / "metrics.jsonl", resumed_at)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl") if main else None
-        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model) if main else [])
+        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model, resumed_at) if main else [])
     config = OmegaConf.to_container(cfg, resolve=True)
 
     # A checkpoint holds the config (to check a resume against), the precision trained in, a

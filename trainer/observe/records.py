@@ -21,6 +21,8 @@ from trainer.errors import ConfigError
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "lr_find.json", "check_init.json", "export.json",
              "tsne.json")
 CLAIM = ".claimed"
+# What the `logger=` choices write (trainer.observe.loggers): part of one attempt of a run.
+LOGGER_FILES = ("metrics.csv", "layers.csv", "tensorboard")
 
 
 def json_safe(value: Any) -> Any:

@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
-from trainer.observe.records import write_json_atomic
+from trainer.observe.records import LOGGER_FILES, write_json_atomic
 from trainer.observe.run_folder import FAILED_MARKS, RESUME_RECORD, note_job_folder, refused_sweep, write_record
 from trainer.sweep.direction import objective_direction
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
 FINISHED = ("completed", "early_stopped", "diverged")
 # What one attempt of a job writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside
 # together before a rerun, so the new attempt starts clean and the old one stays readable.
-ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints")
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints", *LOGGER_FILES)
 PREVIOUS = "previous"
 # Not part of what a job is: how many threads it used changes its speed, not its result.
 NOT_CONFIGURATION = ("trainer.threads", "curves")  # how a job runs or what it draws, not what it is

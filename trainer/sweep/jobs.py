@@ -243,7 +243,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
         # What the job returns now, from its summary: an objective saved when the job finished
         # may be another metric's (a char LM's val_acc, before val_bpc became its objective).
         return objective(summary.get("best") or {})
-    if same and _continuable(job_dir) and not cfg.get("resume"):
+    if same and _continuable(job_dir) and cfg.get("resume") in (None, "auto"):  # resume=auto: what continuing does
         print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
         cfg = copy.deepcopy(cfg)
         cfg.resume = "auto"

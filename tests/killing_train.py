@@ -13,6 +13,8 @@ KILL_AT (environment) names the point, counted within this process (1-based):
 
 SIGKILL is sent by the process to itself, so no handler runs and nothing is flushed, exactly as
 when the kernel or a scheduler kills it; the point is exact instead of a race with a poller.
+KILL_SIGNAL (environment, default SIGKILL) names another signal to send instead, such as SIGTERM:
+the process then goes on, as a run told to stop by a scheduler does.
 Without KILL_AT this is plain `train` (tests/test_kill_resume.py resumes with it too).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ POINTS = ("step", "checkpoint", "best", "writing")
 
 
 def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.Signals[os.environ.get("KILL_SIGNAL") or "SIGKILL"])
 
 
 def parse(spec: str) -> tuple[str, int]:

@@ -150,3 +150,27 @@ def test_a_run_reports_the_restored_weights_metrics(make_cfg: Callable[..., Dict
     assert summary["restored_best_weights"] is True
     assert summary["restored"]["val_loss"] == summary["best"]["val_loss"]
     assert summary["restored"]["val_acc"] == summary["best"]["val_acc"]
+
+
+def test_stopped_says_whether_the_last_evaluation_stopped() -> None:
+    for patience, values, stopped in [(2, [1.0, 1.1], False), (2, [1.0, 1.1, 1.2], True), (0, [1.0], False),
+                                      (0, [1.0, 1.1], True), (2, [1.0, 1.1, 0.5, 0.6], False)]:
+        hook = early_stopping.build(patience=patience, restore_best_weights=False)
+        stop_index(hook, values)
+        assert hook.stopped is stopped, (patience, values)
+    assert early_stopping.none().stopped is False
+
+
+def test_an_early_stopped_run_stays_stopped_when_resumed(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """`resume=auto` on a run that early-stopped (a preemptible job launched again) must not train
+    past the stop: it used to train another epoch, then stop again, each time it was launched."""
+    overrides = ("early_stopping=val_loss", "early_stopping.patience=1", "max_steps=null", "epochs=30",
+                 "data.num_train=64", "model=mlp", "model.width=512", "norm=none", "sched=constant")
+    first = run(make_cfg(*overrides), tmp_path / "run")
+    assert first["status"] == "early_stopped" and first["epochs_run"] < 30
+    files = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file() and path.name != "summary.json"}
+    again = run(make_cfg(*overrides, "resume=auto"), tmp_path / "run")
+    assert (again["status"], again["message"], again["epochs_run"], again["steps"], again["best"]) == (
+        first["status"], first["message"], first["epochs_run"], first["steps"], first["best"])
+    assert {path: path.read_bytes() for path in files} == files
+    assert sorted(files) == sorted(p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != "summary.json")

@@ -110,12 +110,31 @@ def finished_run(root: Path) -> str:
     return str(root / "done")
 
 
+def kept_checkpoints(root: Path) -> str:
+    """A folder holding only a finished run's checkpoints/ (its records not kept, or not copied)."""
+    shutil.copytree(FINISHED_RUN / "checkpoints", root / "kept" / "checkpoints")
+    return str(root / "kept")
+
+
 def finished_sweep_job(root: Path) -> str:
     """A finished run where a sweep keeps one, with the sweep's record of its configuration."""
     job = root / "multirun" / "sweep-1a2b3c4d" / "norm=none,seed=0"
     shutil.copytree(FINISHED_RUN, job)
     (job / ".hydra" / "resume.json").write_text('{"config": "0123456789abcdef", "objective": 0.5}\n')
     return str(job)
+
+
+def checkpoint_copy(where: str) -> Callable[[Path], str]:
+    """The finished run's latest checkpoint copied to `where` (under the case's folder, made if
+    missing, a run copied to done/ first where it names one): a checkpoint outside its run's folder."""
+    def make(root: Path) -> str:
+        if where.startswith("done/"):
+            finished_run(root)
+        path = root / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FINISHED_RUN / "checkpoints" / "step_00000005.pt", path)
+        return str(path)
+    return make
 
 
 @dataclass
@@ -162,6 +181,13 @@ CASES = [
     Case("missing checkpoint", ["resume=/no/such/ckpt.pt"], "resume=/no/such/ckpt.pt does not exist"),
     Case("truncated checkpoint", ["resume={CUT}"], "was refused: it is truncated or damaged", make={"CUT": truncated_checkpoint}),
     Case("checkpoint with pickled code", ["resume={EVIL}"], "was refused: it carries pickled code", make={"EVIL": pickled_code}),
+    # A checkpoint outside a run's checkpoints/ has no run to continue: never the folder two levels up.
+    Case("a loose checkpoint file", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("Downloads/ckpt.pt")}),
+    Case("a checkpoint kept inside another run", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("done/kept/ckpt.pt")}),
+    Case("a user's own checkpoints folder", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
+         make={"CKPT": checkpoint_copy("mine/checkpoints/model.pt")}),
     Case("unreachable data set", ["data=cifar10", "model=cnn", "data.root={ROOT}", "data.download=false"],
          "data=cifar10: files missing", make={"ROOT": lambda root: str(root / "empty")}),
     Case("image folder missing", ["data=imagefolder", "model=cnn", "data.path=/no/such/images"], "data.path=/no/such/images does not exist"),
@@ -206,6 +232,8 @@ CASES = [
          make={"DONE": finished_run}),
     Case("the same command into a finished run", ["hydra.run.dir={DONE}"], "already holds a run",
          make={"DONE": finished_run}),
+    Case("a new run into a folder of a run's kept checkpoints", ["hydra.run.dir={KEPT}"],
+         "already holds a run (checkpoints)", make={"KEPT": kept_checkpoints}),
     Case("a bad value into a finished run", ["optim.lr=0", "hydra.run.dir={DONE}"], "already holds a run",
          make={"DONE": finished_run}),
     Case("an unknown choice into a finished run", ["norm=foo", "hydra.run.dir={DONE}"], "Could not find 'norm/foo'",

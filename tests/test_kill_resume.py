@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,13 +58,13 @@ CHAIN = ["best:2", "step:7", "writing:1", "checkpoint:1"]
 POINTS["all_four_in_turn"] = CHAIN
 
 
-def killing_train(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or ""}
+def killing_train(args: list[str], kill_at: str | None = None, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or "", "KILL_SIGNAL": signal_name}
     return subprocess.run([sys.executable, KILLING_TRAIN, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
-def train(run_dir: Path, overrides: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    return killing_train([*RUN, *overrides, f"hydra.run.dir={run_dir}"], kill_at)
+def train(run_dir: Path, overrides: list[str], kill_at: str | None = None, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess[str]:
+    return killing_train([*RUN, *overrides, f"hydra.run.dir={run_dir}"], kill_at, signal_name)
 
 
 def outcome(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, Any]]:
@@ -124,6 +125,23 @@ def assert_same_outcome(expected_dir: Path, got_dir: Path) -> None:
 def test_defaults_killed_at_any_point_resume_exactly(uninterrupted: Any, tmp_path: Path, point: str) -> None:
     killed_and_resumed(tmp_path / "run", [], POINTS[point])
     assert_same_outcome(uninterrupted("defaults"), tmp_path / "run")
+
+
+# The conventions: a scheduler's SIGTERM exits 143, a Ctrl-C's SIGINT 130 (slow: the same path).
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)])
+def test_a_signal_checkpoints_the_step_it_stopped_at_and_resumes_exactly(uninterrupted: Any, tmp_path: Path,
+                                                                         signal_name: str, code: int) -> None:
+    """Sent after step 9 (mid-epoch 2), the signal ends the run after that step with a checkpoint of
+    it, status interrupted and the conventional exit code; resumed, it ends as never interrupted."""
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, [], "step:9", signal_name)
+    assert stopped.returncode == code, stopped.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["signal"], summary["steps"]) == ("interrupted", signal.Signals[signal_name], 9)
+    assert checkpoint.read_index(run_dir / checkpoint.FOLDER)["checkpoints"][-1]["step"] == 9
+    resumed = train(run_dir, ["resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_outcome(uninterrupted("defaults"), run_dir)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from torch import nn
 
 from helpers import GROUPS_DIR, group_choices
 from trainer.errors import ConfigError
+from trainer.run import run
 from trainer.observe.loggers import LAYER_COLUMNS, METRIC_COLUMNS, CSVLogger, LoggerGroup, TensorBoardLogger, build_loggers
 
 LAYERS = [
@@ -86,6 +87,48 @@ def test_csv_files_have_fixed_headers_and_empty_cells_for_none(tmp_path: Path) -
     assert tuple(layers[0]) == LAYER_COLUMNS
     assert [(row["name"], row["step"], row["dead_fraction"]) for row in layers] == [
         ("body.1", "10", ""), ("body.3", "10", "0.25")]
+
+
+def test_a_resumed_csv_logger_keeps_the_rows_up_to_its_checkpoint(tmp_path: Path) -> None:
+    """Resumed from step 10 (where epoch 1 ended), metrics.csv and layers.csv keep the earlier
+    attempt's rows up to it, drop the later ones (trained again), then add the new ones."""
+    first = CSVLogger(tmp_path)
+    for record in records():
+        first.log(record)
+    first.close()
+    resumed = CSVLogger(tmp_path, resumed_at=10)
+    resumed.log({"kind": "epoch", "epoch": 2, "step": 20, "train_loss": 0.9})
+    resumed.close()
+    with (tmp_path / "metrics.csv").open() as file:
+        assert [(row["kind"], row["step"], row["train_loss"]) for row in csv.DictReader(file)] == [
+            ("step", "5", "1.5"), ("step", "10", "1.0"), ("epoch", "10", "1.2"), ("epoch", "20", "0.9")]
+    with (tmp_path / "layers.csv").open() as file:
+        assert [row["step"] for row in csv.DictReader(file)] == ["10", "10"]
+    CSVLogger(tmp_path).close()  # a new run's logger starts its files afresh
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(METRIC_COLUMNS)]
+
+
+def test_a_resumed_tensorboard_logger_drops_the_earlier_attempts_later_events(tmp_path: Path) -> None:
+    first = TensorBoardLogger(tmp_path)
+    for record in records():
+        first.log(record)
+    first.close()
+    resumed = TensorBoardLogger(tmp_path, resumed_at=5)
+    resumed.log({"kind": "step", "epoch": 1, "step": 10, "train_loss": 0.7, "lr": 0.03})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")] == [(5, 1.5), (10, 0.7)]
+
+
+def test_a_resumed_run_keeps_its_earlier_csv_rows(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """`logger=csv` and resume=auto: metrics.csv holds every epoch, not only those after the resume."""
+    small = ("logger=csv", "max_steps=null", "model=mlp", "model.width=16", "data.num_train=64", "data.num_val=32",
+             "data.num_test=0", "batch_size=32")
+    run(make_cfg(*small, "epochs=2"), tmp_path / "run")
+    run(make_cfg(*small, "epochs=3", "resume=auto"), tmp_path / "run")
+    with (tmp_path / "run" / "metrics.csv").open() as file:
+        assert [row["epoch"] for row in csv.DictReader(file) if row["kind"] == "epoch"] == ["1", "2", "3"]
 
 
 def _node(choice: str) -> DictConfig:

@@ -32,7 +32,7 @@ from trainer.observe.display import make_display
 from trainer.observe.loggers import LoggerGroup, build_loggers
 from trainer.observe.probes import layers_probe, start_record
 from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic
-from trainer.observe.run_folder import write_record
+from trainer.observe.run_folder import set_aside, write_record
 from trainer.tasks.sample import write_samples
 
 
@@ -61,7 +61,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
             if cfg.resume and cfg.resume != "auto":  # the folder a checkpoint belongs to; a bad resume= is refused here
                 _payload, found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
                 assert found is not None  # resolve raises for a file or folder it cannot use
-                run_dir = found.parent.parent
+                run_dir = checkpoint.run_folder(str(cfg.resume), found)
             if ranks.is_main:  # rank 0 holds the folder for all ranks
                 held.enter_context(claim(run_dir))
             payload, notices = None, []
@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
                     check_resumable(payload["config"], cfg)
                     check_world_size(payload.get("world_size", 1), ranks)
             if payload is None and ranks.is_main:
-                check_unused(run_dir)
+                check_unused(run_dir, resuming=cfg.resume == "auto")
         return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
@@ -83,15 +83,18 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
         parts = build_parts(cfg)
     display = make_display(quiet=not main)
+    resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():
         if main and payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
+            if cfg.resume == "auto" and (moved := set_aside(run_dir)) is not None:  # check_unused let only an unfinished attempt by
+                notices.append(f"no good checkpoint to continue from: starting afresh; the earlier attempt is kept in {moved}")
             write_record(run_dir, cfg)
             if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
                 write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})
         elif main:
-            truncate_metrics(run_dir / "metrics.jsonl", payload["train_state"]["step"])
+            truncate_metrics(run_dir / "metrics.jsonl", resumed_at)
         metrics_log = MetricsLog(run_dir / "metrics.jsonl") if main else None
-        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model) if main else [])
+        extra_loggers = LoggerGroup(build_loggers(cfg.get("logger"), run_dir, parts.model, resumed_at) if main else [])
     config = OmegaConf.to_container(cfg, resolve=True)
 
     # A checkpoint holds the config (to check a resume against), the precision trained in, a

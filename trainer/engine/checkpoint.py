@@ -245,6 +245,18 @@ def latest_good(run_dir: Path) -> tuple[dict[str, Any] | None, Path | None, list
     return None, None, notices
 
 
+def run_folder(spec: str, path: Path) -> Path:
+    """The run folder a checkpoint file `path` (named by `resume=spec`) belongs to, where a run
+    resumed from it continues: RUN for RUN/checkpoints/FILE, a folder this module wrote (it holds
+    index.json). A file anywhere else (~/Downloads/ckpt.pt, a user's own checkpoints/ folder)
+    belongs to no run: continuing "its" folder would write a run's files into the folder two
+    levels up (a home folder), or over another run kept there."""
+    if path.parent.name == FOLDER and (path.parent / INDEX).is_file():
+        return path.parent.parent
+    raise CheckpointError(f"resume={spec} is not in a run's {FOLDER}/ folder (one with {INDEX}), so there is no run "
+                          f"to continue; give a run folder, a checkpoint under RUN/{FOLDER}/, or auto")
+
+
 def resolve(spec: str, run_dir: Path) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
     """The checkpoint `resume=spec` names: auto (this run folder's latest good one, or none), a run folder, or a file."""
     if spec == "auto":

@@ -226,6 +226,8 @@ class Trainer:
         state, settings, n = self.state, self.settings, self.data.num_train
         per_epoch, step_batch = self.parts.steps_per_epoch, self.step_batch
         self.model.train()
+        if self.parts.early_stopping.stopped:  # resumed from the checkpoint of the epoch that stopped the run: it has ended
+            self._stop_early(state.epoch - 1)
         while state.epoch <= settings.epochs:
             if state.order_state is None:
                 state.order_state = self.generator.get_state()
@@ -277,8 +279,11 @@ class Trainer:
         if self.checkpoints.due_at_epoch(finished_epoch) or stop or best:
             self.checkpoints.save(self, best)
         if stop:
-            monitor = self.parts.early_stopping.monitor
-            self._stop("early_stopped", f"{monitor} stopped improving; stopped after epoch {finished_epoch}")
+            self._stop_early(finished_epoch)
+
+    def _stop_early(self, finished_epoch: int) -> None:
+        monitor = self.parts.early_stopping.monitor
+        self._stop("early_stopped", f"{monitor} stopped improving; stopped after epoch {finished_epoch}")
 
     def _is_best(self, metrics: dict[str, float | None]) -> bool:
         """Whether this evaluation is the best so far by settings.best_metric (best.pt's)."""

@@ -12,10 +12,15 @@ Any value may be None (val_acc on a regression task, loss_scale outside fp16); a
 
 Each YAML in conf/logger/ carries `# @package logger.<name>`, so one choice or a list of them
 composes to a dict `{name: node}` under `cfg.logger`; `build_loggers` builds every node in it.
+
+A resumed run (`resumed_at`: the checkpoint's step) keeps what its loggers wrote up to that step
+and adds the rest, as metrics.jsonl does (trainer.engine.resume.truncate_metrics): the steps after
+it are trained, and logged, again.
 """
 from __future__ import annotations
 
 import csv as csv_module
+import io
 import math
 import warnings
 from pathlib import Path
@@ -26,6 +31,7 @@ from torch import nn
 
 from trainer.config import build, group_choices
 from trainer.errors import ConfigError
+from trainer.observe.records import write_atomic
 
 LOGGERS = group_choices("logger")  # conf/logger/*.yaml
 METRIC_COLUMNS = ("kind", "epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "grad_norm", "grad_norm_max",
@@ -62,13 +68,16 @@ class TensorBoardLogger:
             (weights/<name>). Not of gradients: at an evaluation the loop has cleared them, and
             the per-layer gradient norm and std are in the "layers" record's scalars.
         histograms: False skips the histograms (they are the largest part of the event file).
+        resumed_at: a resumed run's checkpoint step: TensorBoard drops the earlier attempt's
+            events after it (purge_step), which this run writes again.
     """
 
-    def __init__(self, run_dir: Path, model: nn.Module | None = None, histograms: bool = True) -> None:
+    def __init__(self, run_dir: Path, model: nn.Module | None = None, histograms: bool = True,
+                 resumed_at: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when chosen
 
         self.log_dir = Path(run_dir) / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=None if resumed_at is None else resumed_at + 1)
         self.model = model if histograms else None
         self.last_step_record = -1  # the step of the latest "step" record: epoch records don't repeat its lr
 
@@ -120,21 +129,25 @@ class TensorBoardLogger:
 class CSVLogger:
     """metrics.csv (a row per step and epoch record, METRIC_COLUMNS) and layers.csv (a row per layer
     per "layers" record, LAYER_COLUMNS), each with a fixed header so any tool can load them.
-    Missing values are empty cells; every row is flushed, so a killed run keeps what it logged."""
+    Missing values are empty cells; every row is flushed, so a killed run keeps what it logged.
+    A resumed run (`resumed_at`, its checkpoint's step) keeps the rows up to that step."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resumed_at: int | None = None) -> None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.files = []
-        self.metrics = self._open(Path(run_dir) / "metrics.csv", METRIC_COLUMNS)
-        self.layers = self._open(Path(run_dir) / "layers.csv", LAYER_COLUMNS)
+        self.metrics = self._open(Path(run_dir) / "metrics.csv", METRIC_COLUMNS, resumed_at)
+        self.layers = self._open(Path(run_dir) / "layers.csv", LAYER_COLUMNS, resumed_at)
 
-    def _open(self, path: Path, columns: tuple[str, ...]) -> csv_module.DictWriter:
-        file = path.open("w", newline="", encoding="utf-8")
-        self.files.append(file)
-        writer = csv_module.DictWriter(file, fieldnames=columns, extrasaction="ignore", restval="")
+    def _open(self, path: Path, columns: tuple[str, ...], resumed_at: int | None) -> csv_module.DictWriter:
+        # The header and the kept rows are written atomically first: a kill now loses no earlier row.
+        text = io.StringIO()
+        writer = csv_module.DictWriter(text, fieldnames=columns, extrasaction="ignore", restval="")
         writer.writeheader()
-        file.flush()
-        return writer
+        writer.writerows(_rows_up_to(path, resumed_at) if resumed_at is not None else [])
+        write_atomic(path, text.getvalue())
+        file = path.open("a", newline="", encoding="utf-8")
+        self.files.append(file)
+        return csv_module.DictWriter(file, fieldnames=columns, extrasaction="ignore", restval="")
 
     def log(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
@@ -151,6 +164,14 @@ class CSVLogger:
     def close(self) -> None:
         for file in self.files:
             file.close()
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
+    """The rows of an earlier attempt's CSV file `path` logged at or before `step` (none if it is missing)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as file:
+        return [row for row in csv_module.DictReader(file) if int(row.get("step") or 0) <= step]
 
 
 def _cell(value: Any) -> Any:
@@ -191,20 +212,22 @@ class LoggerGroup:
 
 # Builders named by conf/logger/*.yaml; `run_dir` and `model` are passed at run time.
 
-def console(run_dir: Path, model: nn.Module | None = None) -> None:
+def console(run_dir: Path, model: nn.Module | None = None, resumed_at: int | None = None) -> None:
     """No extra logger: metrics.jsonl and the console view are always on."""
     return None
 
 
-def tensorboard(run_dir: Path, model: nn.Module | None = None, histograms: bool = True) -> TensorBoardLogger:
-    return TensorBoardLogger(run_dir, model, histograms)
+def tensorboard(run_dir: Path, model: nn.Module | None = None, histograms: bool = True,
+                resumed_at: int | None = None) -> TensorBoardLogger:
+    return TensorBoardLogger(run_dir, model, histograms, resumed_at)
 
 
-def csv(run_dir: Path, model: nn.Module | None = None) -> CSVLogger:
-    return CSVLogger(run_dir)
+def csv(run_dir: Path, model: nn.Module | None = None, resumed_at: int | None = None) -> CSVLogger:
+    return CSVLogger(run_dir, resumed_at)
 
 
-def build_loggers(cfg_logger: DictConfig | None, run_dir: Path, model: nn.Module | None = None) -> list[Logger]:
+def build_loggers(cfg_logger: DictConfig | None, run_dir: Path, model: nn.Module | None = None,
+                  resumed_at: int | None = None) -> list[Logger]:
     """Build the loggers `cfg.logger` names.
 
     Args:
@@ -212,6 +235,7 @@ def build_loggers(cfg_logger: DictConfig | None, run_dir: Path, model: nn.Module
             `logger=[a,b]` composes to), a single node with a `_target_`, or None (no extra logger).
         run_dir: the run folder the loggers write into.
         model: the (uncompiled) model, for parameter histograms.
+        resumed_at: a resumed run's checkpoint step; None for a new run.
     """
     if cfg_logger is None:
         return []
@@ -224,5 +248,5 @@ def build_loggers(cfg_logger: DictConfig | None, run_dir: Path, model: nn.Module
                 raise ConfigError(f"logger.{key} is not a logger; choose with logger=NAME or "
                                   f"'logger=[NAME,NAME]' from: {', '.join(LOGGERS)}")
             nodes.append(cfg_logger[key])
-    loggers = [build("logger", node, run_dir=Path(run_dir), model=model) for node in nodes]
+    loggers = [build("logger", node, run_dir=Path(run_dir), model=model, resumed_at=resumed_at) for node in nodes]
     return [logger for logger in loggers if logger is not None]

@@ -15,9 +15,14 @@ from typing import IO, Any
 from trainer import parent_locks
 from trainer.errors import ConfigError
 
-# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json).
-RUN_FILES = ("metrics.jsonl", "summary.json", "lr_find.json", "check_init.json", "export.json", "tsne.json")
+# A run's own files, and what the tool tasks leave (task=NAME writes NAME.json). checkpoints/ alone
+# (a run's kept without its records) counts too: a new run there would write its own step_N.pt and
+# best.pt over them and drop the rest from their index.
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "lr_find.json", "check_init.json", "export.json",
+             "tsne.json")
 CLAIM = ".claimed"
+# What the `logger=` choices write (trainer.observe.loggers): part of one attempt of a run.
+LOGGER_FILES = ("metrics.csv", "layers.csv", "tensorboard")
 
 
 def json_safe(value: Any) -> Any:
@@ -88,11 +93,30 @@ def previous_run(run_dir: Path) -> Path | None:
     return None
 
 
-def check_unused(run_dir: Path) -> None:
-    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are."""
-    if (existing := previous_run(run_dir)) is not None:
-        raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder "
-                          "(hydra.run.dir=...) or continue it with resume=auto")
+def check_unused(run_dir: Path, resuming: bool = False) -> None:
+    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are.
+    `resuming`: resume=auto found no good checkpoint there. A training attempt that never finished
+    (killed before its first checkpoint) is then no refusal: the run starts afresh and sets the
+    attempt aside (run_folder.set_aside), so a preemptible job can always be launched again."""
+    existing = previous_run(run_dir)
+    if existing is None or resuming and unfinished_attempt(run_dir):
+        return
+    if resuming:
+        raise ConfigError(f"{run_dir} already holds a run ({existing.name}) and no good checkpoint to continue "
+                          "it from (resume=auto); choose another folder (hydra.run.dir=...)")
+    raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder "
+                      "(hydra.run.dir=...) or continue it with resume=auto")
+
+
+def unfinished_attempt(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a training attempt that did not finish: no summary, or one that says
+    interrupted (a run without checkpoints), and no tool task's result."""
+    if any((run_dir / name).exists() for name in RUN_FILES if name.endswith(".json") and name != "summary.json"):
+        return False
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "interrupted"
+    except FileNotFoundError:
+        return True
 
 
 def write_lines_atomic(path: Path, lines: list[str]) -> None:
@@ -107,9 +131,11 @@ def claim(run_dir: Path) -> Iterator[None]:
 
     An exclusive, non-blocking flock on `run_dir/.claimed`: the kernel drops it when this process
     ends, however it ends, so a killed run never leaves its folder locked (a forked child does not
-    hold it: trainer.parent_locks). If the block wrote no run (it stopped on a config error), the
-    claim file and a folder made here are removed again."""
+    hold it: trainer.parent_locks). If the block wrote no run (it stopped on a config error), or
+    stopped in a folder that held a run before (refused there), the claim file and a folder made
+    here are removed again."""
     made = not run_dir.exists()
+    held = previous_run(run_dir) is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CLAIM
     created = not path.exists()
@@ -121,11 +147,13 @@ def claim(run_dir: Path) -> Iterator[None]:
         raise ConfigError(f"{run_dir} is in use by another train process; wait for it to end, "
                           "or choose another folder (hydra.run.dir=...)") from None
     parent_locks.hold(file.fileno())
+    ended = False
     try:
         yield
+        ended = True
     finally:
         parent_locks.release(file.fileno())
-        if previous_run(run_dir) is None:  # nothing of a run written: leave the folder as it was
+        if previous_run(run_dir) is None or (held and not ended):  # nothing of a run written: leave the folder as it was
             if created:
                 path.unlink(missing_ok=True)
             if made and not any(run_dir.iterdir()):

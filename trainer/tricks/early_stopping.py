@@ -22,6 +22,7 @@ SEQUENCE_MONITORS = ("val_token_acc", "val_seq_acc")
 
 class NoEarlyStopping:
     monitor: str | None = None
+    stopped = False
 
     def eval_end(self, metrics: dict[str, float | None], model: nn.Module) -> bool:
         return False
@@ -70,6 +71,12 @@ class EarlyStopping:
             return False
         self.bad_evaluations += 1
         return self.bad_evaluations >= self.patience
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the last evaluation said stop (as restored from a checkpoint: the one the
+        stopping epoch wrote). Patience 0 stops at the first evaluation without an improvement."""
+        return self.bad_evaluations >= max(self.patience, 1)
 
     def restore_best(self, model: nn.Module) -> bool:
         """Load the best weights into `model`; True if it changed anything."""

@@ -272,3 +272,33 @@ def test_train_state_history_round_trips_as_one_json_text_and_older_lists_load()
     restored = TrainState.from_dict(saved).history
     assert json.dumps(restored) == json.dumps(rows) and restored[0]["val_loss"] == 0.1 + 0.2
     assert TrainState.from_dict({**saved, "history": rows}).history == rows  # a checkpoint from before
+
+
+TINY = ("model=mlp", "model.width=16", "data.num_train=64", "data.num_val=32", "data.num_test=0")
+
+
+def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_afresh(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A preemptible job killed (SIGKILL, the OOM killer) before its first checkpoint leaves its
+    metrics.jsonl and no checkpoint: launched again with resume=auto it starts afresh, the killed
+    attempt kept in previous/1/, instead of being refused with "continue it with resume=auto"."""
+    run(make_cfg(*TINY), tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    for path in (tmp_path / "run" / checkpoint.FOLDER).iterdir():
+        path.unlink()  # killed while the first checkpoint was a temporary file: an empty folder
+    killed = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    summary = run(make_cfg(*TINY, "resume=auto"), tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert "starting afresh; the earlier attempt is kept in" in capsys.readouterr().out
+    assert (tmp_path / "run" / "previous" / "1" / "metrics.jsonl").read_bytes() == killed
+    assert [json.loads(line)["kind"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][0] == "start"
+
+
+def test_resume_auto_on_a_finished_run_without_checkpoints_is_refused(make_cfg: Callable[..., DictConfig],
+                                                                     tmp_path: Path) -> None:
+    run(make_cfg(*TINY, "checkpoint.every_epochs=0"), tmp_path / "run")
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    with pytest.raises(ConfigError, match="already holds a run .* and no good checkpoint to continue it from"):
+        run(make_cfg(*TINY, "checkpoint.every_epochs=0", "resume=auto"), tmp_path / "run")
+    assert {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()} == before

@@ -123,8 +123,12 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
     assert record == {"config": sweep.fingerprint(cfg), "settings": sweep.settings(cfg)}
 
 
-def test_interrupted_attempt_with_a_checkpoint_continues_from_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg, job = OmegaConf.create({"seed": 0, "resume": None}), tmp_path / "job"
+@pytest.mark.parametrize("resume", [None, "auto"], ids=["no resume", "resume=auto in the command"])
+def test_interrupted_attempt_with_a_checkpoint_continues_from_it(resume: str | None, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Also under `train -m ... resume=auto` (a preemptible sweep launched again), which set the
+    checkpoint aside and trained the job from the start."""
+    cfg, job = OmegaConf.create({"seed": 0, "resume": resume}), tmp_path / "job"
     finished_job(job, cfg, status="interrupted")
     (job / "checkpoints").mkdir()
     (job / "checkpoints" / "index.json").write_text(json.dumps({"checkpoints": [{"file": "step_00000004.pt"}], "best": None}))
@@ -135,7 +139,7 @@ def test_interrupted_attempt_with_a_checkpoint_continues_from_it(tmp_path: Path,
         return 0.5
 
     assert sweep.resume_job(job, cfg, task, []) == 0.5
-    assert not (job / "previous").exists() and cfg.resume is None
+    assert not (job / "previous").exists() and cfg.resume == resume
     assert "continuing job from its latest checkpoint" in capsys.readouterr().out
 
 

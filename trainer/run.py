@@ -32,7 +32,7 @@ from trainer.observe.display import make_display
 from trainer.observe.loggers import LoggerGroup, build_loggers
 from trainer.observe.probes import layers_probe, start_record
 from trainer.observe.records import MetricsLog, check_unused, claim, write_json_atomic
-from trainer.observe.run_folder import write_record
+from trainer.observe.run_folder import set_aside, write_record
 from trainer.tasks.sample import write_samples
 
 
@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
                     check_resumable(payload["config"], cfg)
                     check_world_size(payload.get("world_size", 1), ranks)
             if payload is None and ranks.is_main:
-                check_unused(run_dir)
+                check_unused(run_dir, resuming=cfg.resume == "auto")
         return _train(cfg, run_dir, payload, notices, started, overrides or [])
 
 
@@ -86,6 +86,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():
         if main and payload is None:  # a new run: Hydra's record of it; a resumed run keeps the record of its start
+            if cfg.resume == "auto" and (moved := set_aside(run_dir)) is not None:  # check_unused let only an unfinished attempt by
+                notices.append(f"no good checkpoint to continue from: starting afresh; the earlier attempt is kept in {moved}")
             write_record(run_dir, cfg)
             if parts.data.chars is not None:  # the meaning of its character ids, for whoever reads its outputs
                 write_json_atomic(run_dir / "vocab.json", {"chars": parts.data.chars})

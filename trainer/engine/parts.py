@@ -27,6 +27,7 @@ from trainer.engine import distributed
 from trainer.engine.smoke import slice_data
 from trainer.engine.threads import resolve as resolve_threads
 from trainer.errors import ConfigError
+from trainer.models.char_lm import check_sample_settings
 from trainer.models.decoding import Decoding
 from trainer.tricks.clipping import Clipping
 from trainer.tricks.distill import HardLoss, SoftLoss
@@ -257,6 +258,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     check_sequence_pairing(cfg)
     data = build_data(cfg.data)
+    if data.char_lm:  # its samples are drawn after the last epoch, where a bad setting would cost the run its summary
+        check_sample_settings(**cfg.sample, chars=data.chars)
     # batch_size is per process: under torchrun a step takes batch_size x accumulate samples on each rank.
     check_splits(data, cfg.batch_size, cfg.trainer.accumulate, ranks.world_size)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate * ranks.world_size

@@ -93,11 +93,30 @@ def previous_run(run_dir: Path) -> Path | None:
     return None
 
 
-def check_unused(run_dir: Path) -> None:
-    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are."""
-    if (existing := previous_run(run_dir)) is not None:
-        raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder "
-                          "(hydra.run.dir=...) or continue it with resume=auto")
+def check_unused(run_dir: Path, resuming: bool = False) -> None:
+    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are.
+    `resuming`: resume=auto found no good checkpoint there. A training attempt that never finished
+    (killed before its first checkpoint) is then no refusal: the run starts afresh and sets the
+    attempt aside (run_folder.set_aside), so a preemptible job can always be launched again."""
+    existing = previous_run(run_dir)
+    if existing is None or resuming and unfinished_attempt(run_dir):
+        return
+    if resuming:
+        raise ConfigError(f"{run_dir} already holds a run ({existing.name}) and no good checkpoint to continue "
+                          "it from (resume=auto); choose another folder (hydra.run.dir=...)")
+    raise ConfigError(f"{run_dir} already holds a run ({existing.name}); choose another folder "
+                      "(hydra.run.dir=...) or continue it with resume=auto")
+
+
+def unfinished_attempt(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a training attempt that did not finish: no summary, or one that says
+    interrupted (a run without checkpoints), and no tool task's result."""
+    if any((run_dir / name).exists() for name in RUN_FILES if name.endswith(".json") and name != "summary.json"):
+        return False
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "interrupted"
+    except FileNotFoundError:
+        return True
 
 
 def write_lines_atomic(path: Path, lines: list[str]) -> None:

@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from trainer.observe.records import write_atomic
+from trainer.observe.records import LOGGER_FILES, write_atomic
 
 RECORD = ".hydra"
 # What this project itself puts in a run folder before a run writes anything of its own.
@@ -44,6 +44,11 @@ RESUME_RECORD = Path(RECORD) / "resume.json"
 FAILED_MARKS = ".failed"  # one empty file per failed job (trainer.sweep.jobs), read when the sweep ends
 # What a sweep command writes in its folder whether or not any job runs.
 SWEEP_OWN = {SWEEP_RECORD, FAILED_MARKS}
+# What one attempt of a run writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside
+# together before a sweep job's rerun or a resume=auto that starts afresh, so the new attempt
+# starts clean and the old one stays readable.
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints", *LOGGER_FILES)
+PREVIOUS = "previous"
 
 _existed: set[Path] = set()  # folders that existed when this command started
 
@@ -251,6 +256,19 @@ def discard_if_unused(run_dir: Path) -> None:
             parent.rmdir()  # only if empty: another run may have started in outputs/DATE/ meanwhile
         except OSError:
             break
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the run can start again."""
+    present = [run_dir / name for name in ATTEMPT_FILES if (run_dir / name).exists()]
+    if not present:
+        return None
+    number = 1 + sum(1 for _ in (run_dir / PREVIOUS).glob("*")) if (run_dir / PREVIOUS).exists() else 1
+    target = run_dir / PREVIOUS / str(number)
+    target.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), target / path.name)
+    return target
 
 
 def write_record(run_dir: Path, cfg: DictConfig) -> None:

@@ -32,7 +32,6 @@ import functools
 import hashlib
 import json
 import re
-import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -47,8 +46,9 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import added_at_default, flatten
 from trainer.observe.history import read_json
 from trainer.observe.metrics import objective
-from trainer.observe.records import LOGGER_FILES, write_json_atomic
-from trainer.observe.run_folder import FAILED_MARKS, RESUME_RECORD, note_job_folder, refused_sweep, write_record
+from trainer.observe.records import write_json_atomic
+from trainer.observe.run_folder import (FAILED_MARKS, RESUME_RECORD, note_job_folder, refused_sweep, set_aside,
+                                        write_record)
 from trainer.sweep.direction import objective_direction
 
 if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
@@ -56,10 +56,6 @@ if TYPE_CHECKING:  # torch loads with training, not for the CLI's --help
 
 # Outcomes of the configuration itself: a rerun would reproduce them, so it is skipped.
 FINISHED = ("completed", "early_stopped", "diverged")
-# What one attempt of a job writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside
-# together before a rerun, so the new attempt starts clean and the old one stays readable.
-ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints", *LOGGER_FILES)
-PREVIOUS = "previous"
 # Not part of what a job is: how many threads it used changes its speed, not its result.
 NOT_CONFIGURATION = ("trainer.threads", "curves")  # how a job runs or what it draws, not what it is
 MAX_NAME = 150  # well under the 255 bytes a folder name may have
@@ -147,19 +143,6 @@ def differences(before: dict[str, str], now: dict[str, str], shown: int = 3) -> 
     parts = [f"{key} (new)" if key not in before else f"{key} (gone)" if key not in now
              else f"{key} {before[key]} -> {now[key]}" for key in keys[:shown]]
     return ", ".join(parts) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
-
-
-def set_aside(job_dir: Path) -> Path | None:
-    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the job can run again."""
-    present = [job_dir / name for name in ATTEMPT_FILES if (job_dir / name).exists()]
-    if not present:
-        return None
-    number = 1 + sum(1 for _ in (job_dir / PREVIOUS).glob("*")) if (job_dir / PREVIOUS).exists() else 1
-    target = job_dir / PREVIOUS / str(number)
-    target.mkdir(parents=True)
-    for path in present:
-        shutil.move(str(path), target / path.name)
-    return target
 
 
 Task = Callable[[DictConfig], float | None]
@@ -260,7 +243,7 @@ def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) ->
         # What the job returns now, from its summary: an objective saved when the job finished
         # may be another metric's (a char LM's val_acc, before val_bpc became its objective).
         return objective(summary.get("best") or {})
-    if same and _continuable(job_dir) and not cfg.get("resume"):
+    if same and _continuable(job_dir) and cfg.get("resume") in (None, "auto"):  # resume=auto: what continuing does
         print(f"continuing {job_dir.name} from its latest checkpoint", flush=True)
         cfg = copy.deepcopy(cfg)
         cfg.resume = "auto"

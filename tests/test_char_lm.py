@@ -4,6 +4,7 @@ transfer probe's data and classifier."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,38 @@ def test_task_sample_resamples_a_finished_run(lm_run: Path, make_cfg, tmp_path: 
     blocks = (tmp_path / "samples.txt").read_text(encoding="utf-8").split("--- sample ")[1:]
     assert len(blocks) == 2 and all(block.split("\n", 1)[1].startswith("The") for block in blocks)
     assert blocks[0].split("\n", 1)[1].strip() == blocks[1].split("\n", 1)[1].strip()  # temperature 0: no draws
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("sample.temperature=-1", "sample.temperature=-1 must be a number >= 0"),
+    ("sample.length=abc", "sample.length='abc' must be an integer >= 1"),
+    ("sample.count=1.5", "sample.count=1.5 must be an integer >= 1"),
+    ("sample.prime=123", "sample.prime=123 must be text"),
+    ("sample.prime='The\u2603'", "holds '\u2603', which is not in the run's vocabulary"),
+])
+def test_a_bad_sample_setting_stops_a_char_lm_run_before_it_trains(make_cfg, tmp_path: Path, setting: str,
+                                                                  message: str) -> None:
+    # The samples are drawn after the last epoch: found there, a bad setting cost the run its summary.
+    from trainer.run import run
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(make_cfg(*TINY_LM, setting, small=False), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("sample.length=abc", "sample.length='abc' must be an integer >= 1"),
+    ("sample.count=0", "sample.count=0 must be an integer >= 1"),
+    ("sample.temperature=[1,2]", "sample.temperature=[1, 2] must be a number >= 0"),
+    ("sample.prime=123", "sample.prime=123 must be text"),
+])
+def test_task_sample_refuses_a_bad_setting_in_one_line(lm_run: Path, make_cfg, tmp_path: Path, setting: str,
+                                                       message: str) -> None:
+    from trainer.tasks import run_task
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_task(make_cfg("task=sample", f"resume={lm_run}", setting), tmp_path)
+    assert not (tmp_path / "samples.txt").exists()
 
 
 def test_char_data_and_models_refuse_each_other(make_cfg) -> None:

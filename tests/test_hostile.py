@@ -276,6 +276,14 @@ CASES = [
     Case("a NaN in a list", ["optim.betas=[nan,0.999]"], "optim.betas[0]=nan must be a finite number"),
     Case("a NaN for a tool task", ["task=tsne", "resume={DONE}", "tsne.perplexity=[nan]"],
          "tsne.perplexity[0]=nan must be a finite number", make={"DONE": finished_run}),
+    *[Case(f"{override} for task={task}", [f"task={task}", "resume={DONE}", override], message, make={"DONE": finished_run})
+      for task, override, message in [
+          ("export", "+export.tol=0.1", "export.tol is not a setting; valid: fold_bn, tolerance"),
+          ("export", "~export.tolerance", "export.tolerance is missing"),
+          ("tsne", "+tsne.points=50", "tsne.points is not a setting; valid: max_points, perplexity"),
+          ("sample", "+sample.temp=0.5", "sample.temp is not a setting; valid: count, length, prime, temperature"),
+          ("sample", "~sample.length", "sample.length is missing"),
+      ]],
     Case("export of a missing run", ["task=export", "resume=/no/such/run"], "resume=/no/such/run does not exist",
          default_run_dir=True),
     Case("negative seed", ["seed=-1"], "seed=-1 must be an integer from 0 to 4294967295"),
@@ -294,7 +302,12 @@ CASES = [
         ("sched=null", "sched=null removes the sched group"), ("~optim", "~optim removes the optim group"),
         ("~norm", "~norm removes the norm group"), ("~epochs", "~epochs removes epochs, which every run needs"),
         ("~seed", "~seed removes seed"), ("~optim.lr", "optim.lr is missing: optim=adamw needs it"),
-        
+        # The settings config.yaml names (their readers take exactly its keys): once a traceback, or ignored.
+        ("~checkpoint.keep_last", "checkpoint.keep_last is missing: every run reads it"),
+        ("+checkpoint.keep=3", "checkpoint.keep is not a setting; valid: every_epochs, every_steps, keep_last"),
+        ("~trainer.threads", "trainer.threads is missing: every run reads it"),
+        ("+trainer.workers=4", "trainer.workers is not a setting; valid: accumulate, channels_last, compile, threads"),
+        ("~sample.count", "sample.count is missing: every run reads it"),
         ("experiment=null", "experiment=null: experiment is off unless chosen"),
     ]],
     # 6. A user's own data is checked before any run folder is written.

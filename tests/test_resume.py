@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakes import PlantsMarker
 
 from trainer.engine import checkpoint
-from trainer.engine.loop import TrainState
+from trainer.engine.loop import Trainer, TrainState
 from trainer.engine.resume import check_resumable
 from trainer.errors import ConfigError
 from trainer.run import run
@@ -89,6 +89,19 @@ def test_sigkill_then_resume_matches_uninterrupted(uninterrupted: Path, tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"] == json.loads(
         (uninterrupted / "summary.json").read_text())["final"]
+
+
+@pytest.mark.parametrize("length", [["epochs=3", "max_steps=null"], ["epochs=5", "max_steps=5"]], ids=["epochs", "max_steps"])
+def test_the_last_epoch_is_checkpointed_whatever_the_interval(make_cfg: Callable[..., DictConfig], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, length: list[str]) -> None:
+    """checkpoint.every_epochs=2, 2 steps an epoch, and the run ends in epoch 3 (its last, or cut by
+    max_steps), neither due nor best: it is written all the same, so the latest checkpoint (what
+    task=export and a later resume read) holds the model the summary reports, not epoch 2's."""
+    monkeypatch.setattr(Trainer, "_is_best", lambda self, metrics: False)
+    run_dir = tmp_path / "run"
+    summary = run(make_cfg(*length, "checkpoint.every_epochs=2", "data.num_train=64"), run_dir)
+    assert summary["status"] == "completed" and summary["steps"] in (5, 6)
+    assert checkpointed_steps(run_dir) == [4, summary["steps"]]
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

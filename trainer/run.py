@@ -80,8 +80,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     ranks = distributed.current()
     main = ranks.is_main  # under torchrun rank 0 alone writes the run's files and shows it
     with ranks.all_or_none():  # every rank checks the config and builds its parts before rank 0 writes anything
+        parts = build_parts(cfg)  # first: it checks that `checkpoint` holds the keys the Checkpointer takes
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
-        parts = build_parts(cfg)
     display = make_display(quiet=not main)
     resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():

@@ -272,11 +272,14 @@ class Trainer:
         stop = self.parts.early_stopping.eval_end(metrics, self.model)
         best = self._is_best(metrics)
         finished_epoch = state.epoch
+        # The run's last epoch is always checkpointed: the tasks (export, tsne, sample) and a later
+        # resume read the latest checkpoint, which must be the model the summary reports.
+        last = finished_epoch >= self.settings.epochs or bool(self.settings.max_steps) and state.step >= self.settings.max_steps
         # The generator now stands where this epoch's shuffle left it: the next epoch's order
         # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
         state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()
         state.epoch_loss_sum, state.epoch_steps = 0.0, 0
-        if self.checkpoints.due_at_epoch(finished_epoch) or stop or best:
+        if self.checkpoints.due_at_epoch(finished_epoch) or stop or best or last:
             self.checkpoints.save(self, best)
         if stop:
             self._stop_early(finished_epoch)

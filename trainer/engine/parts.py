@@ -27,6 +27,7 @@ from trainer.engine import distributed
 from trainer.engine.smoke import slice_data
 from trainer.engine.threads import resolve as resolve_threads
 from trainer.errors import ConfigError
+from trainer.models.char_lm import check_sample_settings
 from trainer.models.decoding import Decoding
 from trainer.tricks.clipping import Clipping
 from trainer.tricks.distill import HardLoss, SoftLoss
@@ -82,14 +83,35 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return max(num_train // batch_size, 1)
 
 
-def top_level_keys() -> set[str]:
-    """What may stand at the top level of a config: the keys conf/config.yaml sets and the groups
-    its defaults list chooses (`experiment`, `hparams_search` too, null until chosen). Read from
-    the file, so a key added there needs no second list here."""
+def _shipped_root() -> tuple[dict[str, object], set[str]]:
+    """conf/config.yaml as written, and the groups its defaults list chooses (`experiment`,
+    `hparams_search` too, null until chosen). Read from the file, so a key added there needs no
+    second list here."""
     root = yaml.safe_load((config_root() / "config.yaml").read_text())
     chosen = {key for entry in root["defaults"] if isinstance(entry, dict) for key in entry}
-    groups = {key for key in chosen if " " not in key and "/" not in key}  # not `override hydra/...`
+    return root, {key for key in chosen if " " not in key and "/" not in key}  # not `override hydra/...`
+
+
+def top_level_keys() -> set[str]:
+    """What may stand at the top level of a config: the keys conf/config.yaml sets and the groups."""
+    root, groups = _shipped_root()
     return (set(root) | groups) - {"defaults", "hydra"}
+
+
+def check_setting_nodes(cfg: DictConfig) -> None:
+    """The settings config.yaml groups under a name of its own (trainer, checkpoint, export, tsne,
+    sample) hold exactly its keys: their readers take them as keyword arguments, so `+export.foo=1`
+    or `~checkpoint.keep_last` would otherwise stop the command with a traceback, or be ignored."""
+    root, groups = _shipped_root()
+    for name, shipped in root.items():
+        if not isinstance(shipped, dict) or name in groups or name == "hydra" or not isinstance(cfg.get(name), DictConfig):
+            continue
+        valid, present = set(shipped), set(cfg[name])
+        if unknown := sorted(present - valid):
+            raise ConfigError(f"{name}.{unknown[0]} is not a setting; valid: {', '.join(sorted(valid))}")
+        if missing := sorted(valid - present):
+            raise ConfigError(f"{name}.{missing[0]} is missing: every run reads it; set it ({name}.{missing[0]}=...) "
+                              "instead of removing it")
 
 
 def check_top_level(cfg: DictConfig) -> None:
@@ -98,6 +120,7 @@ def check_top_level(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg) - valid)
     if unknown:  # `+key=value` adds keys Hydra cannot check: nothing here would read them
         raise ConfigError(f"{unknown[0]} is not a setting; valid top-level keys: {', '.join(sorted(valid))}")
+    check_setting_nodes(cfg)
     for key in ("epochs", "batch_size", "log_every", "processes"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
@@ -257,6 +280,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     determinism_notice = set_determinism(cfg.deterministic, device)  # before anything runs on the device
     check_sequence_pairing(cfg)
     data = build_data(cfg.data)
+    if data.char_lm:  # its samples are drawn after the last epoch, where a bad setting would cost the run its summary
+        check_sample_settings(**cfg.sample, chars=data.chars)
     # batch_size is per process: under torchrun a step takes batch_size x accumulate samples on each rank.
     check_splits(data, cfg.batch_size, cfg.trainer.accumulate, ranks.world_size)
     effective_batch = cfg.batch_size * cfg.trainer.accumulate * ranks.world_size

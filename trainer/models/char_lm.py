@@ -82,6 +82,24 @@ def build(*, input_shape: tuple[int, ...], num_outputs: int, norm: NormFactory, 
                     post, nn.Linear(hidden, num_outputs))
 
 
+def check_sample_settings(*, length: object, temperature: object, prime: object, count: object = 1,
+                          chars: str | None = None) -> None:
+    """The `sample:` settings, checked before anything reads them: a data=text run checks them
+    before it trains (its samples are drawn after the last epoch, and a bad value found there would
+    cost the run its summary), task=sample before it loads the run. `chars`: the run's vocabulary,
+    which the prime must be written in, once it is known."""
+    for key, value in (("length", length), ("count", count)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"sample.{key}={value!r} must be an integer >= 1")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+        raise ConfigError(f"sample.temperature={temperature!r} must be a number >= 0 (0: always the most likely character)")
+    if not isinstance(prime, str):  # Hydra reads sample.prime=123 as a number
+        raise ConfigError(f"sample.prime={prime!r} must be text; quote it: sample.prime='{prime}'")
+    unknown = sorted(set(prime) - set(chars)) if chars is not None else []
+    if unknown:
+        raise ConfigError(f"sample.prime={prime!r} holds {unknown[0]!r}, which is not in the run's vocabulary")
+
+
 @torch.no_grad()
 def sample(model: CharLSTM, chars: str, length: int, temperature: float = 1.0, prime: str = "",
            seed: int = 0) -> str:
@@ -96,15 +114,9 @@ def sample(model: CharLSTM, chars: str, length: int, temperature: float = 1.0, p
         seed: seeds the draws' own generator (the global RNG is untouched): the same seed, model
             and settings give the same text.
     """
-    if length < 1:
-        raise ConfigError(f"sample.length={length} must be at least 1")
-    if not temperature >= 0:
-        raise ConfigError(f"sample.temperature={temperature} must be >= 0 (0: always the most likely character)")
+    check_sample_settings(length=length, temperature=temperature, prime=prime, chars=chars)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    unknown = sorted(set(prime) - set(chars))
-    if unknown:
-        raise ConfigError(f"sample.prime={prime!r} holds {unknown[0]!r}, which is not in the run's vocabulary")
     ids = encode(prime, chars) if prime else torch.randint(len(chars), (1,), generator=generator)
     was_training = model.training
     model.eval()

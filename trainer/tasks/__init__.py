@@ -41,13 +41,14 @@ def run_task(cfg: DictConfig, run_dir: Path, smoke: bool = False) -> int:
     from rich.console import Console
 
     from trainer.config import check_numbers
-    from trainer.engine.parts import build_parts  # torch loads here
+    from trainer.engine.parts import build_parts, check_setting_nodes  # torch loads here
     from trainer.observe.records import check_unused, claim, write_json_atomic
     from trainer.observe.run_folder import write_record
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
+    check_setting_nodes(cfg)  # nor the check that their settings node holds the keys they take
     console = Console()
     shown = Console(file=io.StringIO()) if smoke else console
     limits = _smoke_limits(cfg.task) if smoke else {}

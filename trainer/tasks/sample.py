@@ -14,7 +14,7 @@ from rich.text import Text
 from torch import nn
 
 from trainer.errors import ConfigError
-from trainer.models.char_lm import CharLSTM, sample
+from trainer.models.char_lm import CharLSTM, check_sample_settings, sample
 
 FILE = "samples.txt"
 
@@ -24,8 +24,7 @@ def write_samples(model: nn.Module, chars: str, run_dir: Path, *, length: int, t
     """`count` samples (seeds seed, seed + 1, ...) into RUN/samples.txt, each under a header line."""
     if not isinstance(model, CharLSTM):
         raise ConfigError(f"sampling needs a model=char_lstm run; this one's model is {type(model).__name__}")
-    if count < 1:
-        raise ConfigError(f"sample.count={count} must be at least 1")
+    check_sample_settings(length=length, temperature=temperature, prime=prime, count=count, chars=chars)
     texts = [sample(model, chars, length, temperature, prime, seed + i) for i in range(count)]
     blocks = [f"--- sample {i + 1} of {count} (temperature {temperature}, seed {seed + i}) ---\n{text}\n"
               for i, text in enumerate(texts)]
@@ -39,6 +38,7 @@ def sample_run(resume: str | None, run_dir: Path, *, seed: int, length: int, tem
     """task=sample: samples of the char LM run `resume` names, into this task's run folder."""
     from trainer.engine.trained import load_run
 
+    check_sample_settings(length=length, temperature=temperature, prime=prime, count=count)  # before the run loads
     trained = load_run(resume, "sample")
     if not trained.data.char_lm or trained.data.chars is None:
         raise ConfigError(f"task=sample needs a char LM run (data=text, model=char_lstm); resume={resume} is a "

@@ -2,6 +2,7 @@
 unfinished ones, containing a crash, every preset composing, and real `train -m` runs."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -421,6 +422,21 @@ def test_the_direction_without_a_config_to_read_says_what_to_set() -> None:
     alone = OmegaConf.create({"hydra": {"sweeper": {"direction": "${objective_direction:}"}}})
     with pytest.raises(InterpolationResolutionError, match="set hydra.sweeper.direction=maximize or minimize"):
         OmegaConf.resolve(alone)
+
+
+def test_the_report_names_a_job_refused_on_a_config_error_by_its_configuration(tmp_path: Path) -> None:
+    """A job refused on a bad value leaves no folder; its row and the list of varying overrides come
+    from its failure mark. It used to have no overrides at all: its row read "all jobs" and every
+    override of the other jobs counted as varying, so each row listed the whole command."""
+    sweep_dir = tmp_path / "sweep"
+    outcome = train_in_process(["-m", *FAST, "max_steps=2", "curves=false", "model=mlp", "model.width=16", "optim.lr=0.01,0",
+                                "+hydra.callbacks.report.plot=false", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert outcome.code == 2 and "optim.lr=0 must be > 0" in outcome.stderr, outcome.stderr
+    with (sweep_dir / "report.csv").open() as file:
+        rows = {row["configuration"]: row for row in csv.DictReader(file)}
+    assert set(rows) == {"optim.lr=0.01", "optim.lr=0"}
+    assert rows["optim.lr=0"]["n_failed"] == "1" and rows["optim.lr=0.01"]["n_failed"] == "0"
+    assert "the overrides that vary across the sweep, seed excluded: optim.lr)" in (sweep_dir / "report.md").read_text()
 
 
 # --- a refused sweep command changes nothing --------------------------------------------------

@@ -86,7 +86,7 @@ def train_job(cfg: DictConfig) -> float | None:
             print(f"error: {one_line(error)}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(EXIT_USAGE)
-        sweep.record_failure(run_dir)
+        sweep.record_failure(run_dir, overrides=hydra_cfg.overrides.task)
         return None
     if summary["status"] == "interrupted":
         sys.exit(128 + (summary["signal"] or 2))  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

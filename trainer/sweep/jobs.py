@@ -203,18 +203,28 @@ def _mark(job_dir: Path) -> Path:
     return job_dir.parent / FAILED_MARKS / job_dir.name
 
 
-def record_failure(job_dir: Path, failed: list[str] = failed_jobs) -> None:
-    """A job failed: list it for this process, and mark it for the process that ends the sweep."""
+def record_failure(job_dir: Path, failed: list[str] = failed_jobs, overrides: Sequence[str] = ()) -> None:
+    """A job failed: list it for this process, and mark it for the process that ends the sweep. The
+    mark holds the job's `overrides` (JSON): a job refused on a config error leaves no folder, and
+    the report reads its configuration from here."""
     failed.append(job_dir.name)
     mark = _mark(job_dir)
     mark.parent.mkdir(parents=True, exist_ok=True)
-    mark.touch()
+    mark.write_text(json.dumps([str(item) for item in overrides]))
 
 
 def marked_failures(sweep_dir: Path) -> list[str]:
     """The jobs of the sweep in `sweep_dir` that failed in their latest attempt, whichever process ran them."""
     folder = sweep_dir / FAILED_MARKS
     return sorted(mark.name for mark in folder.iterdir()) if folder.is_dir() else []
+
+
+def marked_overrides(sweep_dir: Path, name: str) -> list[str]:
+    """The overrides the failed job `name`'s mark holds (none for a mark without them)."""
+    try:
+        return list(json.loads((sweep_dir / FAILED_MARKS / name).read_text()))
+    except (OSError, ValueError):
+        return []
 
 
 def resume_job(job_dir: Path, cfg: DictConfig, task: Task, failed: list[str]) -> float | None:
@@ -321,6 +331,6 @@ class ReportCallback(Callback):
             return
         if refused_sweep(config):  # every job refused, none ran: the folder stays as it was, its report too
             return
-        # Jobs that stopped on a config error leave no folder behind; list them by name.
-        missing = [name for name in failed_jobs if not (sweep_dir / name).exists()]
+        # Jobs that stopped on a config error leave no folder behind; list them with their overrides.
+        missing = {name: marked_overrides(sweep_dir, name) for name in failed_jobs if not (sweep_dir / name).exists()}
         report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

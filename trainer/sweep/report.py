@@ -225,14 +225,17 @@ def rank(rows: list[Row], metric: str) -> list[Row]:
     return scored + unscored
 
 
-def build(sweep_dir: Path, metric: str | None = None, config_errors: list[str] | None = None) -> Report:
+def build(sweep_dir: Path, metric: str | None = None, config_errors: dict[str, list[str]] | None = None) -> Report:
+    """The report of the jobs in `sweep_dir` and of `config_errors` (the jobs refused on a config
+    error, which left no folder: {name: overrides})."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is not a folder; give a sweep folder (multirun/...)")
     check_metric(metric)
     jobs = find_jobs(sweep_dir)
-    jobs += [Job(sweep_dir / name, {}, "config error", message="stopped on a config error (see the console)")
-             for name in config_errors or []]
+    jobs += [Job(sweep_dir / name, _parse_overrides(overrides), "config error",
+                 message="stopped on a config error (see the console)")
+             for name, overrides in (config_errors or {}).items()]
     if not jobs:
         raise ConfigError(f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml or summary.json)")
     varying = varying_keys(jobs)
@@ -394,7 +397,7 @@ def write(report: Report, plot_curves: bool = True) -> list[Path]:
 
 
 def write_and_show(sweep_dir: Path, metric: str | None = None, plot: bool = True,
-                   config_errors: list[str] | None = None) -> Report:
+                   config_errors: dict[str, list[str]] | None = None) -> Report:
     from rich.console import Console
 
     report = build(sweep_dir, metric, config_errors)

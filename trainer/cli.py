@@ -71,9 +71,14 @@ def train_job(cfg: DictConfig) -> float | None:
             return None
         processes = requested_processes(cfg)
         if processes > 1 and not ranks.enabled:  # this process starts the run's own process group and waits
-            from trainer.engine.launch import train_processes
+            from trainer.engine.launch import StoppedBeforeSummary, train_processes
 
-            summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            try:
+                summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            except StoppedBeforeSummary as stopped:  # as a one-process run stopped that early: its exit code, no traceback
+                discard_if_unused(run_dir)
+                print(f"interrupted: {stopped}", file=sys.stderr)
+                sys.exit(stopped.code)
         else:
             summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it

@@ -322,7 +322,7 @@ def build_parts(cfg: DictConfig) -> Parts:
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
         regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        augment=build("augment", cfg.augment), steps_per_epoch=per_epoch, total_steps=total,
+        augment=build("augment", cfg.augment, input_shape=tuple(data.input_shape)), steps_per_epoch=per_epoch, total_steps=total,
         teacher_forcing=teacher_forcing, decoding=decoding, threads=threads,
         settings=LoopSettings(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                               accumulate=cfg.trainer.accumulate, log_every=cfg.log_every,

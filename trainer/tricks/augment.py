@@ -42,7 +42,7 @@ class NoAugment:
         return x
 
 
-def none() -> NoAugment:
+def none(input_shape: tuple[int, ...]) -> NoAugment:
     return NoAugment()
 
 
@@ -75,7 +75,7 @@ class Shift:
             [-max_shift, max_shift], drawn independently per spatial axis.
         noise_std: standard deviation of Gaussian noise added after the shift (0: none).
         flip: mirror images left-right with probability 1/2 (images only: reversing a 1-D signal
-            changes what it means, so it is refused for (N, C, L) data at the first batch).
+            changes what it means, so `shift` refuses it for (C, L) data).
         mode: "zeros" (pad-and-crop) or "roll" (wrap around).
     """
 
@@ -85,10 +85,6 @@ class Shift:
         self.max_shift, self.noise_std, self.flip, self.mode = max_shift, noise_std, flip, mode
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.ndim not in (3, 4):
-            raise ConfigError(f"augment=shift needs signals (N, C, L) or images (N, C, H, W); got a batch of shape {tuple(x.shape)}")
-        if self.flip and x.ndim == 3:
-            raise ConfigError("augment.flip=true mirrors images; for 1-D signals it would change their meaning: set augment.flip=false")
         n = x.shape[0]
         if self.max_shift > 0:
             for axis in range(2, x.ndim):
@@ -102,7 +98,15 @@ class Shift:
         return x
 
 
-def shift(max_shift: int = 4, noise_std: float = 0.0, flip: bool = False, mode: str = "zeros") -> Shift:
+def shift(input_shape: tuple[int, ...], max_shift: int = 4, noise_std: float = 0.0, flip: bool = False,
+          mode: str = "zeros") -> Shift:
+    """`input_shape`: one sample's, (C, L) or (C, H, W); checked here, before the run writes anything
+    (found at the first batch, a mismatch left a half-started run folder behind)."""
+    if len(input_shape) not in (2, 3):
+        raise ConfigError(f"augment=shift needs signals (C, L) or images (C, H, W); this data's samples are "
+                          f"{tuple(input_shape)}: use augment=none")
+    if flip and len(input_shape) == 2:
+        raise ConfigError("augment.flip=true mirrors images; for 1-D signals it would change their meaning: set augment.flip=false")
     if max_shift < 0:
         raise ConfigError(f"augment.max_shift={max_shift} must be >= 0")
     if noise_std < 0:

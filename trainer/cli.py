@@ -83,7 +83,7 @@ def train_job(cfg: DictConfig) -> float | None:
             summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it
             discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
-    except TrainerError as error:
+    except (TrainerError, OSError) as error:  # OSError: a folder that cannot be written (read-only, full)
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         if ranks.is_main:
             discard_if_unused(run_dir)
@@ -160,7 +160,10 @@ def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
 
 def one_line(error: BaseException) -> str:
     """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
-    fold them into one."""
+    fold them into one. The system's OSError: its reason and the path it names (Hydra's missing
+    config is an OSError too)."""
+    if isinstance(error, OSError) and not isinstance(error, HydraException):
+        return f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
     text = str(error).strip().split("Config search path")[0] or type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     head, rest = lines[0], lines[1:]
@@ -259,7 +262,7 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except OSError as error:  # an output folder that cannot be made or written, a full disk
         if speaks:
-            print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     finally:
         settle_stopped_sweep()  # a multirun that stopped on an error: its folder's record put back

@@ -397,6 +397,21 @@ def test_a_processes_run_stopped_while_its_ranks_start_exits_as_interrupted_in_o
     assert not (tmp_path / "run").exists()
 
 
+def test_a_rank_interrupted_while_it_joins_its_group_exits_130_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches every rank of a terminal's process group, most likely while they import torch
+    and join the group (seconds): rank 0 says `interrupted`, the others nothing; no tracebacks."""
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "setup", interrupted)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        outcome = train_in_process([*BASE, "hydra.run.dir=run"], tmp_path)
+        assert (outcome.code, outcome.stderr) == (130, "interrupted\n" if rank == "0" else "")
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_process_trains_the_job_in_its_folder() -> None:
     folder = Path("multirun/x/norm=none,seed=0")
     assert launch.worker_args(["norm=none"], folder, None) == [

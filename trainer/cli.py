@@ -227,11 +227,12 @@ def main() -> None:
     slurm.adopt()  # `srun train ...`: SLURM's tasks join as torchrun's workers would
     speaks = os.environ.get("RANK", "0") == "0"
     group = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
-        from trainer.engine import distributed as group
-
-        group.setup()
     try:
+        # Inside the try: a Ctrl-C while a rank imports torch (seconds) is an interruption like any other.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
+            from trainer.engine import distributed as group
+
+            group.setup()
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
             raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
                                "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")

@@ -110,6 +110,15 @@ def finished_run(root: Path) -> str:
     return str(root / "done")
 
 
+def unwritable_run(root: Path) -> str:
+    """A finished run whose metrics.jsonl cannot be written (a folder in its place): resuming it stops
+    on an OSError, as it does in a read-only folder (which root, running the tests, may still write)."""
+    finished_run(root)
+    (root / "done" / "metrics.jsonl").unlink()
+    (root / "done" / "metrics.jsonl").mkdir()
+    return str(root / "done")
+
+
 def kept_checkpoints(root: Path) -> str:
     """A folder holding only a finished run's checkpoints/ (its records not kept, or not copied)."""
     shutil.copytree(FINISHED_RUN / "checkpoints", root / "kept" / "checkpoints")
@@ -250,6 +259,8 @@ CASES = [
          "cannot resume: the config differs", make={"DONE": finished_run}),
     Case("resume the folder with another batch", ["resume={DONE}", "batch_size=16"],
          "cannot resume: the config differs", make={"DONE": finished_run}),
+    Case("resume a run that cannot be written", ["resume={DONE}", "epochs=2"], "Is a directory",
+         make={"DONE": unwritable_run}),
     # A job folder's name holds '=' and ',': Hydra takes it back only quoted (README, "Where a sweep writes").
     Case("another model into a finished sweep job", ["model=mlp", "hydra.run.dir='{JOB}'"], "already holds a run",
          make={"JOB": finished_sweep_job}),

@@ -71,14 +71,19 @@ def train_job(cfg: DictConfig) -> float | None:
             return None
         processes = requested_processes(cfg)
         if processes > 1 and not ranks.enabled:  # this process starts the run's own process group and waits
-            from trainer.engine.launch import train_processes
+            from trainer.engine.launch import StoppedBeforeSummary, train_processes
 
-            summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            try:
+                summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            except StoppedBeforeSummary as stopped:  # as a one-process run stopped that early: its exit code, no traceback
+                discard_if_unused(run_dir)
+                print(f"interrupted: {stopped}", file=sys.stderr)
+                sys.exit(stopped.code)
         else:
             summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it
             discard_if_unused(run_dir)  # resume=DIR continued another folder: Hydra's new one stays empty
-    except TrainerError as error:
+    except (TrainerError, OSError) as error:  # OSError: a folder that cannot be written (read-only, full)
         # Reported here rather than raised: Hydra would add its own "Error executing job" line.
         if ranks.is_main:
             discard_if_unused(run_dir)
@@ -155,7 +160,10 @@ def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
 
 def one_line(error: BaseException) -> str:
     """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
-    fold them into one."""
+    fold them into one. The system's OSError: its reason and the path it names (Hydra's missing
+    config is an OSError too)."""
+    if isinstance(error, OSError) and not isinstance(error, HydraException):
+        return f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
     text = str(error).strip().split("Config search path")[0] or type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     head, rest = lines[0], lines[1:]
@@ -219,11 +227,12 @@ def main() -> None:
     slurm.adopt()  # `srun train ...`: SLURM's tasks join as torchrun's workers would
     speaks = os.environ.get("RANK", "0") == "0"
     group = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
-        from trainer.engine import distributed as group
-
-        group.setup()
     try:
+        # Inside the try: a Ctrl-C while a rank imports torch (seconds) is an interruption like any other.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
+            from trainer.engine import distributed as group
+
+            group.setup()
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
             raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
                                "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")
@@ -254,7 +263,7 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except OSError as error:  # an output folder that cannot be made or written, a full disk
         if speaks:
-            print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     finally:
         settle_stopped_sweep()  # a multirun that stopped on an error: its folder's record put back

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Callable
 
 import pytest
@@ -55,6 +56,23 @@ def test_unknown_key_names_the_valid_ones() -> None:
     node = OmegaConf.create({"_target_": "trainer.tricks.clipping.norm", "name": "norm", "max_nrom": 1.0})
     with pytest.raises(ConfigError, match="clipping.max_nrom is not a setting of clipping=norm; valid: max_norm, norm_type"):
         build("clipping", node)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim=adamw", "+optim.momentum=0.9"],
+     "optim.momentum is not a setting of optim=adamw; valid: betas, decay_norm_and_bias, eps, lr, weight_decay"),
+    (["init=he", "+init.std=5"], "init.std is not a setting of init=he; valid: forget_bias, mode, recurrent_orthogonal"),
+    (["norm=layernorm", "+norm.groups=4"], "norm.groups is not a setting of norm=layernorm; valid: eps"),
+    (["early_stopping=none", "+early_stopping.patience=3"],
+     "early_stopping.patience is not a setting of early_stopping=none; valid: none, it takes no settings"),
+])
+def test_a_setting_of_another_choice_is_refused(make_cfg: Callable[..., DictConfig], overrides: list[str],
+                                                message: str) -> None:
+    # These builders serve several choices and take all their settings: the one the choice lacks was accepted, and ignored.
+    from trainer.engine.parts import build_parts
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_parts(make_cfg(*overrides))
 
 
 def test_a_choice_with_a_yaml_but_no_code_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -378,6 +378,40 @@ def test_processes_is_checked_before_anything_starts(tmp_path: Path) -> None:
     assert (outcome.code, outcome.stderr) == (2, "error: processes=0 must be an integer >= 1\n")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_processes_run_stopped_while_its_ranks_start_exits_as_interrupted_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals) -> None:
+    """The signal reaches the agent before any rank wrote a summary (the ranks still importing torch):
+    the shell's 143 or 130 and one line, as for a run stopped later; no traceback, no empty folder."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.launcher import api
+
+    def stopped_agent(*_args: object) -> object:
+        def launch_ranks(*_args: object) -> None:
+            raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signum)
+        return launch_ranks
+
+    monkeypatch.setattr(api, "elastic_launch", stopped_agent)
+    outcome = train_in_process([*BASE, PER_RANK, "processes=2", "hydra.run.dir=run"], tmp_path)
+    assert (outcome.code, outcome.stderr) == (128 + signum, f"interrupted: stopped by {signum.name} before the run wrote its summary\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_interrupted_while_it_joins_its_group_exits_130_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches every rank of a terminal's process group, most likely while they import torch
+    and join the group (seconds): rank 0 says `interrupted`, the others nothing; no tracebacks."""
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "setup", interrupted)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        outcome = train_in_process([*BASE, "hydra.run.dir=run"], tmp_path)
+        assert (outcome.code, outcome.stderr) == (130, "interrupted\n" if rank == "0" else "")
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_process_trains_the_job_in_its_folder() -> None:
     folder = Path("multirun/x/norm=none,seed=0")
     assert launch.worker_args(["norm=none"], folder, None) == [

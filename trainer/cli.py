@@ -71,9 +71,14 @@ def train_job(cfg: DictConfig) -> float | None:
             return None
         processes = requested_processes(cfg)
         if processes > 1 and not ranks.enabled:  # this process starts the run's own process group and waits
-            from trainer.engine.launch import train_processes
+            from trainer.engine.launch import StoppedBeforeSummary, train_processes
 
-            summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            try:
+                summary = train_processes(processes, list(hydra_cfg.overrides.task), run_dir, cfg.resume)
+            except StoppedBeforeSummary as stopped:  # as a one-process run stopped that early: its exit code, no traceback
+                discard_if_unused(run_dir)
+                print(f"interrupted: {stopped}", file=sys.stderr)
+                sys.exit(stopped.code)
         else:
             summary = run(cfg, run_dir, list(hydra_cfg.overrides.task))
         if ranks.is_main:  # under torchrun the ranks share rank 0's folder: only rank 0 may remove it
@@ -222,11 +227,12 @@ def main() -> None:
     slurm.adopt()  # `srun train ...`: SLURM's tasks join as torchrun's workers would
     speaks = os.environ.get("RANK", "0") == "0"
     group = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
-        from trainer.engine import distributed as group
-
-        group.setup()
     try:
+        # Inside the try: a Ctrl-C while a rank imports torch (seconds) is an interruption like any other.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (or srun) started this process as one of a group
+            from trainer.engine import distributed as group
+
+            group.setup()
         if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
             raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
                                "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")

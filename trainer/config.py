@@ -94,10 +94,15 @@ def build(group: str, node: DictConfig, **runtime: Any) -> Any:
     accepted = inspect.signature(fn).parameters
     if "name" not in accepted:
         kwargs.pop("name", None)
-    unknown = sorted(set(kwargs) - set(accepted))
+    settings = set(accepted) - set(runtime)
+    shipped = _shipped_settings(group, node.get("name"))
+    if shipped is not None:  # a builder several choices share (optim, init, norm) takes their settings combined
+        settings &= shipped
+    unknown = sorted(set(kwargs) - settings - {"name"})
     if unknown:
-        valid = sorted(set(accepted) - set(runtime))
-        raise ConfigError(f"{group}.{unknown[0]} is not a setting of {group}={node.get('name')}; valid: {', '.join(valid)}")
+        valid = sorted(settings - {"name"})
+        raise ConfigError(f"{group}.{unknown[0]} is not a setting of {group}={node.get('name')}; "
+                          f"valid: {', '.join(valid) or 'none, it takes no settings'}")
     required = [key for key, parameter in accepted.items() if parameter.default is parameter.empty
                  and parameter.kind is not parameter.VAR_KEYWORD and key not in kwargs and key not in runtime]
     if required:  # removed with `~group.key`, or a YAML that lacks it
@@ -108,6 +113,16 @@ def build(group: str, node: DictConfig, **runtime: Any) -> Any:
         if key in hints and not _fits(value, hints[key]):
             raise ConfigError(f"{group}.{key}={value!r} must be {_describe(hints[key])}")
     return fn(**kwargs, **runtime)
+
+
+def _shipped_settings(group: str, name: Any) -> set[str] | None:
+    """The settings conf/<group>/<name>.yaml lists, or None for a choice that is not shipped (a
+    user's own, from --config-dir). `+optim.momentum=0.9` with optim=adamw reaches a builder that
+    takes momentum for SGD's sake: it would be accepted and never read."""
+    path = config_root() / group / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        return None
+    return set(OmegaConf.load(path)) - {"_target_"}
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -70,6 +70,17 @@ def train_processes(processes: int, overrides: list[str], run_dir: Path, resume:
     summary = folder / "summary.json"
     if code == 0 or (code in (130, 143) and summary.is_file()):
         return json.loads(summary.read_text())
+    if code in (130, 143):  # stopped while the ranks were still starting (importing, building): no summary yet
+        raise StoppedBeforeSummary(code)
     if code == 2:
         raise PeerFailed("a rank stopped on an error")
     raise RuntimeError(f"a rank of the run ended with exit code {code}; its output is above")
+
+
+class StoppedBeforeSummary(Exception):
+    """Ctrl-C or SIGTERM stopped the process group before rank 0 wrote the run's summary (its ranks
+    were still starting up: importing torch, building the run); `code` is the shell's 130 or 143."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"stopped by {'SIGINT' if code == 130 else 'SIGTERM'} before the run wrote its summary")
+        self.code = code

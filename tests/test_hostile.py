@@ -232,6 +232,13 @@ CASES = [
          "data.path=/no/such.pt does not exist", make={"MINE": user_folder("notes.txt")}),
     Case("missing checkpoint in a user's folder", ["resume=/no/such/ckpt.pt", "hydra.run.dir={MINE}"],
          "resume=/no/such/ckpt.pt does not exist", make={"MINE": user_folder("notes.txt")}),
+    # A folder of the user's holding a file of the name a run or a task writes: never overwritten.
+    *[Case(f"{' '.join(args) or 'a new run'} into a user's folder holding {name}", [*args, "hydra.run.dir={MINE}"],
+           f"holds {name.split('/')[0]}, which this command would overwrite", make={"MINE": user_folder(name, "notes.txt")})
+      for args, name in [([], "curves.png"), ([], "metrics.csv"), ([], "tensorboard/events"),
+                         (["task=lr_find"], "lr_find.png")]],
+    Case("a new run into a folder holding a sample task's result", ["hydra.run.dir={MINE}"],
+         "already holds a run (sample.json)", make={"MINE": user_folder("sample.json")}),
     Case("new run folder inside a user's folder", ["optim.lr=0", "hydra.run.dir={MINE}/a/b"], "optim.lr=0 must be > 0",
          make={"MINE": user_folder("notes.txt")}),
     Case("run folder is a user's file", ["hydra.run.dir={FILE}"], "File exists",

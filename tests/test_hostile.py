@@ -161,8 +161,17 @@ class Case:
 CASES = [
     Case("unknown choice", ["norm=foo"], "Could not find 'norm/foo'; available options in 'norm': batchnorm"),
     Case("misspelt choice", ["sched=cosine_warmpu"], "available options in 'sched'"),
-    Case("unknown group", ["optimiser=adam"], "Could not override 'optimiser'"),
-    Case("unknown key", ["optim.learning_rate=0.1"], "Could not override 'optim.learning_rate'"),
+    # Hydra says "Could not override" and suggests `+key=...`, a key nothing reads: the valid keys instead.
+    Case("unknown group", ["optimiser=adam"], "optimiser is not a setting; valid top-level keys: augment, batch_size"),
+    Case("unknown key", ["optim.learning_rate=0.1"],
+         "optim.learning_rate is not a setting of optim=adamw; valid: betas, decay_norm_and_bias, eps, lr, weight_decay"),
+    Case("misspelt key of a chosen option", ["sched=warmup_linear", "sched.warmup_step=3"],
+         "sched.warmup_step is not a setting of sched=warmup_linear; valid: min_lr_ratio, warmup_fraction, warmup_steps"),
+    Case("misspelt key of a settings node", ["trainer.acumulate=2"],
+         "trainer.acumulate is not a setting; valid: accumulate, channels_last, compile, threads"),
+    Case("misspelt key in a sweep", ["-m", *FAST, "sched=constant,step", "sched.warmup_step=3", "hydra.sweep.dir={MINE}"],
+         "sched.warmup_step is not a setting of sched=constant; valid: none, it takes no settings",
+         make={"MINE": user_folder("notes.txt")}, no_fast=True),
     Case("appended key", ["+lr=0.1"], "lr is not a setting; valid top-level keys"),
     Case("zero lr", ["optim.lr=0"], "optim.lr=0 must be > 0"),
     Case("negative lr", ["optim.lr=-1"], "optim.lr=-1 must be > 0"),
@@ -223,6 +232,13 @@ CASES = [
          "data.path=/no/such.pt does not exist", make={"MINE": user_folder("notes.txt")}),
     Case("missing checkpoint in a user's folder", ["resume=/no/such/ckpt.pt", "hydra.run.dir={MINE}"],
          "resume=/no/such/ckpt.pt does not exist", make={"MINE": user_folder("notes.txt")}),
+    # A folder of the user's holding a file of the name a run or a task writes: never overwritten.
+    *[Case(f"{' '.join(args) or 'a new run'} into a user's folder holding {name}", [*args, "hydra.run.dir={MINE}"],
+           f"holds {name.split('/')[0]}, which this command would overwrite", make={"MINE": user_folder(name, "notes.txt")})
+      for args, name in [([], "curves.png"), ([], "metrics.csv"), ([], "tensorboard/events"),
+                         (["task=lr_find"], "lr_find.png")]],
+    Case("a new run into a folder holding a sample task's result", ["hydra.run.dir={MINE}"],
+         "already holds a run (sample.json)", make={"MINE": user_folder("sample.json")}),
     Case("new run folder inside a user's folder", ["optim.lr=0", "hydra.run.dir={MINE}/a/b"], "optim.lr=0 must be > 0",
          make={"MINE": user_folder("notes.txt")}),
     Case("run folder is a user's file", ["hydra.run.dir={FILE}"], "File exists",

@@ -110,6 +110,7 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
     (job / "checkpoints").mkdir()
     (job / "tensorboard").mkdir()  # the loggers' files are the attempt's too: the rerun's must not mix with them
     (job / "metrics.csv").write_text("kind,epoch\n")
+    (job / "curves.png").write_bytes(b"PNG")  # drawn for an interrupted run too
 
     def task(_: Any) -> float:
         assert not (job / "summary.json").exists() and not (job / "checkpoints").exists()
@@ -119,7 +120,7 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
 
     assert sweep.resume_job(job, cfg, task, []) == 0.5
     assert sorted(p.name for p in (job / "previous" / "1").iterdir()) == [
-        "checkpoints", "metrics.csv", "metrics.jsonl", "summary.json", "tensorboard"]
+        "checkpoints", "curves.png", "metrics.csv", "metrics.jsonl", "summary.json", "tensorboard"]
     record = json.loads((job / sweep.RESUME_RECORD).read_text())
     assert record == {"config": sweep.fingerprint(cfg), "settings": sweep.settings(cfg)}
 

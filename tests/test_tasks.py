@@ -147,3 +147,11 @@ def test_plan_warnings(make_cfg: Callable[..., DictConfig]) -> None:
     warmup = plan(make_cfg("sched=cosine_warmup", "sched.warmup_fraction=0.8", "max_steps=null"))
     assert any("warmup takes" in warning for warning in warmup.warnings)
     assert any("max_steps=3 ends training before the first epoch" in w for w in plan(make_cfg()).warnings)
+
+
+def test_every_task_result_marks_its_folder_as_used() -> None:
+    """task=NAME writes NAME.json: a folder holding one is never written into again (records.check_unused)."""
+    from trainer.observe.records import RUN_FILES
+    from trainer.tasks import TASKS
+
+    assert {f"{task}.json" for task in TASKS if task not in ("train", "plan")} <= set(RUN_FILES)

@@ -184,6 +184,63 @@ def one_line(error: BaseException) -> str:
     return folded
 
 
+UNKNOWN_KEY = re.compile(r"^Could not override '(?P<key>[\w.]+)'")
+# Options that change where Hydra looks for configs: a second composition here would look elsewhere.
+PRESETS = ("experiment=", "hparams_search=", "+experiment=", "+hparams_search=")
+SEARCH_PATH_OPTIONS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def unknown_key(error: BaseException, args: list[str]) -> str | None:
+    """`sched.warmup_step=3`: Hydra says it could not override the key and suggests `+sched.warmup_step=3`,
+    which adds a key nothing reads. Name the valid keys of that node instead, read from the config
+    the rest of the command composes (a sweep: its first job); None where that cannot be composed
+    (another bad override, a search path of the user's, a preset's sweep): Hydra's message then stands."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    match = UNKNOWN_KEY.match(str(error))
+    if match is None or any(arg.split("=")[0] in SEARCH_PATH_OPTIONS for arg in args):
+        return None
+    if {"-m", "--multirun"} & set(args) and any(arg.startswith(PRESETS) for arg in args):
+        return None  # the preset's own sweep (hydra.sweeper.params) may choose another option than this composes
+    key = match["key"]
+    parent, _, _ = key.rpartition(".")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=_first_job([arg for arg in args if not arg.startswith("-")], key))
+    except Exception:  # noqa: BLE001 - whatever stops this composition, Hydra's own message is still true
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    valid = ", ".join(sorted(str(name) for name in node if name not in ("_target_", "name")))
+    if not parent:
+        return f"{key} is not a setting; valid top-level keys: {valid}"
+    chosen = f" of {parent}={node.name}" if "name" in node and "." not in parent else ""
+    return f"{key} is not a setting{chosen}; valid: {valid or 'none, it takes no settings'}"
+
+
+def _first_job(overrides: list[str], leave_out: str) -> list[str]:
+    """A sweep's overrides as its first job has them (`seed=0,1,2` as `seed=0`; a search's interval
+    left out), less Hydra's own and the key `leave_out`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if key.startswith("hydra") or key.lstrip("+~") == leave_out:
+            continue
+        if not override.is_sweep_override():
+            job.append(override.input_line)
+        elif not override.is_interval_sweep():
+            job.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+    return job
+
+
 # Groups a run may go without: they add to the config when chosen and are null by default.
 OPTIONAL_GROUPS = ("experiment", "hparams_search")
 OVERRIDE = re.compile(r"^\+{0,2}(?P<remove>~?)(?P<key>[\w.@/]+?)(?:=(?P<value>.*))?$")
@@ -259,7 +316,7 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except (TrainerError, HydraException, OmegaConfBaseException) as error:
         if speaks:
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            print(f"error: {unknown_key(error, sys.argv[1:]) or one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except ValueError as error:
         # Optuna's sweeper asks for the best trial when the search ends, and raises this when

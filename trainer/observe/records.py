@@ -19,10 +19,14 @@ from trainer.errors import ConfigError
 # (a run's kept without its records) counts too: a new run there would write its own step_N.pt and
 # best.pt over them and drop the rest from their index.
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "lr_find.json", "check_init.json", "export.json",
-             "tsne.json")
+             "tsne.json", "sample.json")
 CLAIM = ".claimed"
 # What the `logger=` choices write (trainer.observe.loggers): part of one attempt of a run.
 LOGGER_FILES = ("metrics.csv", "layers.csv", "tensorboard")
+# The rest of what a run (curves, a character LM's vocabulary and samples) or a tool task writes:
+# a folder holding any of them (the user's own curves.png, say) is not one to write a run into.
+OUTPUT_FILES = ("curves.png", "vocab.json", "samples.txt", *LOGGER_FILES, "lr_find.png", "init_check.png",
+                "inference.pt", "tsne.png")
 
 
 def json_safe(value: Any) -> Any:
@@ -94,12 +98,17 @@ def previous_run(run_dir: Path) -> Path | None:
 
 
 def check_unused(run_dir: Path, resuming: bool = False) -> None:
-    """Refuse a folder that already holds a run: its files, and its .hydra/ record, stay as they are.
-    `resuming`: resume=auto found no good checkpoint there. A training attempt that never finished
+    """Refuse a folder that already holds a run, or a file this command would write (OUTPUT_FILES):
+    its files, and its .hydra/ record, stay as they are. `resuming`: resume=auto found no good checkpoint there. A training attempt that never finished
     (killed before its first checkpoint) is then no refusal: the run starts afresh and sets the
     attempt aside (run_folder.set_aside), so a preemptible job can always be launched again."""
     existing = previous_run(run_dir)
-    if existing is None or resuming and unfinished_attempt(run_dir):
+    if existing is None:
+        if (output := next((name for name in OUTPUT_FILES if (run_dir / name).exists()), None)) is not None:
+            raise ConfigError(f"{run_dir} holds {output}, which this command would overwrite; choose another folder "
+                              "(hydra.run.dir=...)")
+        return
+    if resuming and unfinished_attempt(run_dir):
         return
     if resuming:
         raise ConfigError(f"{run_dir} already holds a run ({existing.name}) and no good checkpoint to continue "

@@ -47,7 +47,8 @@ SWEEP_OWN = {SWEEP_RECORD, FAILED_MARKS}
 # What one attempt of a run writes (checkpoints/ is trainer.engine.checkpoint's folder); moved aside
 # together before a sweep job's rerun or a resume=auto that starts afresh, so the new attempt
 # starts clean and the old one stays readable.
-ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints", *LOGGER_FILES)
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "error.txt", "checkpoints", "curves.png", "vocab.json", "samples.txt",
+                 *LOGGER_FILES)
 PREVIOUS = "previous"
 
 _existed: set[Path] = set()  # folders that existed when this command started

@@ -96,6 +96,8 @@ def test_a_resumed_csv_logger_keeps_the_rows_up_to_its_checkpoint(tmp_path: Path
     for record in records():
         first.log(record)
     first.close()
+    with (tmp_path / "layers.csv").open("a") as file:
+        file.write("1,5,body.1,Lin")  # half a row: the run stopped mid-write
     resumed = CSVLogger(tmp_path, resumed_at=10)
     resumed.log({"kind": "epoch", "epoch": 2, "step": 20, "train_loss": 0.9})
     resumed.close()

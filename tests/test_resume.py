@@ -19,7 +19,7 @@ from fakes import PlantsMarker
 
 from trainer.engine import checkpoint
 from trainer.engine.loop import Trainer, TrainState
-from trainer.engine.resume import check_resumable
+from trainer.engine.resume import check_resumable, truncate_metrics
 from trainer.errors import ConfigError
 from trainer.run import run
 
@@ -302,3 +302,12 @@ def test_resume_auto_on_a_finished_run_without_checkpoints_is_refused(make_cfg: 
     with pytest.raises(ConfigError, match="already holds a run .* and no good checkpoint to continue it from"):
         run(make_cfg(*TINY, "checkpoint.every_epochs=0", "resume=auto"), tmp_path / "run")
     assert {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()} == before
+
+
+def test_resume_drops_the_half_line_a_run_stopped_mid_write_left(tmp_path: Path) -> None:
+    """A full disk (or a power cut) can end metrics.jsonl with half a record: resuming keeps the
+    whole records up to the checkpoint and drops that half, where it stopped with a JSONDecodeError."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "start"}\n{"kind": "step", "step": 5}\n{"kind": "step", "step": 10}\n{"kind": "st')
+    truncate_metrics(path, 5)
+    assert path.read_text() == '{"kind": "start"}\n{"kind": "step", "step": 5}\n'

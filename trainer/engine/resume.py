@@ -106,11 +106,21 @@ def precision_change(saved: str | None, precision: Precision, device: torch.devi
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records written up to the checkpoint's step; the rest is trained again."""
+    """Keep the records written up to the checkpoint's step; the rest is trained again. Half a line
+    (a run stopped mid-write: a full disk, a power cut) is dropped, as history.read_metrics skips it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    kept = [line for line in path.read_text().splitlines() if (record := _record(line)) is not None
+            and record.get("step", 0) <= step]
     write_lines_atomic(path, kept)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class RunCheckpoints:

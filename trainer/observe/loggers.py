@@ -167,11 +167,13 @@ class CSVLogger:
 
 
 def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
-    """The rows of an earlier attempt's CSV file `path` logged at or before `step` (none if it is missing)."""
+    """The rows of an earlier attempt's CSV file `path` logged at or before `step` (none if it is
+    missing). Half a row (a run stopped mid-write), short of its last cells, is dropped."""
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as file:
-        return [row for row in csv_module.DictReader(file) if int(row.get("step") or 0) <= step]
+        return [row for row in csv_module.DictReader(file)
+                if None not in row.values() and int(row.get("step") or 0) <= step]
 
 
 def _cell(value: Any) -> Any:

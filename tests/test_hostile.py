@@ -530,3 +530,22 @@ def test_resume_of_another_folder_leaves_no_empty_run_folder(tmp_path: Path) -> 
     assert outcome.code == 0, outcome.stderr
     assert "resuming" in outcome.stdout and sorted(path.name for path in tmp_path.iterdir()) == ["done"]
     assert fingerprint(tmp_path / "done" / ".hydra") == record  # the record of how the run started
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new folder", "the user's empty folder"])
+def test_ctrl_c_before_the_run_writes_leaves_no_empty_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 existed: bool) -> None:
+    """Ctrl-C in a run's first seconds (torch importing, the data loading): exit 130 and one line, and
+    the folder Hydra made for it is removed again; a folder that existed before stays."""
+    import trainer.run
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.run, "run", interrupted)
+    folder = tmp_path / "run"
+    if existed:
+        folder.mkdir()
+    outcome = train_in_process([*FAST, f"hydra.run.dir={folder}"], tmp_path)
+    assert (outcome.code, outcome.stderr) == (130, "interrupted\n")
+    assert folder.exists() == existed and (not existed or not any(folder.iterdir()))

@@ -130,6 +130,18 @@ def test_plan_turns_config_errors_into_errors(make_cfg: Callable[..., DictConfig
     assert "error" not in rendered(plan_module.render(report))  # errors go to stderr, not into the table
 
 
+def test_plan_checks_resume_as_a_run_would(make_cfg: Callable[..., DictConfig], trained_run: Path,
+                                           tmp_path: Path) -> None:
+    # "Every config error a run would hit is reported here": resume= was not read at all.
+    assert plan(make_cfg(f"resume={trained_run}", "max_steps=40")).ok  # more steps: a run may continue
+    differs = plan(make_cfg(f"resume={trained_run}", "model.channels=16"))
+    assert differs.errors and differs.errors[0].startswith("cannot resume: the config differs in keys that matter: model.channels")
+    missing = plan(make_cfg(f"resume={tmp_path / 'gone'}"))
+    assert missing.errors == [f"resume={tmp_path / 'gone'} does not exist; give a checkpoint file, a run folder, or auto"]
+    assert plan(make_cfg("resume=auto"), tmp_path).ok  # no checkpoint in the run folder: a run starts afresh
+    assert not any(tmp_path.iterdir())
+
+
 def test_plan_warnings(make_cfg: Callable[..., DictConfig]) -> None:
     report = plan(make_cfg("precision=tf32", "early_stopping=val_loss", "sched=plateau", "init=zeros",
                            "batch_size=4", "norm=batchnorm", "max_steps=null", "epochs=2"))

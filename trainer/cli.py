@@ -39,6 +39,15 @@ smoke_passed: list[str] = []
 def train_job(cfg: DictConfig) -> float | None:
     """One job: train (or smoke-run, or run a task) as `cfg` says; return the objective a sweeper
     reads. In a multirun, `sweep.resumable` wraps it: this function never sees a finished job."""
+    try:
+        return _job(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before the run wrote anything (torch importing, data loading): no empty folder left
+        if os.environ.get("RANK", "0") == "0":  # under torchrun the ranks share rank 0's folder: rank 0's to remove
+            discard_if_unused(Path(HydraConfig.get().runtime.output_dir))
+        raise
+
+
+def _job(cfg: DictConfig) -> float | None:
     from trainer.engine import distributed
     from trainer.run import run  # torch loads here, not for --help
     from trainer.tasks import run_task

@@ -55,7 +55,7 @@ def run_task(cfg: DictConfig, run_dir: Path, smoke: bool = False) -> int:
     if cfg.task == "plan":
         from trainer.tasks.plan import error_lines, plan, render
 
-        report = plan(cfg)
+        report = plan(cfg, run_dir)
         console.print(render(report))
         for line in error_lines(report):
             print(line, file=sys.stderr)

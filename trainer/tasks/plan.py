@@ -8,6 +8,7 @@ batch), and warns about combinations that run but do not do what the user likely
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,9 @@ from torch.optim import Optimizer
 from trainer.config import choices
 from trainer.data import DataSplits
 from trainer.data.streamed import StreamedSplits
+from trainer.engine import checkpoint
 from trainer.engine.parts import Parts, build_parts
+from trainer.engine.resume import check_resumable
 from trainer.errors import TrainerError
 from trainer.tricks.sched import resolve_warmup
 
@@ -171,11 +174,12 @@ def warnings_for(cfg: DictConfig, parts: Parts, evaluations: int) -> list[str]:
     return found
 
 
-def plan(cfg: DictConfig) -> PlanReport:
+def plan(cfg: DictConfig, run_dir: Path = Path(".")) -> PlanReport:
     """Check `cfg` and estimate its cost without training (no optimizer step is taken).
 
     Args:
         cfg: the composed config.
+        run_dir: the run folder, where `resume=auto` looks for a checkpoint.
 
     Returns:
         A PlanReport; a config a run would refuse gives `errors` (with the run's one-line message)
@@ -184,6 +188,7 @@ def plan(cfg: DictConfig) -> PlanReport:
     report = PlanReport(tricks=choices(cfg))
     try:
         parts = build_parts(cfg)
+        check_resume(cfg, run_dir)
     except TrainerError as error:
         report.errors.append(str(error))
         return report
@@ -207,6 +212,16 @@ def plan(cfg: DictConfig) -> PlanReport:
             report.errors.append(f"about {_size(needed)} needed, the GPU has {_size(available)}: lower batch_size "
                                  "(trainer.accumulate keeps the effective batch) or use a smaller model")
     return report
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """What a run checks of `resume=` before it trains: that it names a usable checkpoint, and that
+    this config may continue it. Read only: nothing is claimed, moved or written."""
+    if not cfg.resume:
+        return
+    payload, _found, _notices = checkpoint.resolve(str(cfg.resume), run_dir)
+    if payload is not None:  # resume=auto in a folder without a checkpoint starts afresh
+        check_resumable(payload["config"], cfg)
 
 
 def _size(count: int) -> str:

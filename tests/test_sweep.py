@@ -125,6 +125,17 @@ def test_unfinished_attempt_is_set_aside_and_rerun(tmp_path: Path) -> None:
     assert record == {"config": sweep.fingerprint(cfg), "settings": sweep.settings(cfg)}
 
 
+def test_an_attempt_is_set_aside_past_the_highest_kept_one(tmp_path: Path) -> None:
+    """previous/1 deleted (to free space), previous/2 kept: the next attempt goes to previous/3;
+    counting the folders named previous/2 again, and the job failed on it at every rerun."""
+    cfg, job = OmegaConf.create({"seed": 0}), tmp_path / "job"
+    finished_job(job, cfg, status="interrupted")
+    (job / "previous" / "2").mkdir(parents=True)
+    assert sweep.resume_job(job, cfg, lambda _: 0.5, []) == 0.5
+    assert sorted(path.name for path in (job / "previous").iterdir()) == ["2", "3"]
+    assert (job / "previous" / "3" / "summary.json").is_file()
+
+
 @pytest.mark.parametrize("resume", [None, "auto"], ids=["no resume", "resume=auto in the command"])
 def test_interrupted_attempt_with_a_checkpoint_continues_from_it(resume: str | None, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -260,12 +260,13 @@ def discard_if_unused(run_dir: Path) -> None:
 
 
 def set_aside(run_dir: Path) -> Path | None:
-    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...) so the run can start again."""
+    """Move an unfinished attempt's files into previous/N/ (N = 1, 2, ...: one past the highest there,
+    so a deleted earlier attempt frees no number a later one holds) so the run can start again."""
     present = [run_dir / name for name in ATTEMPT_FILES if (run_dir / name).exists()]
     if not present:
         return None
-    number = 1 + sum(1 for _ in (run_dir / PREVIOUS).glob("*")) if (run_dir / PREVIOUS).exists() else 1
-    target = run_dir / PREVIOUS / str(number)
+    taken = [int(path.name) for path in (run_dir / PREVIOUS).glob("*") if path.name.isdigit()]
+    target = run_dir / PREVIOUS / str(max(taken, default=0) + 1)
     target.mkdir(parents=True)
     for path in present:
         shutil.move(str(path), target / path.name)

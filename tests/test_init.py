@@ -287,6 +287,8 @@ def test_pretrained_missing_file(tmp_path: Path) -> None:
         initialise(make_mlp(inputs=4, width=4), "pretrained", path=str(tmp_path / "nope.pt"))
     with pytest.raises(ConfigError, match="init.path"):
         initialise(make_mlp(inputs=4, width=4), "pretrained", path=None)
+    with pytest.raises(ConfigError, match=f"init.path={tmp_path} is a folder; give a checkpoint or state_dict file"):
+        initialise(make_mlp(inputs=4, width=4), "pretrained", path=str(tmp_path))  # it said "does not exist"
 
 
 def test_pretrained_refuses_pickled_code(tmp_path: Path) -> None:

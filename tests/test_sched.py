@@ -256,6 +256,8 @@ def test_plateau_state_dict_round_trip() -> None:
         ("plateau", {"factor": 1.0}, "sched.factor"),
         ("plateau", {"factor": 0.0}, "sched.factor"),
         ("plateau", {"patience": -1}, "sched.patience"),
+        ("plateau", {"threshold": -0.1}, "sched.threshold=-0.1 must be >= 0"),
+        ("plateau", {"min_lr": -1.0}, "sched.min_lr=-1.0 must be >= 0"),
     ],
 )
 def test_bad_args(name: str, kw: dict[str, Any], match: str) -> None:

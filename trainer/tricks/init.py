@@ -179,5 +179,8 @@ def _check(scheme: str, mode: str, std: float, path: str | None) -> None:
     if scheme == "pretrained":
         if not path:
             raise ConfigError("init=pretrained needs init.path=FILE (a checkpoint or state_dict)")
+        if Path(path).is_dir():  # a run's folder, as distill.teacher and resume= take: this needs one of its files
+            raise ConfigError(f"init.path={path} is a folder; give a checkpoint or state_dict file "
+                              f"(a run's: {Path(path) / 'checkpoints' / 'best.pt'})")
         if not Path(path).is_file():
             raise ConfigError(f"init.path={path} does not exist; give a checkpoint or state_dict file")

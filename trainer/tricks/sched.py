@@ -175,6 +175,10 @@ def plateau(
         raise ConfigError(f"sched.factor={factor} must be in (0, 1)")
     if patience < 0:
         raise ConfigError(f"sched.patience={patience} must be >= 0")
+    if threshold < 0:  # below 0 a worse loss counts as an improvement, and the LR is never reduced
+        raise ConfigError(f"sched.threshold={threshold} must be >= 0 (the relative improvement that counts)")
+    if min_lr < 0:
+        raise ConfigError(f"sched.min_lr={min_lr} must be >= 0")
     return Schedule(ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
                                       threshold=threshold, min_lr=min_lr), steps_on="eval")
 

@@ -146,6 +146,22 @@ def checkpoint_copy(where: str) -> Callable[[Path], str]:
     return make
 
 
+def edited_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path], str]:
+    """A finished run (done/) with an earlier checkpoint of it edited by `edit` as done/checkpoints/edited.pt."""
+    def make(root: Path) -> str:
+        finished_run(root)
+        payload = torch.load(root / "done" / "checkpoints" / "step_00000005.pt", weights_only=True)
+        edit(payload)
+        torch.save(payload, root / "done" / "checkpoints" / "edited.pt")
+        return str(root / "done" / "checkpoints" / "edited.pt")
+    return make
+
+
+def rename_a_weight(payload: dict) -> None:
+    name = next(iter(payload["model"]))
+    payload["model"][f"renamed.{name}"] = payload["model"].pop(name)
+
+
 @dataclass
 class Case:
     name: str
@@ -210,6 +226,11 @@ CASES = [
          make={"CKPT": checkpoint_copy("Downloads/ckpt.pt")}),
     Case("a checkpoint kept inside another run", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
          make={"CKPT": checkpoint_copy("done/kept/ckpt.pt")}),
+    # A checkpoint whose contents do not fit: refused before the run's metrics are cut back to its step.
+    Case("a checkpoint of another architecture", ["resume={CKPT}"], "does not fit this model (Error(s) in loading",
+         make={"CKPT": edited_checkpoint(rename_a_weight)}),
+    Case("a checkpoint without its optimizer", ["resume={CKPT}"], "lacks optimizer",
+         make={"CKPT": edited_checkpoint(lambda payload: payload.pop("optimizer"))}),
     Case("a user's own checkpoints folder", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
          make={"CKPT": checkpoint_copy("mine/checkpoints/model.pt")}),
     Case("unreachable data set", ["data=cifar10", "model=cnn", "data.root={ROOT}", "data.download=false"],

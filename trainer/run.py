@@ -22,8 +22,8 @@ from trainer.engine import checkpoint, distributed
 from trainer.engine.checkpoint import NoCheckpoints
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
-from trainer.engine.resume import (RunCheckpoints, check_resumable, check_world_size, precision_change, set_rng_state,
-                                    truncate_metrics)
+from trainer.engine.resume import (RunCheckpoints, check_resumable, check_world_size, load_weights, precision_change,
+                                    set_rng_state, truncate_metrics)
 from trainer.engine.summary import evaluate_test, summarise
 from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
@@ -82,6 +82,8 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     with ranks.all_or_none():  # every rank checks the config and builds its parts before rank 0 writes anything
         parts = build_parts(cfg)  # first: it checks that `checkpoint` holds the keys the Checkpointer takes
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
+        if payload is not None:
+            load_weights(payload, parts.model, str(cfg.resume), run_dir)
     display = make_display(quiet=not main)
     resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():

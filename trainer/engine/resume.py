@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import added_at_default, flatten
 from trainer.engine import distributed
-from trainer.engine.checkpoint import Checkpointer
+from trainer.engine.checkpoint import CheckpointError, Checkpointer
 from trainer.errors import ConfigError
 from trainer.observe.records import write_lines_atomic
 from trainer.tricks.precision import Precision
@@ -41,6 +42,27 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differing[:4])
         raise ConfigError(f"cannot resume: the config differs in keys that matter: {shown}; "
                           "resume with the original values (only epochs, max_steps, logging and the like may change)")
+
+
+# What Trainer.load_state_dict and set_rng_state read from every checkpoint (the rest is optional:
+# older checkpoints lack it).
+REQUIRED = ("model", "optimizer", "schedule", "scaler", "early_stopping", "train_state", "rng")
+
+
+def load_weights(payload: dict[str, Any], model: nn.Module, spec: str, run_dir: Path) -> None:
+    """Load the checkpoint's weights into `model`, before the run writes anything: a checkpoint that
+    does not fit (another architecture under the same config, a builder's `_target_` changed, a
+    file edited by hand) stops in one line, its run's files untouched, not with a traceback
+    after its metrics were already cut back to the checkpoint's step."""
+    where = f"resume={spec}: the checkpoint of step {payload['train_state'].get('step')} in {run_dir}"
+    if missing := [key for key in REQUIRED if key not in payload]:
+        raise CheckpointError(f"{where} lacks {', '.join(missing)}; resume from a checkpoint this trainer wrote")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise CheckpointError(f"{where} does not fit this model ({detail[:300]}); resume with the model it was "
+                              "trained with") from None
 
 
 def check_world_size(saved: int, ranks: distributed.Context) -> None:

@@ -215,6 +215,12 @@ CASES = [
     Case("missing checkpoint", ["resume=/no/such/ckpt.pt"], "resume=/no/such/ckpt.pt does not exist"),
     Case("truncated checkpoint", ["resume={CUT}"], "was refused: it is truncated or damaged", make={"CUT": truncated_checkpoint}),
     Case("checkpoint with pickled code", ["resume={EVIL}"], "was refused: it carries pickled code", make={"EVIL": pickled_code}),
+    # torch's unpickler calls any file that is not its own "pickled code": a JSON file is no attack, nor a checkpoint.
+    Case("a run's index.json as the checkpoint", ["resume={DONE}/checkpoints/index.json"],
+         "index.json is not a checkpoint (torch.save did not write it); give a run folder or one of its checkpoints/*.pt files",
+         make={"DONE": finished_run}),
+    Case("export of a run's summary.json", ["task=export", "resume={DONE}/summary.json"],
+         "summary.json is not a checkpoint (torch.save did not write it)", make={"DONE": finished_run}),
     # A checkpoint outside a run's checkpoints/ has no run to continue: never the folder two levels up.
     Case("a loose checkpoint file", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
          make={"CKPT": checkpoint_copy("Downloads/ckpt.pt")}),

@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from trainer.engine.parts import build_parts
+from trainer.errors import ConfigError
+from trainer.tasks import run_task
 from trainer.tasks import check_init as check_init_module
 from trainer.tasks import lr_find as lr_find_module
 from trainer.tasks import plan as plan_module
@@ -128,6 +130,17 @@ def test_plan_turns_config_errors_into_errors(make_cfg: Callable[..., DictConfig
     assert "early_stopping=val_acc needs a classification task" in report.errors[0]
     assert plan_module.error_lines(report) == [f"error: {report.errors[0]}"]
     assert "error" not in rendered(plan_module.render(report))  # errors go to stderr, not into the table
+
+
+@pytest.mark.parametrize("task", ["lr_find", "check_init"])
+def test_fresh_model_tasks_refuse_resume(make_cfg: Callable[..., DictConfig], trained_run: Path, tmp_path: Path,
+                                         task: str) -> None:
+    # They build the config's fresh model: resume= was accepted and never read.
+    with pytest.raises(ConfigError, match=f"task={task} measures the config's freshly initialised model and does "
+                                          f"not read resume={trained_run}; leave resume= out"):
+        run_task(make_cfg(f"task={task}", f"resume={trained_run}"), tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert run_task(make_cfg(f"task={task}", "resume=auto"), tmp_path) == 0  # a relaunch's resume=auto: nothing to continue
 
 
 def test_plan_checks_resume_as_a_run_would(make_cfg: Callable[..., DictConfig], trained_run: Path,

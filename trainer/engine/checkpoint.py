@@ -212,6 +212,10 @@ class Checkpointer:
         _write_atomic(self.folder / INDEX, json.dumps(index, indent=1).encode())
 
 
+# How a file torch.save wrote begins: a zip archive (PyTorch 1.6 and later), or a pickle (the legacy format).
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def load(path: Path, expected_sha256: str | set[str] | None = None) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs.
     Its bytes must hash to `expected_sha256` (or to one of a set of them) when one is given."""
@@ -222,6 +226,9 @@ def load(path: Path, expected_sha256: str | set[str] | None = None) -> dict[str,
     expected = {expected_sha256} if isinstance(expected_sha256, str) else expected_sha256
     if expected is not None and _digest(data) not in expected:
         raise CheckpointError(f"{path} is corrupted: its bytes do not match the hash recorded when it was written")
+    if not data.startswith(TORCH_SAVE_MAGIC):  # a summary.json or notes.txt: torch's unpickler calls that pickled code
+        raise CheckpointError(f"{path} is not a checkpoint (torch.save did not write it); give a run folder "
+                              f"or one of its {FOLDER}/*.pt files")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for pickled code, RuntimeError for a damaged archive

@@ -18,6 +18,9 @@ TASKS = {
     "sample": "resume=RUN_DIR: samples.txt, text from a character LM run (data=text model=char_lstm)",
 }
 
+# The tasks that build the config's own fresh model: a checkpoint named with resume= would be ignored.
+FRESH_MODEL_TASKS = ("lr_find", "check_init")
+
 import io
 import sys
 from pathlib import Path
@@ -49,6 +52,9 @@ def run_task(cfg: DictConfig, run_dir: Path, smoke: bool = False) -> int:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     check_numbers(cfg)  # export and tsne build no parts, so the rule for every number is applied here
     check_setting_nodes(cfg)  # nor the check that their settings node holds the keys they take
+    if cfg.task in FRESH_MODEL_TASKS and cfg.resume not in (None, "auto"):  # auto: nothing to continue
+        raise ConfigError(f"task={cfg.task} measures the config's freshly initialised model and does not read "
+                          f"resume={cfg.resume}; leave resume= out")
     console = Console()
     shown = Console(file=io.StringIO()) if smoke else console
     limits = _smoke_limits(cfg.task) if smoke else {}

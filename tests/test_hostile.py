@@ -231,6 +231,9 @@ CASES = [
          make={"CKPT": edited_checkpoint(rename_a_weight)}),
     Case("a checkpoint without its optimizer", ["resume={CKPT}"], "lacks optimizer",
          make={"CKPT": edited_checkpoint(lambda payload: payload.pop("optimizer"))}),
+    # A finished run is never rewound to a checkpoint named by hand: its later steps would be replaced.
+    Case("an earlier checkpoint of a finished run", ["resume={CKPT}"], "is step 2 of",
+         make={"CKPT": edited_checkpoint(lambda payload: payload["train_state"].update(step=2))}),
     Case("a user's own checkpoints folder", ["resume={CKPT}"], "is not in a run's checkpoints/ folder",
          make={"CKPT": checkpoint_copy("mine/checkpoints/model.pt")}),
     Case("unreachable data set", ["data=cifar10", "model=cnn", "data.root={ROOT}", "data.download=false"],

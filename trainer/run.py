@@ -22,8 +22,8 @@ from trainer.engine import checkpoint, distributed
 from trainer.engine.checkpoint import NoCheckpoints
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
-from trainer.engine.resume import (RunCheckpoints, check_resumable, check_world_size, load_weights, precision_change,
-                                    set_rng_state, truncate_metrics)
+from trainer.engine.resume import (RunCheckpoints, check_not_rewinding, check_resumable, check_world_size, load_weights,
+                                    precision_change, set_rng_state, truncate_metrics)
 from trainer.engine.summary import evaluate_test, summarise
 from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
@@ -69,6 +69,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
                 payload, _found, notices = checkpoint.resolve(str(cfg.resume), run_dir)
                 if payload is not None:
                     check_resumable(payload["config"], cfg)
+                    if cfg.resume != "auto" and not Path(str(cfg.resume)).expanduser().is_dir():  # a file named by hand
+                        check_not_rewinding(payload, str(cfg.resume), run_dir)
                     check_world_size(payload.get("world_size", 1), ranks)
             if payload is None and ranks.is_main:
                 check_unused(run_dir, resuming=cfg.resume == "auto")

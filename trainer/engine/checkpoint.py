@@ -261,7 +261,8 @@ def run_folder(spec: str, path: Path) -> Path:
     if path.parent.name == FOLDER and (path.parent / INDEX).is_file():
         return path.parent.parent
     raise CheckpointError(f"resume={spec} is not in a run's {FOLDER}/ folder (one with {INDEX}), so there is no run "
-                          f"to continue; give a run folder, a checkpoint under RUN/{FOLDER}/, or auto")
+                          f"to continue; give a run folder, a checkpoint under RUN/{FOLDER}/, or auto (a new run from "
+                          f"its weights: init=pretrained init.path={spec})")
 
 
 def resolve(spec: str, run_dir: Path) -> tuple[dict[str, Any] | None, Path | None, list[str]]:

@@ -17,6 +17,7 @@ from trainer.config import added_at_default, flatten
 from trainer.engine import distributed
 from trainer.engine.checkpoint import CheckpointError, Checkpointer
 from trainer.errors import ConfigError
+from trainer.observe.history import read_json
 from trainer.observe.records import write_lines_atomic
 from trainer.tricks.precision import Precision
 
@@ -63,6 +64,19 @@ def load_weights(payload: dict[str, Any], model: nn.Module, spec: str, run_dir: 
         detail = " ".join(str(error).split())
         raise CheckpointError(f"{where} does not fit this model ({detail[:300]}); resume with the model it was "
                               "trained with") from None
+
+
+def check_not_rewinding(payload: dict[str, Any], spec: str, run_dir: Path) -> None:
+    """A checkpoint named by hand (resume=RUN/checkpoints/best.pt, an earlier step) of a run that
+    finished after it: continuing would cut the run's metrics back to that step and write its later
+    checkpoints and summary over the finished run's. A diverged run may be rewound (to continue it
+    with a lower LR, say): what it did after the checkpoint is what went wrong."""
+    summary = read_json(run_dir / "summary.json") or {}
+    step, status = payload["train_state"].get("step", 0), summary.get("status")
+    if status in ("completed", "early_stopped") and isinstance(summary.get("steps"), int) and step < summary["steps"]:
+        raise ConfigError(f"resume={spec} is step {step} of {run_dir}, a run that {status.replace('_', ' ')} at step "
+                          f"{summary['steps']}: continuing from it would replace the run's later steps; train a new run "
+                          f"from its weights (init=pretrained init.path={spec}), or resume={run_dir} to continue from its end")
 
 
 def check_world_size(saved: int, ranks: distributed.Context) -> None:

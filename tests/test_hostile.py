@@ -177,6 +177,8 @@ class Case:
 CASES = [
     Case("unknown choice", ["norm=foo"], "Could not find 'norm/foo'; available options in 'norm': batchnorm"),
     Case("misspelt choice", ["sched=cosine_warmpu"], "available options in 'sched'"),
+    Case("unknown choice in a list", ["logger=[csv,tensorbord]"],
+         "Could not load 'logger/tensorbord'; available options in 'logger': console, csv, tensorboard"),
     # Hydra says "Could not override" and suggests `+key=...`, a key nothing reads: the valid keys instead.
     Case("unknown group", ["optimiser=adam"], "optimiser is not a setting; valid top-level keys: augment, batch_size"),
     Case("unknown key", ["optim.learning_rate=0.1"],

@@ -167,6 +167,9 @@ def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
         raise TrainerError(f"task={cfg.task} does not run under torchrun; run it as a plain `train task={cfg.task} ...`")
 
 
+MISSING_CHOICE = re.compile(r"Could not load '(?P<group>\w+)/[^']*'\.?$")
+
+
 def one_line(error: BaseException) -> str:
     """Hydra's messages span several lines ("Could not find 'norm/foo' ... Available options: ...");
     fold them into one. The system's OSError: its reason and the path it names (Hydra's missing
@@ -179,6 +182,9 @@ def one_line(error: BaseException) -> str:
     if rest and rest[0].startswith("Available options"):
         return f"{head.rstrip('.')}; {rest[0].rstrip(':').lower()}: {', '.join(rest[1:])}"
     folded = re.sub(r"\s+", " ", " ".join(lines))
+    missing = MISSING_CHOICE.search(folded)
+    if missing and (Path(CONF_DIR) / missing["group"]).is_dir():  # `logger=[csv,bogus]`: Hydra lists no options then
+        return f"{folded.rstrip('.')}; available options in '{missing['group']}': {', '.join(group_choices(missing['group']))}"
     if "override_grammar" in folded:  # a path with '=' or ',' (a sweep job's folder) reads as more overrides
         folded += " (a value holding '=' or ',' must be quoted: \"hydra.run.dir='multirun/x/norm=none,seed=0'\")"
     return folded

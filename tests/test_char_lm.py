@@ -197,6 +197,15 @@ def test_probe_snippets_are_balanced_labelled_and_from_separate_parts(tmp_path: 
     assert len(held_out) == round(len(corpus) * 0.1)  # only the text after a default LM's training block
 
 
+@pytest.mark.parametrize("tail", [0, 1, 65, -5])
+def test_a_shuffle_tail_that_cannot_be_permuted_as_asked_is_refused(tmp_path: Path, tail: int) -> None:
+    # 0 shuffled the whole snippet (snippet[-0:]), 1 never differs and ended in "use a longer text".
+    with pytest.raises(ConfigError, match=re.escape(f"data.shuffle_tail={tail} must be from 2 to data.snippet_len=64")):
+        text_probe.build(path=write(tmp_path, TEXT * 3), snippet_len=64, shuffle_tail=tail)
+    assert text_probe.build(path=write(tmp_path, TEXT * 3), label="quote", snippet_len=64, shuffle_tail=0, num_train=4,
+                            num_val=4, num_test=0).num_train == 4  # read only by label=shuffled
+
+
 def test_a_frozen_probe_trains_its_head_only() -> None:
     probe = char_probe.build(input_shape=(16,), num_outputs=2, vocab_size=30, norm=factory("none"), dropout=0.0,
                              input_dropout=0.0, embedding=8, hidden=12, layers=1, freeze=True)
@@ -320,8 +329,8 @@ def test_the_probe_copies_the_lm_encoder_after_init(lm_run: Path, make_cfg) -> N
     from trainer.engine.parts import build_parts
 
     probe = ["data=text_probe", f"data.lm={lm_run}", "data.num_train=8", "data.num_val=4", "data.num_test=0",
-             "data.snippet_len=16", "model=char_probe", "model.embedding=4", "model.hidden=8", "model.layers=1",
-             "norm=none", "init=xavier", "batch_size=4", "device=cpu", "max_steps=2"]
+             "data.snippet_len=16", "data.shuffle_tail=8", "model=char_probe", "model.embedding=4", "model.hidden=8",
+             "model.layers=1", "norm=none", "init=xavier", "batch_size=4", "device=cpu", "max_steps=2"]
     lm_state = latest_good(lm_run)[0]["model"]  # type: ignore[index]
     pretrained = build_parts(make_cfg(*probe, f"model.encoder={lm_run}", "model.freeze=true", small=False)).model
     for key in ("embedding.weight", "rnn.weight_hh_l0", "rnn.bias_ih_l0"):

@@ -16,8 +16,8 @@ from trainer.run import run
 
 CHAR_LSTM = ["data.max_chars=3000", "data.seq_len=16", "model.embedding=4", "model.hidden=8", "model.layers=1",
              "sample.length=20"]
-CHAR_PROBE = ["data.num_train=96", "data.num_val=16", "data.num_test=16", "data.snippet_len=16", "model.embedding=4",
-              "model.hidden=8", "model.layers=1"]
+CHAR_PROBE = ["data.num_train=96", "data.num_val=16", "data.num_test=16", "data.snippet_len=16", "data.shuffle_tail=8",
+              "model.embedding=4", "model.hidden=8", "model.layers=1"]
 # What a choice needs beside it to run here: 2-D models need images; groupnorm needs a width its
 # groups divide. Files for the downloadable sets are written by `prepare` below.
 # The switches only a sequence decoder has run on the seq2seq task, small.

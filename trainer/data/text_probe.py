@@ -153,6 +153,11 @@ def build(lm: str | None = None, path: str | None = None, label: str = "shuffled
         raise ConfigError(f"data.label={label!r} is unknown; valid: {', '.join(LABELS)}")
     if snippet_len < 1:
         raise ConfigError(f"data.snippet_len={snippet_len} must be at least 1")
+    # snippet[-0:] is the whole snippet, and one character has no other order: 0, 1 or a tail past the
+    # snippet's start would shuffle something else than asked, or never.
+    if label == "shuffled" and not 2 <= shuffle_tail <= snippet_len:
+        raise ConfigError(f"data.shuffle_tail={shuffle_tail} must be from 2 to data.snippet_len={snippet_len} "
+                          "(the last characters that are permuted)")
     for key, value, minimum in (("num_train", num_train, 2), ("num_val", num_val, 2), ("num_test", num_test, 0)):
         if value < minimum:
             raise ConfigError(f"data.{key}={value} must be at least {minimum}")

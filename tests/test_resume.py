@@ -284,7 +284,7 @@ def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_afresh(
     metrics.jsonl and no checkpoint: launched again with resume=auto it starts afresh, the killed
     attempt kept in previous/1/, instead of being refused with "continue it with resume=auto"."""
     run(make_cfg(*TINY), tmp_path / "run")
-    (tmp_path / "run" / "summary.json").unlink()
+    (tmp_path / "run" / "summary.json").write_text("")  # damaged by hand, or by a disk that filled: kept, not a traceback
     for path in (tmp_path / "run" / checkpoint.FOLDER).iterdir():
         path.unlink()  # killed while the first checkpoint was a temporary file: an empty folder
     killed = (tmp_path / "run" / "metrics.jsonl").read_bytes()
@@ -292,6 +292,7 @@ def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_afresh(
     assert summary["status"] == "completed"
     assert "starting afresh; the earlier attempt is kept in" in capsys.readouterr().out
     assert (tmp_path / "run" / "previous" / "1" / "metrics.jsonl").read_bytes() == killed
+    assert (tmp_path / "run" / "previous" / "1" / "summary.json").read_text() == ""
     assert [json.loads(line)["kind"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][0] == "start"
 
 

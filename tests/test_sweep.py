@@ -451,6 +451,19 @@ def test_the_report_names_a_job_refused_on_a_config_error_by_its_configuration(t
     assert "the overrides that vary across the sweep, seed excluded: optim.lr)" in (sweep_dir / "report.md").read_text()
 
 
+def test_a_sweep_whose_jobs_continued_other_folders_writes_no_report(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train -m resume=runs/a,runs/b epochs=100`: each job continues its run there and leaves no
+    folder in the sweep's; the report callback raised "holds no sweep jobs", which Hydra printed as
+    a two-line UserWarning."""
+    monkeypatch.setattr(sweep, "failed_jobs", [])  # this sweep's: none failed (the list is the process's)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    sweep.ReportCallback(plot=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
+    assert capsys.readouterr().out == f"no report: no job of this sweep kept a run in {tmp_path / 'sweep'}\n"
+    assert [path.name for path in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]
+
+
 # --- a refused sweep command changes nothing --------------------------------------------------
 
 def _state(folder: Path) -> dict[str, tuple[bytes, int] | str]:

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from trainer import parent_locks
 from trainer.errors import ConfigError
+from trainer.observe.history import read_json
 
 # A run's own files, and what the tool tasks leave (task=NAME writes NAME.json). checkpoints/ alone
 # (a run's kept without its records) counts too: a new run there would write its own step_N.pt and
@@ -119,13 +120,12 @@ def check_unused(run_dir: Path, resuming: bool = False) -> None:
 
 def unfinished_attempt(run_dir: Path) -> bool:
     """Whether `run_dir` holds a training attempt that did not finish: no summary, or one that says
-    interrupted (a run without checkpoints), and no tool task's result."""
+    interrupted (a run without checkpoints), or one that cannot be read (it is set aside, not lost),
+    and no tool task's result."""
     if any((run_dir / name).exists() for name in RUN_FILES if name.endswith(".json") and name != "summary.json"):
         return False
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "interrupted"
-    except FileNotFoundError:
-        return True
+    summary = read_json(run_dir / "summary.json")
+    return summary is None or summary.get("status") == "interrupted"
 
 
 def write_lines_atomic(path: Path, lines: list[str]) -> None:

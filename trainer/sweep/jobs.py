@@ -333,4 +333,7 @@ class ReportCallback(Callback):
             return
         # Jobs that stopped on a config error leave no folder behind; list them with their overrides.
         missing = {name: marked_overrides(sweep_dir, name) for name in failed_jobs if not (sweep_dir / name).exists()}
+        if not missing and not report.find_jobs(sweep_dir):  # every job continued another folder (resume=RUN,RUN)
+            print(f"no report: no job of this sweep kept a run in {sweep_dir}", flush=True)
+            return
         report.write_and_show(sweep_dir, self.metric, plot=self.plot, config_errors=missing)

@@ -316,6 +316,7 @@ CASES = [
          "cannot resume: the config differs", make={"JOB": finished_sweep_job}),
     Case("plan against a finished sweep job", ["task=plan", "hydra.run.dir='{JOB}'"], "no problems found", code=0,
          make={"JOB": finished_sweep_job}),
+    Case("a character the override grammar lacks", ["sample.prime=5€"], "(quote the value: \"sample.prime='5€'\")"),
     Case("a sweep job folder unquoted", ["model=mlp", "hydra.run.dir={JOB}"], "must be quoted",
          make={"JOB": finished_sweep_job}),
     # 4. Every number is finite and in range before anything starts.

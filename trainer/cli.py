@@ -167,6 +167,7 @@ def refuse_under_torchrun(cfg: DictConfig, distributed: bool) -> None:
         raise TrainerError(f"task={cfg.task} does not run under torchrun; run it as a plain `train task={cfg.task} ...`")
 
 
+UNLEXED = re.compile(r"LexerNoViableAltException: (?P<key>[+~]{0,2}[\w.@/]+)=(?P<value>[^'\s]+) \^")
 MISSING_CHOICE = re.compile(r"Could not load '(?P<group>\w+)/[^']*'\.?$")
 
 
@@ -185,7 +186,10 @@ def one_line(error: BaseException) -> str:
     missing = MISSING_CHOICE.search(folded)
     if missing and (Path(CONF_DIR) / missing["group"]).is_dir():  # `logger=[csv,bogus]`: Hydra lists no options then
         return f"{folded.rstrip('.')}; available options in '{missing['group']}': {', '.join(group_choices(missing['group']))}"
-    if "override_grammar" in folded:  # a path with '=' or ',' (a sweep job's folder) reads as more overrides
+    unlexed = UNLEXED.search(folded)
+    if unlexed:  # a character the override grammar has no token for (sample.prime=café€): quoted, it is plain text
+        folded += f" (quote the value: \"{unlexed['key']}='{unlexed['value']}'\")"
+    elif "override_grammar" in folded:  # a path with '=' or ',' (a sweep job's folder) reads as more overrides
         folded += " (a value holding '=' or ',' must be quoted: \"hydra.run.dir='multirun/x/norm=none,seed=0'\")"
     return folded
 

@@ -49,6 +49,14 @@ def test_sweep_folder_is_named_by_the_command() -> None:
     assert sweep.sweep_name(sweep.command_overrides([])).startswith("default-")
 
 
+def test_a_late_multirun_flag_still_sweeps(tmp_path: Path) -> None:
+    # `train epochs=1 -m seed=0,1`: Hydra's parser took the overrides after -m for unrecognized arguments.
+    outcome = train_in_process([*FAST, "-m", "optim.lr=0", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert outcome.code == 2 and "usage:" not in outcome.stderr
+    assert "error: 2 job(s) failed" in outcome.stderr  # both jobs were composed, and refused for their lr
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_job_folder_is_named_by_the_overrides_that_vary() -> None:
     command = sweep.command_overrides(["epochs=2", "norm=none,layernorm", "seed=0,1"])
     assert sweep.job_name(command, ["epochs=2", "norm=layernorm", "seed=1"]) == "norm=layernorm,seed=1"

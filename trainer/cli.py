@@ -31,6 +31,7 @@ from trainer.sweep import jobs as sweep  # registers the resolvers that name swe
 CONF_DIR = str(config_root())
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+MULTIRUN_FLAGS = ("-m", "--multirun")
 # Jobs smoke-run (smoke=true) and those that passed, for a smoke sweep's closing line.
 smoke_jobs: list[str] = []
 smoke_passed: list[str] = []
@@ -212,7 +213,7 @@ def unknown_key(error: BaseException, args: list[str]) -> str | None:
     match = UNKNOWN_KEY.match(str(error))
     if match is None or any(arg.split("=")[0] in SEARCH_PATH_OPTIONS for arg in args):
         return None
-    if {"-m", "--multirun"} & set(args) and any(arg.startswith(PRESETS) for arg in args):
+    if set(MULTIRUN_FLAGS) & set(args) and any(arg.startswith(PRESETS) for arg in args):
         return None  # the preset's own sweep (hydra.sweeper.params) may choose another option than this composes
     key = match["key"]
     parent, _, _ = key.rpartition(".")
@@ -284,12 +285,22 @@ SHOW_OPTIONS = ("--cfg", "-c", "--info", "-i")
 def check_one_mode(args: list[str]) -> None:
     """`train -m ... --cfg hydra`: Hydra runs one mode a command and would stop with a traceback."""
     shown = next((arg for arg in args if arg.split("=")[0] in SHOW_OPTIONS), None)
-    if shown is not None and {"-m", "--multirun"} & set(args):
+    if shown is not None and set(MULTIRUN_FLAGS) & set(args):
         raise TrainerError(f"-m and {shown} do not go together; leave out -m: `train ... {shown} ...` shows "
                            "what every job of the sweep gets")
 
 
+def multirun_first(args: list[str]) -> list[str]:
+    """`train epochs=5 -m seed=0,1,2`: Hydra's argument parser reads the overrides as one run of
+    positional arguments, so those after a late -m were 'unrecognized' (a screen of usage). -m
+    takes no value: moved to the front, the command means what it says."""
+    if not set(MULTIRUN_FLAGS) & set(args):
+        return args
+    return ["-m", *(arg for arg in args if arg not in MULTIRUN_FLAGS)]
+
+
 def main() -> None:
+    sys.argv[1:] = multirun_first(sys.argv[1:])
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from trainer.help import catalogue
 
@@ -309,7 +320,7 @@ def main() -> None:
             from trainer.engine import distributed as group
 
             group.setup()
-        if group is not None and {"-m", "--multirun"} & set(sys.argv[1:]):
+        if group is not None and set(MULTIRUN_FLAGS) & set(sys.argv[1:]):
             raise TrainerError("train -m does not run under torchrun or srun; sweep multi-process jobs with "
                                "`train -m processes=N ...`, on SLURM with `train -m hydra/launcher=slurm ...`")
         check_one_mode(sys.argv[1:])

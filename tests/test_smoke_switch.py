@@ -229,7 +229,8 @@ def test_a_smoke_run_never_names_its_temporary_folder(temp_root: Path, smoke_cfg
     """The folder is removed when the smoke run ends: a path into it would name files that are gone."""
     smoke_run(smoke_cfg("data=synthetic", "model=mlp"))
     for task in ("export", "tsne", "lr_find", "check_init"):
-        assert smoke_run(smoke_cfg("data=synthetic", f"task={task}", f"resume={trained_run}")).startswith("smoke ok")
+        run = [f"resume={trained_run}"] if task in ("export", "tsne") else []  # the others build a fresh model
+        assert smoke_run(smoke_cfg("data=synthetic", f"task={task}", *run)).startswith("smoke ok")
     out = capsys.readouterr()
     assert "completed: 2 epochs" in out.out  # the training run's closing line, without its folder
     assert str(temp_root) not in out.out + out.err and "trainer-smoke-" not in out.out + out.err

@@ -104,6 +104,19 @@ def test_the_last_epoch_is_checkpointed_whatever_the_interval(make_cfg: Callable
     assert checkpointed_steps(run_dir) == [4, summary["steps"]]
 
 
+def test_a_run_resumed_with_max_steps_below_its_step_trains_nothing_more(make_cfg: Callable[..., DictConfig],
+                                                                        tmp_path: Path) -> None:
+    """Checkpointed at step 6 (2 steps an epoch, epochs=5 left unfinished by max_steps=6), resumed with
+    max_steps=3: nothing is trained; it took one more step and logged a one-step epoch."""
+    run_dir, length = tmp_path / "run", ["epochs=5", "data.num_train=64"]
+    assert run(make_cfg(*length, "max_steps=6"), run_dir)["steps"] == 6
+    before = (run_dir / "metrics.jsonl").read_text()
+    resumed = run(make_cfg(*length, "max_steps=3", "resume=auto"), run_dir)
+    assert (resumed["status"], resumed["steps"]) == ("completed", 6)
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert checkpointed_steps(run_dir)[-1] == 6
+
+
 def test_corrupted_latest_checkpoint_falls_back_to_previous(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     interrupted = run(make_cfg("max_steps=8", "checkpoint.every_steps=2", "epochs=3", "data.num_train=256"), run_dir)

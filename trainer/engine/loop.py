@@ -228,7 +228,8 @@ class Trainer:
         self.model.train()
         if self.parts.early_stopping.stopped:  # resumed from the checkpoint of the epoch that stopped the run: it has ended
             self._stop_early(state.epoch - 1)
-        while state.epoch <= settings.epochs:
+        # A run resumed with max_steps at or below its checkpoint's step has nothing left to train.
+        while state.epoch <= settings.epochs and not (settings.max_steps and state.step >= settings.max_steps):
             if state.order_state is None:
                 state.order_state = self.generator.get_state()
             self.generator.set_state(state.order_state)

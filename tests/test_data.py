@@ -214,6 +214,18 @@ def test_label_noise_replaces_that_fraction_of_training_labels_only() -> None:
     assert options.apply(d) is d  # neutral options leave the data as built
 
 
+def test_label_noise_leaves_ignored_positions_ignored() -> None:
+    # A seq2seq target is -100 (cross-entropy's ignore_index) past its end: replaced, those became random targets.
+    from trainer.data import options, seq2seq
+
+    d = seq2seq.build(num_train=200, num_val=20, num_test=0)
+    ignored = d.y_train < 0
+    assert ignored.any()
+    noisy = options.apply(d, label_noise=1.0)
+    assert torch.equal(noisy.y_train < 0, ignored)
+    assert abs(float((noisy.y_train[~ignored] != d.y_train[~ignored]).float().mean()) - (1 - 1 / d.num_outputs)) < 0.05
+
+
 def test_input_scale_offset_and_standardise_repairs_them() -> None:
     from trainer.data import options
 

@@ -101,11 +101,14 @@ def apply(data: DataSplits | StreamedSplits, label_noise: float = 0.0, standardi
 
 def noisy_labels(labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:
     """`labels` with round(fraction * N) of them, chosen at random, replaced by random classes
-    (N counts every position of per-position labels (N, L), each position a label)."""
+    (N counts every position of per-position labels (N, L), each position a label). A negative
+    label is cross-entropy's ignore_index (a seq2seq target past its end): no label, so it is
+    neither counted nor replaced, which would make the model learn random tokens there."""
     generator = torch.Generator().manual_seed(LABEL_NOISE_SEED)
     flat = labels.flatten()
-    count = round(fraction * len(flat))
-    chosen = torch.randperm(len(flat), generator=generator)[:count]
+    labelled = torch.nonzero(flat >= 0).flatten()
+    count = round(fraction * len(labelled))
+    chosen = labelled[torch.randperm(len(labelled), generator=generator)[:count]]
     noisy = flat.clone()
     noisy[chosen] = torch.randint(num_classes, (count,), generator=generator, dtype=labels.dtype)
     return noisy.reshape(labels.shape)

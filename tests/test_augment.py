@@ -23,7 +23,7 @@ def ramp(n: int = 4, length: int = 10) -> torch.Tensor:
 
 def test_none_is_the_identity() -> None:
     x = torch.randn(8, 1, 40)
-    assert none(input_shape=(1, 40))(x) is x
+    assert none(input_shape=(1, 40), token_ids=False)(x) is x
 
 
 def test_shift_moves_each_sample_by_its_own_amount() -> None:
@@ -69,7 +69,7 @@ def test_noise_has_the_asked_scale() -> None:
 
 def test_shift_follows_the_global_seed() -> None:
     x = torch.randn(32, 1, 40)
-    augment = shift(input_shape=(1, 40), max_shift=4, noise_std=0.1)
+    augment = shift(input_shape=(1, 40), token_ids=False, max_shift=4, noise_std=0.1)
     torch.manual_seed(7)
     first = augment(x)
     torch.manual_seed(7)
@@ -82,19 +82,24 @@ def test_shift_follows_the_global_seed() -> None:
 ])
 def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        shift(input_shape=(1, 40), **bad)  # type: ignore[arg-type]
+        shift(input_shape=(1, 40), token_ids=False, **bad)  # type: ignore[arg-type]
 
 
 def test_flip_is_refused_for_signals() -> None:
     with pytest.raises(ConfigError, match="flip"):
-        shift(input_shape=(1, 40), flip=True)
-    assert shift(input_shape=(3, 8, 8), flip=True).flip
+        shift(input_shape=(1, 40), token_ids=False, flip=True)
+    assert shift(input_shape=(3, 8, 8), token_ids=False, flip=True).flip
+    with pytest.raises(ConfigError, match=re.escape("needs signals (C, L) or images (C, H, W); this data's samples are (16,)")):
+        shift(input_shape=(16,), token_ids=False)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["augment.flip=true"], "augment.flip=true mirrors images"),
     (["data=text", "data.max_chars=4000", "data.seq_len=16", "model=char_lstm", "norm=none", "batch_size=8"],
-     "augment=shift needs signals (C, L) or images (C, H, W); this data's samples are (16,)"),
+     "this data's inputs are token ids, which it would move away from their targets"),
+    # A source and decoder-input pair (2, L) looks like a signal: it was shifted, its targets not (noise: a traceback).
+    (["data=seq2seq", "data.num_train=96", "data.num_val=16", "data.num_test=0", "model=seq2seq", "batch_size=32"],
+     "this data's inputs are token ids"),
 ])
 def test_a_shift_that_does_not_fit_the_data_is_refused_before_the_run_writes(
         make_cfg: Callable[..., DictConfig], tmp_path: Path, overrides: list[str], message: str) -> None:
@@ -105,8 +110,9 @@ def test_a_shift_that_does_not_fit_the_data_is_refused_before_the_run_writes(
 
 
 def test_yaml_choices_build(make_cfg: Callable[..., DictConfig]) -> None:
-    assert isinstance(build("augment", make_cfg().augment, input_shape=(1, 40)), NoAugment)
-    built = build("augment", make_cfg("augment=shift", "augment.max_shift=2").augment, input_shape=(1, 40))
+    assert isinstance(build("augment", make_cfg().augment, input_shape=(1, 40), token_ids=False), NoAugment)
+    node = make_cfg("augment=shift", "augment.max_shift=2").augment
+    built = build("augment", node, input_shape=(1, 40), token_ids=False)
     assert isinstance(built, Shift) and built.max_shift == 2
 
 
@@ -127,7 +133,8 @@ def test_only_training_batches_are_augmented(make_cfg: Callable[..., DictConfig]
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
 
-    def record(input_shape: tuple[int, ...], max_shift: int, noise_std: float, flip: bool, mode: str) -> Recorder:
+    def record(input_shape: tuple[int, ...], token_ids: bool, max_shift: int, noise_std: float, flip: bool,
+               mode: str) -> Recorder:
         return recorder
 
     monkeypatch.setattr("trainer.tricks.augment.shift", record)

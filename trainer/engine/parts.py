@@ -317,12 +317,15 @@ def build_parts(cfg: DictConfig) -> Parts:
     if early_stopping.monitor == "val_acc" and data.task != "classification":
         raise ConfigError(f"early_stopping=val_acc needs a classification task; data={cfg.data.name} is "
                           f"{data.task}: use early_stopping=val_loss")
+    # Token ids (data=text, text_probe, seq2seq) are the in-memory data sets' only integer inputs.
+    token_ids = isinstance(data, DataSplits) and not data.x_train.is_floating_point()
+    augment = build("augment", cfg.augment, input_shape=tuple(data.input_shape), token_ids=token_ids)
     return Parts(
         cfg=cfg, device=device, data=data.to(device), model=model, net=net, optimizer=optimizer,
         schedule=schedule, precision=precision, clipping=build("clipping", cfg.clipping),
         regularisation=regularisation, criterion=criterion, loss=loss,
         penalty=regularisation.penalty(model), early_stopping=early_stopping,
-        augment=build("augment", cfg.augment, input_shape=tuple(data.input_shape)), steps_per_epoch=per_epoch, total_steps=total,
+        augment=augment, steps_per_epoch=per_epoch, total_steps=total,
         teacher_forcing=teacher_forcing, decoding=decoding, threads=threads,
         settings=LoopSettings(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                               accumulate=cfg.trainer.accumulate, log_every=cfg.log_every,

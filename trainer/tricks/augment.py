@@ -42,7 +42,7 @@ class NoAugment:
         return x
 
 
-def none(input_shape: tuple[int, ...]) -> NoAugment:
+def none(input_shape: tuple[int, ...], token_ids: bool) -> NoAugment:
     return NoAugment()
 
 
@@ -98,10 +98,14 @@ class Shift:
         return x
 
 
-def shift(input_shape: tuple[int, ...], max_shift: int = 4, noise_std: float = 0.0, flip: bool = False,
-          mode: str = "zeros") -> Shift:
-    """`input_shape`: one sample's, (C, L) or (C, H, W); checked here, before the run writes anything
-    (found at the first batch, a mismatch left a half-started run folder behind)."""
+def shift(input_shape: tuple[int, ...], token_ids: bool, max_shift: int = 4, noise_std: float = 0.0,
+          flip: bool = False, mode: str = "zeros") -> Shift:
+    """`input_shape`: one sample's, (C, L) or (C, H, W); `token_ids`: whether the inputs are ids
+    (data=text, text_probe, seq2seq). Checked here, before the run writes anything (found at the
+    first batch, a mismatch left a half-started run folder behind)."""
+    if token_ids:  # a seq2seq pair (2, L) looks like a signal: its rows would move, its targets not
+        raise ConfigError("augment=shift moves numeric signals and images; this data's inputs are token ids, "
+                          "which it would move away from their targets: use augment=none")
     if len(input_shape) not in (2, 3):
         raise ConfigError(f"augment=shift needs signals (C, L) or images (C, H, W); this data's samples are "
                           f"{tuple(input_shape)}: use augment=none")

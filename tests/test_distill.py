@@ -112,6 +112,18 @@ def test_sequence_logits_average_the_soft_term_over_positions_as_cross_entropy_d
     assert soft_target_loss(student, teacher, 2.0).item() == pytest.approx(torch.stack(per_position).mean().item(), rel=1e-6)
 
 
+def test_positions_past_a_sequence_end_count_nowhere_in_the_soft_term() -> None:
+    # The hard loss ignores targets of -100 (a seq2seq target past its EOS); the soft term averaged them in too.
+    generator = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(2, 5, 6, generator=generator), torch.randn(2, 5, 6, generator=generator)
+    targets = torch.tensor([[1, 2, 3, -100, -100, -100], [4, 0, -100, -100, -100, -100]])
+    labelled = [soft_target_loss(student[n:n + 1, :, t], teacher[n:n + 1, :, t], 2.0)
+                for n in range(2) for t in range(6) if targets[n, t] >= 0]
+    expected = torch.stack(labelled).mean().item()
+    assert soft_target_loss(student, teacher, 2.0, targets).item() == pytest.approx(expected, rel=1e-6)
+    assert soft_target_loss(student, teacher, 2.0).item() != pytest.approx(expected, rel=1e-3)
+
+
 def test_soft_term_is_computed_in_float32_under_autocast() -> None:
     generator = torch.Generator().manual_seed(3)
     student, teacher = torch.randn(16, 10, generator=generator), torch.randn(16, 10, generator=generator)

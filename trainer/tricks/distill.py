@@ -94,9 +94,12 @@ class Teacher:
         return self.model(inputs)
 
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                     targets: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the classes (dim 1, as for
     cross_entropy), averaged over the samples and, for sequence logits (N, C, L), the positions.
+    `targets`: positions whose target is negative (cross_entropy's ignore_index, a seq2seq target
+    past its end) count nowhere, as in the hard loss: the teacher's outputs there are no knowledge.
 
     Computed in float32 with autocast off: under fp16 or bf16 autocast the logits may arrive in
     low precision, and a difference of two nearly equal log-probabilities loses its digits there."""
@@ -107,6 +110,9 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         # divergence over the classes and averages the rows, as cross_entropy averages.
         classes = student.shape[1]
         student, teacher = student.movedim(1, -1).reshape(-1, classes), teacher.movedim(1, -1).reshape(-1, classes)
+        if targets is not None:
+            labelled = targets.reshape(-1) >= 0
+            student, teacher = student[labelled], teacher[labelled]
         return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
@@ -123,7 +129,7 @@ class SoftLoss:
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> Losses:
         hard = self.criterion(logits, targets)
-        soft = soft_target_loss(logits, self.teacher.logits(inputs), self.temperature)
+        soft = soft_target_loss(logits, self.teacher.logits(inputs), self.temperature, targets)
         return Losses((1 - self.alpha) * hard + self.alpha * soft, hard)
 
     @property

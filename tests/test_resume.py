@@ -104,6 +104,19 @@ def test_the_last_epoch_is_checkpointed_whatever_the_interval(make_cfg: Callable
     assert checkpointed_steps(run_dir) == [4, summary["steps"]]
 
 
+def test_a_completed_run_launched_again_with_resume_auto_is_left_exactly_as_it_was(
+        make_cfg: Callable[..., DictConfig], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A preemptible job launched again after it finished: nothing to train, and its record (summary.json's
+    timings and memory were measured again and rewritten) stays byte for byte; more epochs continue it."""
+    run_dir, length = tmp_path / "run", ["epochs=2", "max_steps=null", "data.num_train=64"]
+    finished = run(make_cfg(*length), run_dir)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    again = run(make_cfg(*length, "resume=auto"), run_dir)
+    assert again == finished and "nothing left to train" in capsys.readouterr().out
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert run(make_cfg("epochs=3", "max_steps=null", "data.num_train=64", "resume=auto"), run_dir)["steps"] == 6
+
+
 def test_a_run_resumed_with_max_steps_below_its_step_trains_nothing_more(make_cfg: Callable[..., DictConfig],
                                                                         tmp_path: Path) -> None:
     """Checkpointed at step 6 (2 steps an epoch, epochs=5 left unfinished by max_steps=6), resumed with

@@ -22,8 +22,8 @@ from trainer.engine import checkpoint, distributed
 from trainer.engine.checkpoint import NoCheckpoints
 from trainer.engine.loop import Trainer
 from trainer.engine.parts import Parts, build_parts
-from trainer.engine.resume import (RunCheckpoints, check_not_rewinding, check_resumable, check_world_size, load_weights,
-                                    precision_change, set_rng_state, truncate_metrics)
+from trainer.engine.resume import (RunCheckpoints, check_not_rewinding, check_resumable, check_world_size, completed_summary,
+                                    load_weights, precision_change, set_rng_state, truncate_metrics)
 from trainer.engine.summary import evaluate_test, summarise
 from trainer.models.char_lm import CharLSTM
 from trainer.observe import diagnosis
@@ -86,6 +86,11 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
         if payload is not None:
             load_weights(payload, parts.model, str(cfg.resume), run_dir)
+    if payload is not None and (summary := completed_summary(payload, cfg, run_dir)) is not None:  # its record stays as it is
+        if main:
+            print(f"{run_dir} completed at step {summary['steps']}: nothing left to train "
+                  "(more epochs or a higher max_steps continue it)", flush=True)
+        return summary
     display = make_display(quiet=not main)
     resumed_at = None if payload is None else payload["train_state"]["step"]  # the step the checkpoint was taken at
     with ranks.all_or_none():

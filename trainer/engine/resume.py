@@ -50,6 +50,19 @@ def check_resumable(saved: dict[str, Any], cfg: DictConfig) -> None:
 REQUIRED = ("model", "optimizer", "schedule", "scaler", "early_stopping", "train_state", "rng")
 
 
+def completed_summary(payload: dict[str, Any], cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of the completed run `payload` ends, when continuing it as `cfg` asks would train
+    nothing (no more epochs or steps): a job launched again after it finished (resume=auto, as a
+    preemptible job is) then leaves the run's record as it is; None where there is more to train,
+    or the run did not finish (no summary, or killed after its last checkpoint)."""
+    summary = read_json(run_dir / "summary.json")
+    state = payload["train_state"]
+    if summary is None or summary.get("status") != "completed" or summary.get("steps") != state["step"]:
+        return None
+    more_to_train = state["epoch"] <= cfg.epochs and not (cfg.max_steps and state["step"] >= cfg.max_steps)
+    return None if more_to_train else summary
+
+
 def load_weights(payload: dict[str, Any], model: nn.Module, spec: str, run_dir: Path) -> None:
     """Load the checkpoint's weights into `model`, before the run writes anything: a checkpoint that
     does not fit (another architecture under the same config, a builder's `_target_` changed, a

@@ -256,7 +256,8 @@ def test_resuming_refuses_a_teacher_whose_file_changed(make_cfg: Callable[..., D
     for entry in index["checkpoints"]:  # rewritten in place, hashes listed, as if trained further
         checkpoint.Checkpointer(teacher, 1, 0, 5).write(payload, entry["step"])
     with pytest.raises(ConfigError, match="is not the one this run was distilled from"):
-        run(make_cfg(*distilled(teacher), "max_steps=4", f"resume={tmp_path / 'student'}"), tmp_path / "student")
+        # More epochs and steps: a resume with something left to train (one with nothing left changes nothing).
+        run(make_cfg(*distilled(teacher), "epochs=3", "max_steps=4", f"resume={tmp_path / 'student'}"), tmp_path / "student")
 
 
 def test_distillation_composes_with_bf16_accumulation_and_clipping(make_cfg: Callable[..., DictConfig],

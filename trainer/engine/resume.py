@@ -3,7 +3,6 @@
 continue it, and the checkpoint policy a training run hands the loop."""
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from trainer.config import added_at_default, flatten
 from trainer.engine import distributed
 from trainer.engine.checkpoint import CheckpointError, Checkpointer
 from trainer.errors import ConfigError
-from trainer.observe.history import read_json
+from trainer.observe.history import parse_record, read_json
 from trainer.observe.records import write_lines_atomic
 from trainer.tricks.precision import Precision
 
@@ -159,17 +158,9 @@ def truncate_metrics(path: Path, step: int) -> None:
     (a run stopped mid-write: a full disk, a power cut) is dropped, as history.read_metrics skips it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if (record := _record(line)) is not None
+    kept = [line for line in path.read_text().splitlines() if (record := parse_record(line)) is not None
             and record.get("step", 0) <= step]
     write_lines_atomic(path, kept)
-
-
-def _record(line: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 class RunCheckpoints:

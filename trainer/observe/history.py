@@ -18,13 +18,18 @@ def read_metrics(metrics_path: Path) -> dict[str, list[dict[str, Any]]]:
     """
     grouped: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
+        if (record := parse_record(line)) is not None:
             grouped.setdefault(str(record.get("kind")), []).append(record)
     return grouped
+
+
+def parse_record(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl line as its record; None for a line that is not a JSON object (half a line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -104,6 +104,12 @@ def keep_implementation(saved: dict[str, Any], optimizer: torch.optim.Optimizer)
     return {**saved, "param_groups": groups}
 
 
+def training_left(epoch: int, step: int, epochs: int, max_steps: int | None) -> bool:
+    """Whether a run standing at `epoch` (the one in progress, 1-based) after `step` optimizer steps
+    has anything left to train under `epochs` and `max_steps`."""
+    return epoch <= epochs and not (max_steps and step >= max_steps)
+
+
 class StopTraining(Exception):
     """Raised inside the loop to end it with the status already set on the state."""
 
@@ -229,7 +235,7 @@ class Trainer:
         if self.parts.early_stopping.stopped:  # resumed from the checkpoint of the epoch that stopped the run: it has ended
             self._stop_early(state.epoch - 1)
         # A run resumed with max_steps at or below its checkpoint's step has nothing left to train.
-        while state.epoch <= settings.epochs and not (settings.max_steps and state.step >= settings.max_steps):
+        while training_left(state.epoch, state.step, settings.epochs, settings.max_steps):
             if state.order_state is None:
                 state.order_state = self.generator.get_state()
             self.generator.set_state(state.order_state)
@@ -275,7 +281,7 @@ class Trainer:
         finished_epoch = state.epoch
         # The run's last epoch is always checkpointed: the tasks (export, tsne, sample) and a later
         # resume read the latest checkpoint, which must be the model the summary reports.
-        last = finished_epoch >= self.settings.epochs or bool(self.settings.max_steps) and state.step >= self.settings.max_steps
+        last = not training_left(finished_epoch + 1, state.step, self.settings.epochs, self.settings.max_steps)
         # The generator now stands where this epoch's shuffle left it: the next epoch's order
         # starts there, and a checkpoint taken now must carry it (not a fresh seed's state).
         state.epoch, state.batch, state.order_state = state.epoch + 1, 0, self.generator.get_state()

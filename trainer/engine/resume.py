@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config import added_at_default, flatten
 from trainer.engine import distributed
 from trainer.engine.checkpoint import CheckpointError, Checkpointer
+from trainer.engine.loop import Trainer, training_left
 from trainer.errors import ConfigError
 from trainer.observe.history import parse_record, read_json
 from trainer.observe.records import write_lines_atomic
 from trainer.tricks.precision import Precision
-
-if TYPE_CHECKING:
-    from trainer.engine.loop import Trainer
 
 # Config keys that must match to resume: they shape the model, its data or the optimizer state.
 # Anything else (epochs, max_steps, device, logging, checkpoint policy) may change, and so may
@@ -58,8 +56,7 @@ def completed_summary(payload: dict[str, Any], cfg: DictConfig, run_dir: Path) -
     state = payload["train_state"]
     if summary is None or summary.get("status") != "completed" or summary.get("steps") != state["step"]:
         return None
-    more_to_train = state["epoch"] <= cfg.epochs and not (cfg.max_steps and state["step"] >= cfg.max_steps)
-    return None if more_to_train else summary
+    return None if training_left(state["epoch"], state["step"], cfg.epochs, cfg.max_steps) else summary
 
 
 def load_weights(payload: dict[str, Any], model: nn.Module, spec: str, run_dir: Path) -> None:

@@ -81,7 +81,7 @@ def test_a_conv_channel_lives_if_it_fires_once_anywhere() -> None:
     maps[4, 0, 3] = 0.5
     maps[:, 1, 2] = 0.0
     maps[:, 2] = 2.0
-    assert layer_stats._dead_fraction(maps).item() == pytest.approx(1 / 3)
+    assert layer_stats._alive_count(maps).item() == 2.0  # a dead fraction of 1/3
     assert layer_stats._alive_units(maps).tolist() == [True, False, True]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -52,12 +52,11 @@ def _output_tensor(output: Any) -> Tensor | None:
     return output if isinstance(output, Tensor) else None
 
 
-def _dead_fraction(out: Tensor) -> Tensor:
-    """Fraction of units (features, or channels of a conv map) that are <= 0 for every sample and position.
-
-    `<= 0` rather than `== 0` so the leaky variants count units that never leave the leak.
-    """
-    return 1.0 - _alive_units(out).float().mean()
+def _alive_count(out: Tensor) -> Tensor:
+    """How many units (features, or channels of a conv map) are > 0 for some sample and position,
+    as a float32 0-d tensor; the dead fraction is 1 - this / out.shape[1]. Two ops fewer than
+    the fraction itself: the per-layer statistics come at one step an epoch, op by op."""
+    return _alive_units(out).sum(dtype=torch.float32)
 
 
 def _alive_units(out: Tensor) -> Tensor:
@@ -113,7 +112,7 @@ class LayerWatch:
         self.names = {id(module): name for name, module in self.watched}
         self.weights_of = {id(module): _weights(module) for _, module in self.watched}
         self.activation_samples = activation_samples
-        self.calls: list[tuple[str, nn.Module, Tensor | StepOutputs, Tensor | None]] = []
+        self.calls: list[tuple[str, nn.Module, ActivationStats | StepOutputs, Tensor | None]] = []
         self.seen: dict[str, int] = {}
         self.steps: dict[tuple[int, str], StepOutputs] = {}  # (step loop, layer) -> its outputs so far
         self.handles: list[Any] = []
@@ -182,12 +181,13 @@ class StepOutputs:
         if self.sample_count > 0:
             self.samples.append(_sample(act, self.sample_count))
 
-    def stats(self) -> Tensor:
-        """[mean, std, dead fraction] over every step's outputs (nan where undefined)."""
+    def stats(self) -> ActivationStats:
+        """`_activation_stats` over every step's outputs."""
         nan = self.mean.new_tensor(float("nan"))
         std = (self.squares / (self.count - 1)).sqrt() if self.count > 1 else nan
-        dead = 1.0 - self.alive.float().mean() if self.alive is not None else nan
-        return torch.stack([self.mean, std, dead])
+        if self.alive is None:
+            return ActivationStats(self.mean, std, nan, 0)
+        return ActivationStats(self.mean, std, self.alive.sum(dtype=torch.float32), self.alive.numel())
 
     def sample(self) -> Tensor | None:
         """Up to `sample_count` values from all the steps' samples, or None when not sampling."""
@@ -246,43 +246,82 @@ def _weights(module: nn.Module) -> list[nn.Parameter]:
     return [p for key, p in module.named_parameters(recurse=False) if key.startswith("weight")]
 
 
-def _activation_stats(act: Tensor, relu_family: bool) -> Tensor:
-    """[mean, std, dead fraction] of one layer output, on its device (nan where undefined)."""
-    nan = act.new_tensor(float("nan"))
+class ActivationStats(NamedTuple):
+    """One layer output's statistics, 0-d tensors on its device: mean, std, and how many of its
+    `units` (0: not counted, not a ReLU) are alive (nan where undefined)."""
+
+    mean: Tensor
+    std: Tensor
+    alive: Tensor
+    units: int
+
+
+def _activation_stats(act: Tensor, relu_family: bool) -> ActivationStats:
+    """The statistics of one layer output (`ActivationStats`), without a host sync."""
+    nan = _nan(act.device)
     # Two reductions, not torch.std_mean: on the CPU that single op is several times slower.
     mean = act.mean() if act.numel() else nan
     std = act.std() if act.numel() > 1 else nan
-    dead = _dead_fraction(act) if relu_family and act.ndim >= 2 else nan
-    return torch.stack([mean, std, dead])
+    if relu_family and act.ndim >= 2:
+        return ActivationStats(mean, std, _alive_count(act), act.shape[1])
+    return ActivationStats(mean, std, nan, 0)
 
 
-def _weight_stats(weights: list[nn.Parameter], grad_of: dict[int, Tensor | None], device: torch.device) -> Tensor:
-    """[weight norm, grad norm, grad std] over a module's `weight*` parameters (nan where absent)."""
-    nan = torch.full((), float("nan"), device=device)
-    if not weights:
-        return torch.stack([nan, nan, nan])
-    weight_norm = torch.cat([w.detach().float().reshape(-1) for w in weights]).norm().to(device)
-    grads = [g.float().reshape(-1) for g in (grad_of.get(id(w)) for w in weights) if g is not None]
-    if not grads:
-        return torch.stack([weight_norm, nan, nan])
-    flat = torch.cat(grads).to(device)
-    return torch.stack([weight_norm, flat.norm(), flat.std() if flat.numel() > 1 else nan])
+def _nan(device: torch.device) -> Tensor:
+    """A nan on `device`, made once: a fresh tensor at each hook is an op each."""
+    if device not in _NANS:
+        _NANS[device] = torch.full((), float("nan"), device=device)
+    return _NANS[device]
 
 
-def _rows(calls: list[tuple[str, nn.Module, Tensor | StepOutputs, Tensor | None]],
+_NANS: dict[torch.device, Tensor] = {}
+
+
+def _flat(tensors: list[Tensor]) -> Tensor:
+    """`tensors` as one float vector (no copy for a single tensor)."""
+    return tensors[0].detach().float().reshape(-1) if len(tensors) == 1 else torch.cat(
+        [t.detach().float().reshape(-1) for t in tensors])
+
+
+def _weight_stats(modules: list[nn.Module], weights_of: dict[int, list[nn.Parameter]],
+                  grad_of: dict[int, Tensor | None], device: torch.device) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
+    """(weight norm, grad norm, grad std) over each module's `weight*` parameters, by module id
+    (nan where absent): the norms of all the modules in one foreach op each."""
+    nan = _nan(device)
+    weighted = [module for module in modules if weights_of[id(module)]]
+    weights = [_flat(weights_of[id(module)]) for module in weighted]
+    weight_norms = torch._foreach_norm(weights) if weights else ()
+    grads = {id(module): [g for g in (grad_of.get(id(w)) for w in weights_of[id(module)]) if g is not None]
+             for module in weighted}
+    with_grads = [module for module in weighted if grads[id(module)]]
+    flat_grads = [_flat(grads[id(module)]) for module in with_grads]
+    grad_norms = dict(zip(map(id, with_grads), torch._foreach_norm(flat_grads) if flat_grads else ()))
+    grad_stds = {id(module): flat.std() if flat.numel() > 1 else nan for module, flat in zip(with_grads, flat_grads)}
+    stats = {id(module): (nan, nan, nan) for module in modules}
+    for module, weight_norm in zip(weighted, weight_norms):
+        stats[id(module)] = (weight_norm.to(device), grad_norms.get(id(module), nan).to(device),
+                             grad_stds.get(id(module), nan).to(device))
+    return stats
+
+
+def _rows(calls: list[tuple[str, nn.Module, ActivationStats | StepOutputs, Tensor | None]],
           weights_of: dict[int, list[nn.Parameter]], grad_of: dict[int, Tensor | None]) -> list[dict[str, Any]]:
     """Stack every statistic on the device and read them all back with one host sync."""
     if not calls:
         return []
     calls = [(name, module, act.stats(), act.sample()) if isinstance(act, StepOutputs) else (name, module, act, sample)
              for name, module, act, sample in calls]
-    device = calls[0][2].device
-    table = torch.stack([torch.cat([act.to(device), _weight_stats(weights_of[id(module)], grad_of, device)])
-                         for _, module, act, _ in calls]).cpu().tolist()
+    device = calls[0][2].mean.device
+    with torch.no_grad():
+        weight_stats = _weight_stats([module for _, module, _, _ in calls], weights_of, grad_of, device)
+        table = torch.stack([value.to(device) for _, module, act, _ in calls
+                             for value in (act.mean, act.std, act.alive, *weight_stats[id(module)])]).cpu()
+    values = table.view(len(calls), 6).tolist()
     rows: list[dict[str, Any]] = []
-    for (name, module, _, sample), values in zip(calls, table):
+    for (name, module, act, sample), (mean, std, alive, *weights) in zip(calls, values):
+        dead = 1.0 - alive / act.units if act.units else float("nan")
         row: dict[str, Any] = {"name": name, "kind": type(module).__name__}
-        for key, value in zip(STAT_KEYS, values):
+        for key, value in zip(STAT_KEYS, (mean, std, dead, *weights)):
             # nan marks "not defined for this layer" (no weights, not a ReLU); inf stays: it is real.
             row[key] = None if value != value and _undefined(key, module, weights_of[id(module)], grad_of) else float(value)
         if sample is not None:

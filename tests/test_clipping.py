@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.engine.meter import StepMeter
 from trainer.errors import ConfigError
 from trainer.tricks import clipping, precision
 
@@ -30,7 +31,7 @@ def flat_grad(params: list[nn.Parameter]) -> torch.Tensor:
 def test_norm_clipping_caps_the_global_norm_keeping_the_direction() -> None:
     params = params_with_grads(10.0)
     before = flat_grad(params).clone()
-    returned = clipping.norm(max_norm=1.0)(params, measure=False)
+    returned = clipping.total_norm(clipping.norm(max_norm=1.0)(params, measure=False))
     after = flat_grad(params)
     assert float(returned) == pytest.approx(10.0, rel=1e-5)  # the norm measured before clipping
     assert float(after.norm()) <= 1.0 + 1e-6
@@ -42,7 +43,7 @@ def test_norm_clipping_caps_the_global_norm_keeping_the_direction() -> None:
 def test_norm_clipping_leaves_small_gradients_untouched() -> None:
     params = params_with_grads(0.5)
     before = flat_grad(params).clone()
-    returned = clipping.norm(max_norm=1.0)(params, measure=True)
+    returned = clipping.total_norm(clipping.norm(max_norm=1.0)(params, measure=True))
     assert float(returned) == pytest.approx(0.5, rel=1e-5)
     torch.testing.assert_close(flat_grad(params), before, rtol=1e-6, atol=0)
 
@@ -59,7 +60,7 @@ def test_value_clipping_bounds_every_element() -> None:
     params = params_with_grads(10.0)
     before = flat_grad(params).clone()
     assert before.abs().max() > 0.5 and (before.abs() < 0.5).any()
-    norm = clipping.value(clip_value=0.5)(params, measure=True)
+    norm = clipping.total_norm(clipping.value(clip_value=0.5)(params, measure=True))
     after = flat_grad(params)
     assert float(norm) == pytest.approx(10.0, rel=1e-5)  # measured before clamping
     assert float(after.abs().max()) <= 0.5
@@ -72,7 +73,7 @@ def test_none_leaves_grads_untouched() -> None:
     before = flat_grad(params).clone()
     strategy = clipping.none()
     assert strategy(params, measure=False) is None
-    assert float(strategy(params, measure=True)) == pytest.approx(10.0, rel=1e-5)
+    assert float(clipping.total_norm(strategy(params, measure=True))) == pytest.approx(10.0, rel=1e-5)
     assert torch.equal(flat_grad(params), before)
 
 
@@ -109,9 +110,27 @@ def test_step_uses_the_clipped_gradient() -> None:
     optimizer = torch.optim.SGD([w], lr=lr)
     strategy = precision.build("fp32", torch.device("cpu"))
     strategy.backward((w * direction).sum())
-    norm, _ = strategy.step(optimizer, clipping.norm(max_norm=max_norm), [w])
+    parts, _ = strategy.step(optimizer, clipping.norm(max_norm=max_norm), [w])
+    norm = clipping.total_norm(parts)
     assert float(norm) == pytest.approx(20.0, rel=1e-5)
     step = start - w.detach()
     torch.testing.assert_close(step, lr * direction * (max_norm / 20.0), rtol=1e-5, atol=1e-7)
     assert float(step.norm()) == pytest.approx(lr * max_norm, rel=1e-5)  # not lr * 20
     assert w.grad is None  # zeroed for the next step
+
+
+def test_the_step_meter_reads_each_steps_global_norm_from_its_parts() -> None:
+    """The meter reduces the steps' NormParts at the read: the same figures, bit for bit, as each
+    step's own total_norm, whether the steps came in as many parts or not (a parameter without
+    a gradient at some step, or a clipping strategy that returns the norm itself)."""
+    generator = torch.Generator().manual_seed(0)
+    steps = [tuple(torch.rand((), generator=generator) * 10 for _ in range(count)) for count in (11, 11, 11)]
+    mixed = [*steps, (torch.tensor(2.5),), tuple(torch.rand((), generator=generator) for _ in range(4))]
+    for recorded in (steps, mixed):
+        meter = StepMeter()
+        for number, parts in enumerate(recorded):
+            meter.record(torch.tensor(float(number)), parts)
+        losses, norms = meter.read()
+        assert losses == [float(n) for n in range(len(recorded))] and meter.pending == 0
+        assert norms == [float(clipping.total_norm(parts)) for parts in recorded]
+    assert mixed[3] == (torch.tensor(2.5),) and norms[3] == 2.5

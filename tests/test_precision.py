@@ -53,7 +53,8 @@ def test_bf16_on_cpu_autocasts_and_keeps_fp32_master_weights() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     strategy.backward(loss)
-    norm, _ = strategy.step(optimizer, clipping.none(), list(model.parameters()))
+    parts, _ = strategy.step(optimizer, clipping.none(), list(model.parameters()))
+    norm = clipping.total_norm(parts)
     assert norm is not None and torch.isfinite(norm)
     for p, old in zip(model.parameters(), before):
         assert p.dtype == torch.float32
@@ -103,7 +104,8 @@ def test_fp16_scales_the_loss_then_unscales_clips_and_steps() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     true_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in true_grads]))
     max_norm = float(true_norm) / 2
-    norm, skipped = strategy.step(optimizer, clipping.norm(max_norm=max_norm), list(model.parameters()))
+    parts, skipped = strategy.step(optimizer, clipping.norm(max_norm=max_norm), list(model.parameters()))
+    norm = clipping.total_norm(parts)
     assert not skipped
     torch.testing.assert_close(norm, true_norm)  # measured on the unscaled gradients
     for p, old, grad in zip(model.parameters(), before, true_grads):
@@ -119,12 +121,14 @@ def test_fp16_skips_an_overflowing_step_and_halves_the_scale() -> None:
     x, y = torch.randn(32, 8), torch.randint(3, (32,))
     before = [p.detach().clone() for p in model.parameters()]
     strategy.backward(fp16_loss(strategy, model, x * 1e6, y))  # fp16 overflows: inf logits, non-finite grads
-    norm, skipped = strategy.step(optimizer, clipping.norm(max_norm=1.0), list(model.parameters()))
+    parts, skipped = strategy.step(optimizer, clipping.norm(max_norm=1.0), list(model.parameters()))
+    norm = clipping.total_norm(parts)
     assert not torch.isfinite(norm) and not skipped  # the scaler skipped it (nan_policy=skip did not)
     assert all(torch.equal(p.detach(), old) for p, old in zip(model.parameters(), before))
     assert strategy.loss_scale == 32768.0
     strategy.backward(fp16_loss(strategy, model, x, y))
-    norm, _ = strategy.step(optimizer, clipping.none(), list(model.parameters()))
+    parts, _ = strategy.step(optimizer, clipping.none(), list(model.parameters()))
+    norm = clipping.total_norm(parts)
     assert torch.isfinite(norm)
     fp16_loss(strategy, reference, x, y).backward()
     reference_optimizer.step()

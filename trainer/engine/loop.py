@@ -36,6 +36,7 @@ from trainer.observe.display import PlainDisplay
 from trainer.observe.layer_stats import LayerWatch
 from trainer.observe.loggers import Logger
 from trainer.observe.metrics import lower_is_better_score
+from trainer.tricks.clipping import total_norm
 from trainer.tricks.sched import current_lr
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
@@ -194,7 +195,7 @@ class Trainer:
         if watch is not None:
             # Non-finite gradients (a step nan_policy=skip or fp16's scaler skips) measured nan or
             # inf, not the net: layers_probe then measures apart. One host sync, once an epoch.
-            self.layer_rows = rows if bool(torch.isfinite(grad_norm)) else None
+            self.layer_rows = rows if bool(torch.isfinite(total_norm(grad_norm))) else None
         parts.schedule.step_end()
         parts.teacher_forcing.step_end()
         self.meter.record(losses[0] if len(losses) == 1 else torch.stack(losses).mean(), grad_norm)

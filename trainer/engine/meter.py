@@ -6,23 +6,26 @@ from collections.abc import Callable
 
 import torch
 
+from trainer.tricks.clipping import NormParts, total_norm
+
 
 class StepMeter:
     """Holds the steps' figures since the last read (the loop reads it at least every `log_every` steps).
 
-    A Python list of the steps' 0-d tensors, stacked at the read: appending costs nothing, where
-    writing into a preallocated device buffer is an indexing op per figure per step."""
+    Python lists of the steps' device tensors, stacked at the read: appending costs nothing, where
+    writing into a preallocated device buffer is an indexing op per figure per step. Each step's
+    gradient norm comes in parts (clipping.NormParts), reduced here for all the steps at once."""
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
-        self.grad_norms: list[torch.Tensor] = []
+        self.grad_norms: list[NormParts] = []
 
     @property
     def pending(self) -> int:
         """Steps recorded and not yet read."""
         return len(self.losses)
 
-    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def record(self, loss: torch.Tensor, grad_norm: NormParts) -> None:
         """Store one step's figures (no host sync)."""
         self.losses.append(loss)
         self.grad_norms.append(grad_norm)
@@ -33,6 +36,15 @@ class StepMeter:
         `losses_across_ranks` combines the ranks' losses first (under torchrun: their mean)."""
         losses = torch.stack(self.losses).float()
         figures = torch.stack([losses_across_ranks(losses) if losses_across_ranks else losses,
-                               torch.stack(self.grad_norms).float().to(losses.device)]).tolist()
+                               self._total_norms().to(losses.device)]).tolist()
         self.losses, self.grad_norms = [], []
         return figures[0], figures[1]
+
+    def _total_norms(self) -> torch.Tensor:
+        """Each pending step's global gradient norm: two ops for all the steps when each came in as
+        many parts (the same parameters had gradients), else two a step."""
+        counts = {len(parts) for parts in self.grad_norms}
+        if len(counts) > 1:
+            return torch.stack([total_norm(parts) for parts in self.grad_norms]).float()
+        table = torch.stack([part for parts in self.grad_norms for part in parts]).float()
+        return torch.linalg.vector_norm(table.view(len(self.grad_norms), -1), dim=1)

@@ -1,10 +1,10 @@
 """Gradient clipping, one strategy per `clipping=` choice.
 
 A strategy is called after backward (and after the gradient scaler's unscale) with the
-parameters; it clips their gradients in place and returns the global L2 norm measured
-before clipping when asked to (`measure`), or always where it computes it anyway. Each exposes
-`max_norm`, the norm threshold (None where there is none), so the loop can count clipped steps
-without asking which strategy it has.
+parameters; it clips their gradients in place and returns the global norm measured before
+clipping, as `NormParts`, when asked to (`measure`), or always where it computes it anyway.
+Each exposes `max_norm`, the norm threshold (None where there is none), so the loop can count
+clipped steps without asking which strategy it has.
 """
 from __future__ import annotations
 
@@ -14,20 +14,35 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 from trainer.errors import ConfigError
 
 
+NormParts = tuple[torch.Tensor, ...]
+"""The global gradient norm, not yet reduced: the L2 norm of these device tensors (`total_norm`).
+Each gradient's L2 norm, one op a step; reducing them is two ops more, which cost a small model's
+CPU step about 1% (measured on cnn1d, scripts/bench_step.py), so the step meter reduces all the
+steps it holds at once. One part, the global norm itself, where a strategy computes it anyway."""
+
+
+def norm_parts(params: list[torch.Tensor]) -> NormParts:
+    """The L2 norm of each gradient (no host sync); the global norm is their `total_norm`."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return tuple(torch._foreach_norm(grads)) if grads else (torch.zeros(()),)
+
+
+def total_norm(parts: NormParts) -> torch.Tensor:
+    """The global norm `parts` make up, as one device tensor."""
+    return parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts))
+
+
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of all gradients, as one device tensor (no host sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return total_norm(norm_parts(params))
 
 
 class NoClipping:
     name = "none"
     max_norm: float | None = None  # no norm threshold: the loop counts no clipped steps
 
-    def __call__(self, params: list[torch.Tensor], measure: bool) -> torch.Tensor | None:
-        return grad_norm(params) if measure else None
+    def __call__(self, params: list[torch.Tensor], measure: bool) -> NormParts | None:
+        return norm_parts(params) if measure else None
 
 
 class NormClipping:
@@ -39,8 +54,8 @@ class NormClipping:
         self.max_norm = max_norm
         self.norm_type = norm_type
 
-    def __call__(self, params: list[torch.Tensor], measure: bool) -> torch.Tensor:
-        return clip_grad_norm_(params, self.max_norm, self.norm_type)
+    def __call__(self, params: list[torch.Tensor], measure: bool) -> NormParts:
+        return (clip_grad_norm_(params, self.max_norm, self.norm_type),)
 
 
 class ValueClipping:
@@ -52,10 +67,10 @@ class ValueClipping:
     def __init__(self, clip_value: float) -> None:
         self.clip_value = clip_value
 
-    def __call__(self, params: list[torch.Tensor], measure: bool) -> torch.Tensor | None:
-        norm = grad_norm(params) if measure else None
+    def __call__(self, params: list[torch.Tensor], measure: bool) -> NormParts | None:
+        parts = norm_parts(params) if measure else None
         clip_grad_value_(params, self.clip_value)
-        return norm
+        return parts
 
 
 Clipping = NoClipping | NormClipping | ValueClipping

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 
 from trainer.config import group_choices
 from trainer.errors import ConfigError
-from trainer.tricks.clipping import Clipping
+from trainer.tricks.clipping import Clipping, NormParts, total_norm
 
 PRECISIONS = group_choices("precision")  # conf/precision/*.yaml
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # what a run may compute in besides fp32
@@ -58,16 +58,17 @@ class Precision:
 
     def step(
         self, optimizer: Optimizer, clipping: Clipping, params: list[torch.Tensor], skip_nonfinite: bool = False,
-    ) -> tuple[torch.Tensor, bool]:
+    ) -> tuple[NormParts, bool]:
         """Unscale, clip, step and zero the gradients.
 
-        Returns the global gradient norm measured before clipping (a device tensor) and whether
-        the update was skipped for non-finite gradients (`skip_nonfinite`, which costs one host
-        sync per step; under fp16 the scaler also skips inf steps itself while it calibrates).
+        Returns the global gradient norm measured before clipping (device tensors, not yet
+        reduced: clipping.total_norm reduces them) and whether the update was skipped for
+        non-finite gradients (`skip_nonfinite`, which costs one host sync per step; under fp16
+        the scaler also skips inf steps itself while it calibrates).
         """
         self.scaler.unscale_(optimizer)  # clip and measure the true gradients, not the scaled ones
         norm = clipping(params, True)
-        skipped = skip_nonfinite and not bool(torch.isfinite(norm))
+        skipped = skip_nonfinite and not bool(torch.isfinite(total_norm(norm)))
         if not skipped:
             self.scaler.step(optimizer)
         self.scaler.update()

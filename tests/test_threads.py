@@ -258,3 +258,21 @@ def test_under_torchrun_only_rank_0_says_the_registry_is_unusable(
     monkeypatch.setenv("RANK", "1")
     assert threads.running_processes() == 1
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_rebalances_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the registry costs a small model's epoch end about 0.25 ms: the loop re-divides
+    the cores at an epoch end only when a second has passed since it last did."""
+    from types import SimpleNamespace
+
+    from trainer.engine import loop
+
+    calls: list[object] = []
+    monkeypatch.setattr(threads, "rebalance", calls.append)
+    clock = iter([0.5, 1.2, 1.9, 2.3])
+    monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+    trainer = SimpleNamespace(rebalanced=0.0, parts=SimpleNamespace(cfg=SimpleNamespace(trainer=SimpleNamespace(threads="auto"))))
+    for _ in range(4):
+        loop.Trainer._rebalance_threads(trainer)  # type: ignore[arg-type]
+    assert calls == ["auto", "auto"]  # at 1.2 s and at 2.3 s, not at 0.5 s or 1.9 s
+    assert trainer.rebalanced == 2.3

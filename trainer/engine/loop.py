@@ -41,6 +41,9 @@ from trainer.tricks.sched import current_lr
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it can take bigger batches
 DIVERGENCE_HISTORY = 5  # per-step losses and gradient norms kept as the evidence before a divergence
+# Re-dividing the cores among the running train processes reads their registry (about 0.25 ms):
+# at every epoch end a small model's 0.1 s epochs would notice it, and a second is soon enough.
+REBALANCE_EVERY_S = 1.0
 
 
 @dataclass
@@ -162,6 +165,7 @@ class Trainer:
         self.layer_watch = LayerWatch(self.model) if watch_layers and not settings.compile else None
         self.layer_rows: list[dict[str, Any]] | None = None
         self.started = 0.0
+        self.rebalanced = time.monotonic()  # threads.resolve divided the cores as the run started
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -262,7 +266,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         state = self.state
         self._flush()
-        threads.rebalance(self.parts.cfg.trainer.threads)  # another train process may have started or ended
+        self._rebalance_threads()
         metrics = self.evaluate()
         row = {"kind": "epoch", "epoch": state.epoch, "step": state.step,
                "train_loss": state.epoch_loss_sum / max(state.epoch_steps, 1), **metrics,
@@ -291,6 +295,14 @@ class Trainer:
             self.checkpoints.save(self, best)
         if stop:
             self._stop_early(finished_epoch)
+
+    def _rebalance_threads(self) -> None:
+        """Another train process may have started or ended: at most every REBALANCE_EVERY_S, take
+        this process's share of the cores now (threads.rebalance)."""
+        now = time.monotonic()
+        if now - self.rebalanced >= REBALANCE_EVERY_S:
+            threads.rebalance(self.parts.cfg.trainer.threads)
+            self.rebalanced = now
 
     def _stop_early(self, finished_epoch: int) -> None:
         monitor = self.parts.early_stopping.monitor

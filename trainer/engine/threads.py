@@ -4,7 +4,7 @@ Several processes that each run as many threads as there are cores spin against 
 measured on a 2-core CPU, two concurrent runs were 10-40x slower. `auto` therefore shares the
 cores this process may use among the `train` processes running on the machine (each holds a
 lock file in a shared folder while it lives) and the jobs a sweep runs at once, and a run
-re-divides at every epoch end (`rebalance`), so the first of two runs gives up its share when
+re-divides at epoch ends, at most once a second (`rebalance`), so the first of two runs gives up its share when
 the second starts, and takes it back when that one ends.
 """
 from __future__ import annotations

@@ -78,4 +78,6 @@ def test_bench_epoch_pairs_each_train_epoch_with_the_raw_epoch_after_it(bench: M
         assert len(train_s) == len(raw_s) == 3 and min(train_s + raw_s) > 0
         result = bench_epoch.paired(train_s, raw_s)
         assert result["pairs"] == 3 and result["low"] <= result["median"] <= result["high"]
+        assert result["total_low"] <= result["total"] <= result["total_high"]
+        assert result["total"] == pytest.approx(sum(train_s) / sum(raw_s))
     assert trainer.run.layers_probe is probe  # the run's own probe is put back

@@ -17,7 +17,7 @@ Each way runs `steps` optimizer steps, evaluating the validation set at every ep
 after the last step, timed from the first step to the end of that last evaluation (process start, data generation and model
 building are outside the timing, for all three). Checkpointing and logging are off in all
 three, so the figures compare the training loops themselves; a fourth way, `train_ckpt`, is
-`train` with its default checkpointing (a checkpoint at every epoch end, best.pt), to show what
+`train` with its default checkpointing (every epoch end, at most one a second, best.pt), to show what
 that costs (its timing includes waiting for the last checkpoint's write).
 
 The `imagefolder` case streams an ImageFolder from disk (IMAGES generated JPEGs of IMAGE_SIDE px in
@@ -251,7 +251,8 @@ def trainer_way(cfg, steps: int) -> Timing:
 
 
 def trainer_checkpointing_way(cfg, steps: int) -> Timing:
-    """`train` as a user runs it: a checkpoint at every epoch end (the default), best.pt on improvement."""
+    """`train` as a user runs it: a checkpoint at every epoch end, at most one a second (the
+    default checkpoint.min_interval_s), best.pt on improvement."""
     cfg = copy.deepcopy(cfg)
     cfg.checkpoint.every_epochs = 1
     return trainer_way(cfg, steps)

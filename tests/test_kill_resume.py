@@ -2,8 +2,9 @@
 after an epoch-end checkpoint, right after a best.pt write, mid-epoch, during a checkpoint write,
 right after the last checkpoint) and resumed with resume=auto, once or several times, ends with
 the same weights (torch.equal), metrics.jsonl and summary as the run never interrupted, in every
-configuration whose state a checkpoint must carry. The default checkpointing (every epoch end)
-throughout, as a user gets it. The points are hit exactly: tests/killing_train.py kills itself."""
+configuration whose state a checkpoint must carry. A checkpoint at every epoch end throughout
+(the default's interval, without its one-second floor, which one test keeps). The points are hit
+exactly: tests/killing_train.py kills itself."""
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ from trainer.engine import checkpoint
 
 KILLING_TRAIN = str(Path(__file__).with_name("killing_train.py"))
 # 192 samples in batches of 32: 6 steps per epoch, 4 epochs; deterministic on one CPU thread.
+# Every epoch end checkpointed (min_interval_s=0): the kill points count checkpoints, and the
+# shipped one-second floor would make which epochs have one depend on the machine's speed
+# (test_the_shipped_floor_... kills a run under it).
 RUN = ["data=synthetic", "data.num_train=192", "batch_size=32", "epochs=4", "log_every=4",
-       "deterministic=true", "device=cpu", "curves=false"]  # curves.png is drawn after training: a second a process
+       "deterministic=true", "device=cpu", "curves=false",  # curves.png is drawn after training: a second a process
+       "checkpoint.min_interval_s=0"]
 TIMING = {"elapsed", "samples_per_s"}
 SUMMARY_KEYS = ("status", "final", "best", "restored", "epochs_run", "steps", "skipped_steps", "restored_best_weights")
 
@@ -124,6 +129,14 @@ def assert_same_outcome(expected_dir: Path, got_dir: Path) -> None:
 @pytest.mark.parametrize("point", [p if p == "epoch_end" else pytest.param(p, marks=pytest.mark.slow) for p in POINTS])
 def test_defaults_killed_at_any_point_resume_exactly(uninterrupted: Any, tmp_path: Path, point: str) -> None:
     killed_and_resumed(tmp_path / "run", [], POINTS[point])
+    assert_same_outcome(uninterrupted("defaults"), tmp_path / "run")
+
+
+def test_the_shipped_floor_killed_mid_epoch_resumes_exactly(uninterrupted: Any, tmp_path: Path) -> None:
+    """As shipped (checkpoint.min_interval_s=1.0), this sub-second run checkpoints only its best
+    epochs (and, on a slow machine, an epoch a second): killed at step 9 it resumes from whichever
+    checkpoint is there and still ends as the run never interrupted."""
+    killed_and_resumed(tmp_path / "run", ["checkpoint.min_interval_s=1.0"], ["step:9"])
     assert_same_outcome(uninterrupted("defaults"), tmp_path / "run")
 
 

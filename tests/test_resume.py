@@ -27,7 +27,7 @@ TRAIN = str(Path(sys.executable).with_name("train"))
 # Deterministic, with dropout (so the RNG state matters) and a checkpoint every 4 steps:
 # 2 epochs of 64 steps, slow enough (about a second) to be killed part-way.
 RUN = ["data=synthetic", "data.num_train=2048", "model=mlp", "model.width=256", "batch_size=32", "epochs=2",
-       "log_every=5", "deterministic=true", "checkpoint.every_steps=4", "regularisation=dropout", "device=cpu",
+       "log_every=5", "deterministic=true", "checkpoint.every_steps=4", "checkpoint.min_interval_s=0", "regularisation=dropout", "device=cpu",
        "curves=false"]  # curves.png is drawn after training: a second a process
 TIMING = {"elapsed", "samples_per_s"}
 
@@ -102,6 +102,51 @@ def test_the_last_epoch_is_checkpointed_whatever_the_interval(make_cfg: Callable
     summary = run(make_cfg(*length, "checkpoint.every_epochs=2", "data.num_train=64"), run_dir)
     assert summary["status"] == "completed" and summary["steps"] in (5, 6)
     assert checkpointed_steps(run_dir) == [4, summary["steps"]]
+
+
+def test_a_periodic_checkpoint_within_min_interval_s_of_the_last_is_skipped(tmp_path: Path) -> None:
+    """checkpoint.min_interval_s: due by every_epochs or every_steps, a checkpoint is written only
+    when that many seconds have passed since the last save (the run's start before the first);
+    any save, a best epoch's included, starts the interval again; 0 skips none."""
+    now = [0.0]
+    saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, every_steps=5, keep_last=2, min_interval_s=1.0,
+                                    clock=lambda: now[0])
+    due = []
+    for at, epoch in ((0.4, 1), (0.9, 2), (1.0, 3), (1.5, 4), (2.2, 5)):
+        now[0] = at
+        due.append(saver.due_at_epoch(epoch) and saver.due_at_step(epoch * 5))
+        if due[-1]:
+            saver.save({"train_state": {"epoch": epoch}}, epoch, best=False)
+    saver.wait()
+    assert due == [False, False, True, False, True]
+    assert [entry["step"] for entry in checkpoint.read_index(tmp_path / checkpoint.FOLDER)["checkpoints"]] == [3, 5]
+    now[0] = 3.0
+    saver.save({"train_state": {"epoch": 6}}, 6, best=True)  # a best epoch's save, whatever was due
+    now[0] = 3.5
+    assert not saver.due_at_epoch(7)
+    saver.wait()
+    every = checkpoint.Checkpointer(tmp_path / "every", every_epochs=1, every_steps=0, keep_last=2, clock=lambda: now[0])
+    assert every.due_at_epoch(1) and every.due_at_epoch(2)  # the default of a Checkpointer built by hand: 0
+
+
+def test_the_default_run_skips_checkpoints_within_a_second_but_keeps_best_and_last(
+        make_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As shipped (min_interval_s=1.0), a run whose epochs take a fraction of a second writes the
+    best epochs and the last one, not every epoch; the same run with 0 writes every epoch. The
+    clock stands still (a loaded machine could take a second over the run)."""
+    init = checkpoint.Checkpointer.__init__
+    monkeypatch.setattr(checkpoint.Checkpointer, "__init__", lambda self, *args, **kwargs: init(self, *args, **kwargs, clock=lambda: 0.0))
+    best_epochs = {2, 5}
+    monkeypatch.setattr(Trainer, "_is_best", lambda self, metrics: self.state.epoch in best_epochs)
+    written = []
+    monkeypatch.setattr(checkpoint.Checkpointer, "save",
+                        lambda self, payload, step, best=False: written.append((payload["train_state"]["epoch"] - 1, best)))
+    summary = run(make_cfg("epochs=8", "max_steps=null", "data.num_train=64", "checkpoint.min_interval_s=1.0"), tmp_path / "floored")
+    assert summary["status"] == "completed"
+    assert written == [(2, True), (5, True), (8, False)]
+    written.clear()
+    run(make_cfg("epochs=8", "max_steps=null", "data.num_train=64", "checkpoint.min_interval_s=0"), tmp_path / "every")
+    assert written == [(epoch, epoch in best_epochs) for epoch in range(1, 9)]
 
 
 def test_a_completed_run_launched_again_with_resume_auto_is_left_exactly_as_it_was(

@@ -85,7 +85,8 @@ def train_killed(kill_at: str, args: list[str], cwd: Path) -> int | None:
 
 
 def test_a_streamed_run_killed_mid_epoch_resumes_exactly(images: list[str], tmp_path: Path) -> None:
-    args = [*RUN, *CNN, *images, "data.in_memory=false", "data.workers=0", "checkpoint.every_steps=4"]
+    args = [*RUN, *CNN, *images, "data.in_memory=false", "data.workers=0", "checkpoint.every_steps=4",
+            "checkpoint.min_interval_s=0"]
     train(args, tmp_path, "full")
     assert train_killed("step:5", [*args, "hydra.run.dir=killed"], tmp_path) == -9
     resumed = train_in_process([*args, "hydra.run.dir=killed", "resume=auto"], tmp_path)

@@ -84,6 +84,10 @@ def _train(cfg: DictConfig, run_dir: Path, payload: dict[str, Any] | None, notic
     with ranks.all_or_none():  # every rank checks the config and builds its parts before rank 0 writes anything
         parts = build_parts(cfg)  # first: it checks that `checkpoint` holds the keys the Checkpointer takes
         checkpointer = checkpoint.Checkpointer(run_dir, **cfg.checkpoint)
+        if ranks.enabled:
+            # Each rank would read the interval off its own clock, and ranks that disagreed on a
+            # checkpoint would disagree on the collective its state takes (the meter's read).
+            checkpointer.min_interval_s = 0.0
         if payload is not None:
             load_weights(payload, parts.model, str(cfg.resume), run_dir)
     if payload is not None and (summary := completed_summary(payload, cfg, run_dir)) is not None:  # its record stays as it is

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -149,16 +150,29 @@ class Checkpointer:
         every_epochs: checkpoint at every N-th epoch end (0: never).
         every_steps: checkpoint every N optimizer steps (0: never).
         keep_last: recent checkpoints kept; older ones are deleted once a newer one is safely listed.
+        min_interval_s: a checkpoint due by `every_epochs` or `every_steps` is skipped when the
+            last save was less than this many seconds ago (0: every one due is written). A
+            checkpoint costs a few milliseconds of the training thread (measured 5-7 ms on a
+            small CPU model), a tenth of a 0.1 s epoch; a kill loses at most this many seconds
+            more. The saves the loop makes whatever is due (a best epoch, the last, an early
+            stop, an interrupt) are never skipped.
+        clock: seconds, for the interval (time.monotonic; a test's fake).
     """
 
-    def __init__(self, run_dir: Path, every_epochs: int, every_steps: int, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, every_epochs: int, every_steps: int, keep_last: int,
+                 min_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         for key, value in (("every_epochs", every_epochs), ("every_steps", every_steps)):
             if not isinstance(value, int) or value < 0:
                 raise CheckpointError(f"checkpoint.{key}={value} must be an integer >= 0")
         if not isinstance(keep_last, int) or keep_last < 1:
             raise CheckpointError(f"checkpoint.keep_last={keep_last} must be an integer >= 1")
+        if isinstance(min_interval_s, bool) or not isinstance(min_interval_s, (int, float)) or not 0 <= min_interval_s < float("inf"):
+            raise CheckpointError(f"checkpoint.min_interval_s={min_interval_s} must be a number of seconds >= 0 "
+                                  "(0: every checkpoint due is written)")
         self.folder = run_dir / FOLDER
         self.every_epochs, self.every_steps, self.keep_last = every_epochs, every_steps, keep_last
+        self.min_interval_s, self.clock = float(min_interval_s), clock
+        self.last_save = clock()  # the run's start: the first periodic checkpoint comes min_interval_s in
         self.writer = BackgroundWriter()
 
     @property
@@ -167,13 +181,17 @@ class Checkpointer:
         return bool(self.every_epochs or self.every_steps)
 
     def due_at_step(self, step: int) -> bool:
-        return bool(self.every_steps) and step % self.every_steps == 0
+        return bool(self.every_steps) and step % self.every_steps == 0 and self._interval_passed()
 
     def due_at_epoch(self, epoch: int) -> bool:
-        return bool(self.every_epochs) and epoch % self.every_epochs == 0
+        return bool(self.every_epochs) and epoch % self.every_epochs == 0 and self._interval_passed()
+
+    def _interval_passed(self) -> bool:
+        return self.clock() - self.last_save >= self.min_interval_s
 
     def save(self, payload: dict[str, Any], step: int, best: bool = False) -> None:
         """Serialise `payload` now and write it in the background (after the write before)."""
+        self.last_save = self.clock()
         data, epoch = serialise(payload), payload["train_state"]["epoch"]
         self.writer.submit(lambda: self.write_bytes(data, step, epoch, best))
 

@@ -124,8 +124,8 @@ def test_the_step_meter_reads_each_steps_global_norm_from_its_parts() -> None:
     step's own total_norm, whether the steps came in as many parts or not (a parameter without
     a gradient at some step, or a clipping strategy that returns the norm itself)."""
     generator = torch.Generator().manual_seed(0)
-    steps = [tuple(torch.rand((), generator=generator) * 10 for _ in range(count)) for count in (11, 11, 11)]
-    mixed = [*steps, (torch.tensor(2.5),), tuple(torch.rand((), generator=generator) for _ in range(4))]
+    steps = [torch.rand(11, generator=generator) * 10 for _ in range(3)]
+    mixed = [*steps, torch.tensor([2.5]), torch.rand(4, generator=generator)]
     for recorded in (steps, mixed):
         meter = StepMeter()
         for number, parts in enumerate(recorded):
@@ -133,4 +133,4 @@ def test_the_step_meter_reads_each_steps_global_norm_from_its_parts() -> None:
         losses, norms = meter.read()
         assert losses == [float(n) for n in range(len(recorded))] and meter.pending == 0
         assert norms == [float(clipping.total_norm(parts)) for parts in recorded]
-    assert mixed[3] == (torch.tensor(2.5),) and norms[3] == 2.5
+    assert norms[3] == 2.5

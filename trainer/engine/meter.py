@@ -42,9 +42,7 @@ class StepMeter:
 
     def _total_norms(self) -> torch.Tensor:
         """Each pending step's global gradient norm: two ops for all the steps when each came in as
-        many parts (the same parameters had gradients), else two a step."""
-        counts = {len(parts) for parts in self.grad_norms}
-        if len(counts) > 1:
+        many parts (the same parameters had gradients), else one a step."""
+        if len({len(parts) for parts in self.grad_norms}) > 1:
             return torch.stack([total_norm(parts) for parts in self.grad_norms]).float()
-        table = torch.stack([part for parts in self.grad_norms for part in parts]).float()
-        return torch.linalg.vector_norm(table.view(len(self.grad_norms), -1), dim=1)
+        return torch.linalg.vector_norm(torch.stack(self.grad_norms).float(), dim=1)

@@ -14,22 +14,25 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 from trainer.errors import ConfigError
 
 
-NormParts = tuple[torch.Tensor, ...]
-"""The global gradient norm, not yet reduced: the L2 norm of these device tensors (`total_norm`).
-Each gradient's L2 norm, one op a step; reducing them is two ops more, which cost a small model's
-CPU step about 1% (measured on cnn1d, scripts/bench_step.py), so the step meter reduces all the
-steps it holds at once. One part, the global norm itself, where a strategy computes it anyway."""
+NormParts = torch.Tensor
+"""The global gradient norm, not yet reduced: a 1-D device tensor whose L2 norm it is (`total_norm`).
+Each gradient's L2 norm, stacked: two ops a step, where reducing them is a third, and the step's
+ops cost a small model's CPU step about 1% each (cnn1d, scripts/bench_step.py), so the step meter
+reduces all the steps it holds at once. One part, the global norm itself, where a strategy
+computes it anyway."""
 
 
 def norm_parts(params: list[torch.Tensor]) -> NormParts:
     """The L2 norm of each gradient (no host sync); the global norm is their `total_norm`."""
     grads = [p.grad for p in params if p.grad is not None]
-    return tuple(torch._foreach_norm(grads)) if grads else (torch.zeros(()),)
+    if not grads:
+        return torch.zeros(1, device=params[0].device if params else None)
+    return torch.stack(torch._foreach_norm(grads))
 
 
 def total_norm(parts: NormParts) -> torch.Tensor:
-    """The global norm `parts` make up, as one device tensor."""
-    return parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts))
+    """The global norm `parts` make up, as one 0-d device tensor."""
+    return torch.linalg.vector_norm(parts)
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -55,7 +58,7 @@ class NormClipping:
         self.norm_type = norm_type
 
     def __call__(self, params: list[torch.Tensor], measure: bool) -> NormParts:
-        return (clip_grad_norm_(params, self.max_norm, self.norm_type),)
+        return clip_grad_norm_(params, self.max_norm, self.norm_type).reshape(1)
 
 
 class ValueClipping:

@@ -17,6 +17,7 @@ train epoch's too.
 
     python scripts/bench_epoch.py                           # cnn1d, 200 epoch pairs, checkpointing off and on
     python scripts/bench_epoch.py --epochs 400 --checkpointing on
+    python scripts/bench_epoch.py --epochs 100 --runs 7     # the median of 7 runs for each setting
 
 Prints and writes (bench_epoch.json) the median paired time ratio train/raw with its
 distribution-free 95% interval, and the ratio of the totals (every train epoch's time over every
@@ -132,30 +133,57 @@ def measure(cfg, epochs: int) -> dict[str, float]:
     return paired(*alternate(measure_config(cfg, epochs), epochs))
 
 
+def across_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Several runs' results together. Each run's model and data copies land at other addresses,
+    and the pairs of one run share a bias of their own (run-to-run medians of the same code moved
+    by +-2 points on this project's machine, each run's own interval by +-1): the median of the
+    runs' medians, and of their totals, with the distribution-free interval of a median over the
+    runs (with 5 runs, their whole range: 94%)."""
+    medians, totals = sorted(run["median"] for run in runs), sorted(run["total"] for run in runs)
+    low, high = median_interval(medians)
+    total_low, total_high = median_interval(totals)
+    return {"median": statistics.median(medians), "low": low, "high": high,
+            "total": statistics.median(totals), "total_low": total_low, "total_high": total_high,
+            "pairs": sum(run["pairs"] for run in runs), "train_epoch_s": statistics.median(run["train_epoch_s"] for run in runs),
+            "raw_epoch_s": statistics.median(run["raw_epoch_s"] for run in runs), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_in_memory_case_arguments(parser)
     parser.add_argument("--epochs", type=int, default=200, help="pairs of epochs timed, for each setting")
     parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="both",
                         help="on: train's default checkpointing (every epoch end, at most one a second, best.pt)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of --epochs pairs for each setting, the settings in turn; more than 1 reports "
+                             "the median of the runs' figures (each run's pairs share a bias of their own)")
     parser.add_argument("--out", default="bench_epoch.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     case = in_memory_case(parser, args)
     settings = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.checkpointing]
+    configs = {setting: config(case, args.device, args.precision,
+                               (f"checkpoint.every_epochs={'1' if setting == 'on' else '0'}",)) for setting in settings}
+    runs: dict[str, list[dict[str, float]]] = {setting: [] for setting in settings}
+    for number in range(args.runs):  # the settings in turn, so that the machine's drift falls on each alike
+        for setting in settings:
+            result = measure(configs[setting], args.epochs)
+            runs[setting].append(result)
+            if args.runs > 1:
+                print(f"  run {number + 1}, checkpointing {setting}: paired train/raw {result['median']:.4f}, "
+                      f"all epochs together {result['total']:.4f}", flush=True)
     results = {}
     for setting in settings:
-        every = "1" if setting == "on" else "0"
-        cfg = config(case, args.device, args.precision, (f"checkpoint.every_epochs={every}",))
-        result = results[f"checkpointing_{setting}"] = measure(cfg, args.epochs)
+        result = results[f"checkpointing_{setting}"] = runs[setting][0] if args.runs == 1 else across_runs(runs[setting])
+        over = f"{result['pairs']} pairs" if args.runs == 1 else f"median of {args.runs} runs of {args.epochs} pairs"
         print(f"{args.case}, checkpointing {setting}: train epoch {result['train_epoch_s'] * 1e3:.1f} ms, raw "
               f"{result['raw_epoch_s'] * 1e3:.1f} ms; paired train/raw {result['median']:.4f} (95% interval "
-              f"{result['low']:.4f} to {result['high']:.4f}, {result['pairs']} pairs) = "
+              f"{result['low']:.4f} to {result['high']:.4f}, {over}) = "
               f"{1 / result['median']:.3f}x the raw loop's samples/s; all epochs together {result['total']:.4f} "
               f"({result['total_low']:.4f} to {result['total_high']:.4f}) = {1 / result['total']:.3f}x", flush=True)
     machine = {"device": args.device, "precision": args.precision, "torch": torch.__version__,
                "threads": torch.get_num_threads()}
-    Path(args.out).write_text(json.dumps({"case": args.case, "epochs": args.epochs, "machine": machine, **results},
+    Path(args.out).write_text(json.dumps({"case": args.case, "epochs": args.epochs, "runs": args.runs, "machine": machine, **results},
                                          indent=2) + "\n")
     print(f"wrote {args.out}")
 

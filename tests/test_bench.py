@@ -81,3 +81,13 @@ def test_bench_epoch_pairs_each_train_epoch_with_the_raw_epoch_after_it(bench: M
         assert result["total_low"] <= result["total"] <= result["total_high"]
         assert result["total"] == pytest.approx(sum(train_s) / sum(raw_s))
     assert trainer.run.layers_probe is probe  # the run's own probe is put back
+
+
+def test_bench_epoch_across_runs_takes_the_median_of_the_runs_figures() -> None:
+    bench_epoch = load_script("bench_epoch")
+    runs = [{"median": m, "total": t, "pairs": 10, "train_epoch_s": 0.1, "raw_epoch_s": 0.09}
+            for m, t in ((1.05, 1.06), (1.02, 1.01), (1.03, 1.04), (1.04, 1.02), (1.01, 1.03))]
+    result = bench_epoch.across_runs(runs)
+    assert (result["median"], result["total"], result["pairs"]) == (1.03, 1.03, 50)
+    assert (result["low"], result["high"]) == (1.01, 1.05)  # 5 runs: their whole range
+    assert (result["total_low"], result["total_high"]) == (1.01, 1.06)

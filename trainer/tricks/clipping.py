@@ -16,9 +16,9 @@ from trainer.errors import ConfigError
 
 NormParts = torch.Tensor
 """The global gradient norm, not yet reduced: a 1-D device tensor whose L2 norm it is (`total_norm`).
-Each gradient's L2 norm, stacked: two ops a step, where reducing them is a third, and the step's
-ops cost a small model's CPU step about 1% each (cnn1d, scripts/bench_step.py), so the step meter
-reduces all the steps it holds at once. One part, the global norm itself, where a strategy
+Each gradient's L2 norm, stacked: two ops a step, where reducing them is a third, and on a small
+model's CPU step each op is up to 1% (cnn1d, scripts/bench_step.py), so the step meter reduces
+all the steps it holds at once. One part, the global norm itself, where a strategy
 computes it anyway."""
 
 

@@ -80,8 +80,8 @@ def test_none_leaves_grads_untouched() -> None:
 def test_grad_norm_skips_params_without_grad() -> None:
     params = params_with_grads(3.0)
     extra = nn.Parameter(torch.ones(4))  # no .grad
-    assert float(clipping.grad_norm([*params, extra])) == pytest.approx(3.0, rel=1e-5)
-    assert float(clipping.grad_norm([extra])) == 0.0
+    assert float(clipping.total_norm(clipping.norm_parts([*params, extra]))) == pytest.approx(3.0, rel=1e-5)
+    assert float(clipping.total_norm(clipping.norm_parts([extra]))) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,6 @@ def total_norm(parts: NormParts) -> torch.Tensor:
     return torch.linalg.vector_norm(parts)
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of all gradients, as one device tensor (no host sync)."""
-    return total_norm(norm_parts(params))
-
-
 class NoClipping:
     name = "none"
     max_norm: float | None = None  # no norm threshold: the loop counts no clipped steps

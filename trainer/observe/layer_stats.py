@@ -183,7 +183,7 @@ class StepOutputs:
 
     def stats(self) -> ActivationStats:
         """`_activation_stats` over every step's outputs."""
-        nan = self.mean.new_tensor(float("nan"))
+        nan = _nan(self.mean.device)
         std = (self.squares / (self.count - 1)).sqrt() if self.count > 1 else nan
         if self.alive is None:
             return ActivationStats(self.mean, std, nan, 0)
@@ -298,9 +298,8 @@ def _weight_stats(modules: list[nn.Module], weights_of: dict[int, list[nn.Parame
     grad_norms = dict(zip(map(id, with_grads), torch._foreach_norm(flat_grads) if flat_grads else ()))
     grad_stds = {id(module): flat.std() if flat.numel() > 1 else nan for module, flat in zip(with_grads, flat_grads)}
     stats = {id(module): (nan, nan, nan) for module in modules}
-    for module, weight_norm in zip(weighted, weight_norms):
-        stats[id(module)] = (weight_norm.to(device), grad_norms.get(id(module), nan).to(device),
-                             grad_stds.get(id(module), nan).to(device))
+    for module, weight_norm in zip(weighted, weight_norms):  # _rows moves them to `device` with the rest
+        stats[id(module)] = (weight_norm, grad_norms.get(id(module), nan), grad_stds.get(id(module), nan))
     return stats
 
 

@@ -70,7 +70,9 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("per_rank", [[PER_RANK], ["batch_size=8", "trainer.accumulate=2"]], ids=["batch", "accumulated"])
 def test_two_ranks_train_as_one_process_with_the_global_batch(one_process: Path, tmp_path: Path, per_rank: list[str]) -> None:
-    rank0, rank1 = train_ranks([*BASE, *per_rank], tmp_path)
+    # A checkpoint every 2 steps under the shipped one-second floor: the ranks' clocks would each
+    # decide alone, so a run of several processes writes every one due (steps 2 to 8, the last 2 kept).
+    rank0, rank1 = train_ranks([*BASE, *per_rank, "checkpoint.every_steps=2"], tmp_path)
     assert (rank0.code, rank1.code) == (0, 0), rank0.stderr + rank1.stderr
     # One run folder for both ranks, though Hydra's ${now:} names it by each process's own clock.
     folders = [path for path in (tmp_path / "outputs").glob("*/*")]
@@ -78,6 +80,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(one_process: Path,
     assert_same_training(one_process, folders[0])
     summary = json.loads((folders[0] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 8 and summary["world_size"] == 2
+    assert [entry["step"] for entry in checkpoint.read_index(folders[0] / checkpoint.FOLDER)["checkpoints"]] == [6, 8]
     assert summary["test"]["acc"] == pytest.approx(json.loads((one_process / "summary.json").read_text())["test"]["acc"])
     # Rank 0 alone shows the run; rank 1 prints nothing.
     assert f"run folder {folders[0]}" in rank0.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -147,6 +148,35 @@ def test_the_default_run_skips_checkpoints_within_a_second_but_keeps_best_and_la
     written.clear()
     run(make_cfg("epochs=8", "max_steps=null", "data.num_train=64", "checkpoint.min_interval_s=0"), tmp_path / "every")
     assert written == [(epoch, epoch in best_epochs) for epoch in range(1, 9)]
+
+
+def test_under_the_floor_an_early_stop_and_an_interrupt_are_still_checkpointed(
+        make_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """min_interval_s skips only the periodic checkpoints: with the clock standing still and no
+    best epoch after the first, the epoch early stopping ends at (4) and the step a signal stops
+    at (9, mid-epoch 5 of 2 steps each) are written all the same."""
+    from trainer.tricks.early_stopping import NoEarlyStopping
+
+    init = checkpoint.Checkpointer.__init__
+    monkeypatch.setattr(checkpoint.Checkpointer, "__init__", lambda self, *args, **kwargs: init(self, *args, **kwargs, clock=lambda: 0.0))
+    monkeypatch.setattr(Trainer, "_is_best", lambda self, metrics: self.state.epoch == 1)
+    written: list[int] = []
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, payload, step, best=False: written.append(step))
+    evaluations = iter(range(1, 100))
+    monkeypatch.setattr(NoEarlyStopping, "eval_end", lambda self, metrics, model: next(evaluations) == 4)
+    cfg = ("epochs=8", "max_steps=null", "data.num_train=64", "checkpoint.min_interval_s=1.0")  # 2 steps an epoch
+    assert run(make_cfg(*cfg), tmp_path / "stopped")["status"] == "early_stopped"
+    assert written == [2, 8]  # epoch 1 (best), epoch 4 (the early stop)
+    written.clear()
+    monkeypatch.setattr(NoEarlyStopping, "eval_end", lambda self, metrics, model: False)
+
+    def signalled(self: Trainer) -> bool:
+        self.signals.received = signal.SIGTERM if self.state.step == 9 else None
+        return self.signals.received is not None
+
+    monkeypatch.setattr(Trainer, "_stop_requested", signalled)
+    assert run(make_cfg(*cfg), tmp_path / "interrupted")["status"] == "interrupted"
+    assert written == [2, 9]  # epoch 1 (best), step 9 (the interrupt)
 
 
 def test_a_completed_run_launched_again_with_resume_auto_is_left_exactly_as_it_was(

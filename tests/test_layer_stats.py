@@ -252,3 +252,13 @@ def test_a_seq2seq_decoder_fed_its_own_predictions_reports_one_row_per_layer(
     trainer = _trainer(parts, True)  # the training step's own statistics too
     trainer.train_step(torch.arange(8), measure_layers=True)
     assert [row["name"] for row in trainer.layer_rows or []] == forced
+
+
+def test_activation_std_keeps_a_saturated_layers_small_spread():
+    """A layer whose outputs sit near 1000 with a spread of 0.001: the two-pass std keeps it to float32's
+    precision, where a sum of squares would lose every digit (mean of squares 1e6, variance 1e-6)."""
+    torch.manual_seed(0)
+    outputs = 1000 + 1e-3 * torch.randn(100, 32, 19, dtype=torch.float64)
+    stats = layer_stats._activation_stats(outputs.float(), relu_family=False)
+    assert stats.std.item() == pytest.approx(outputs.std().item(), rel=1e-2)
+    assert stats.mean.item() == pytest.approx(outputs.mean().item(), rel=1e-6)

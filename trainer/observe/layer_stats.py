@@ -10,6 +10,7 @@ The gradients come from `torch.autograd.grad`, which returns them instead of acc
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -259,12 +260,20 @@ class ActivationStats(NamedTuple):
 def _activation_stats(act: Tensor, relu_family: bool) -> ActivationStats:
     """The statistics of one layer output (`ActivationStats`), without a host sync."""
     nan = _nan(act.device)
-    # Two reductions, not torch.std_mean: on the CPU that single op is several times slower.
     mean = act.mean() if act.numel() else nan
-    std = act.std() if act.numel() > 1 else nan
+    std = _std(act, mean) if act.numel() > 1 else nan
     if relu_family and act.ndim >= 2:
         return ActivationStats(mean, std, _alive_count(act), act.shape[1])
     return ActivationStats(mean, std, nan, 0)
+
+
+def _std(values: Tensor, mean: Tensor) -> Tensor:
+    """The sample standard deviation of `values` (more than one), given their mean, in two passes:
+    as accurate as Tensor.std (a saturated layer's small spread survives, which a sum of squares
+    loses) and, the mean being made anyway, on the CPU about twice as fast on a layer's output
+    (measured 70 against 35 us on a (100, 32, 19) map; torch.std_mean several times slower still).
+    Small tensors (a layer's gradient) are faster with Tensor.std, one op instead of two."""
+    return torch.linalg.vector_norm(values - mean) / math.sqrt(values.numel() - 1)
 
 
 def _nan(device: torch.device) -> Tensor:

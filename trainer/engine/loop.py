@@ -32,6 +32,7 @@ from trainer.engine.checkpoint import CheckpointPolicy, NoCheckpoints
 from trainer.engine.meter import StepMeter
 from trainer.engine.parts import Parts
 from trainer.engine.signals import StopSignals
+from trainer.engine.snapshot import StateSnapshot
 from trainer.observe.display import PlainDisplay
 from trainer.observe.layer_stats import LayerWatch
 from trainer.observe.loggers import Logger
@@ -158,7 +159,7 @@ class Trainer:
         self.best_score: float | None = None  # the best metric's lower-is-better score (checkpoints keep it)
         self.meter = StepMeter()
         self.signals = StopSignals()
-        self.last_good: dict[str, torch.Tensor] | None = None
+        self.last_good = StateSnapshot(self.model)
         # An evaluation's per-layer statistics come from the epoch's last training step: hooks on
         # its forward, its gradients before the update, so they cost no extra forward or backward.
         # A compiled net's submodules take no hooks without recompiling: layers_probe measures it apart.
@@ -362,8 +363,8 @@ class Trainer:
         state.epoch_loss_sum += sum(finite_losses)
         state.epoch_steps += len(finite_losses)
         state.last_grad_norm = finite_norms[-1] if finite_norms else None
-        # Weights known to be finite, to end a diverged run with (nan_policy=stop).
-        self.last_good = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if not self.settings.skip_nonfinite:  # weights known to be finite, to end a diverged run with (nan_policy=stop)
+            self.last_good.take()
 
     def _check_finite(self, losses: list[float], norms: list[float], first_step: int) -> None:
         """Under nan_policy=stop, end the run at the first non-finite loss, or gradient norm
@@ -380,8 +381,8 @@ class Trainer:
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             message = f"non-finite {what} at step {step}" + (f" after gradient norms {', '.join(before)}" if before else "")
             self._emit_divergence(step, losses[:offset], norms[:offset])
-            if self.last_good is not None:
-                self.model.load_state_dict(self.last_good)
+            if self.last_good.taken:
+                self.last_good.restore()
                 message += "; the weights are the last finite ones"
             self._stop("diverged", message)
 

@@ -30,6 +30,14 @@ OUTPUT_FILES = ("curves.png", "vocab.json", "samples.txt", *LOGGER_FILES, "lr_fi
                 "inference.pt", "tsne.png")
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """`record` as one line of JSON, a non-finite float as null. Encoded as it is first, and walked
+    by json_safe only where that wrote a NaN or an infinity: the walk doubled the cost of an epoch's
+    per-layer record (about 150 us on cnn1d), and nearly every record is finite."""
+    line = json.dumps(record)
+    return json.dumps(json_safe(record)) if "NaN" in line or "Infinity" in line else line
+
+
 def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: write them as null (a diverged run's loss, say)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -48,7 +56,7 @@ class MetricsLog:
         self.file = path.open("a", encoding="utf-8")
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(json_safe(record)) + "\n")
+        self.file.write(json_line(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:

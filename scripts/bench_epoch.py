@@ -13,7 +13,8 @@ A train epoch is timed from the end of the raw epoch before it to the start of t
 it: its steps, its evaluation, its layer statistics and records, and the previous epoch's
 checkpoint save (the save comes after the probes at an epoch end). A checkpoint's background write
 overlaps the train epoch it was saved in front of, as in a real run; its wait, if any, is the
-train epoch's too.
+train epoch's too. The floor of one checkpoint a second (checkpoint.min_interval_s) reads the run's
+own seconds, the raw epochs' left out, so the run checkpoints as often as it would alone.
 
     python scripts/bench_epoch.py                           # cnn1d, 200 epoch pairs, checkpointing off and on
     python scripts/bench_epoch.py --epochs 400 --checkpointing on
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import random
@@ -64,7 +66,7 @@ def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
     train_s: list[float] = []
     raw_s: list[float] = []
     raw_ended: list[float] = []
-    layers_probe = trainer.run.layers_probe
+    layers_probe, checkpointer = trainer.run.layers_probe, trainer.run.checkpoint.Checkpointer
 
     def probe_then_raw_epoch(trainer_: Any) -> dict[str, Any]:
         record = layers_probe(trainer_)  # the run's own probe, inside the train epoch's time
@@ -77,14 +79,21 @@ def alternate(cfg, epochs: int) -> tuple[list[float], list[float]]:
         raw_s.append(raw_ended[-1] - started)
         return record
 
+    def run_clock() -> float:
+        """The run's own seconds, the raw epochs' left out: checkpoint.min_interval_s floors the
+        checkpoints by this clock, so the run checkpoints as often as it would alone, not twice
+        as often (its wall clock runs a raw epoch for each of its own)."""
+        return time.monotonic() - sum(raw_s)
+
     # The run's probes are [layers_probe] (trainer.run._train): the raw epoch runs in its place,
     # at each epoch end, after the run's evaluation and records and before its checkpoint.
     trainer.run.layers_probe = probe_then_raw_epoch
+    trainer.run.checkpoint.Checkpointer = functools.partial(checkpointer, clock=run_clock)
     try:
         with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
             summary = trainer.run.run(cfg, Path(folder) / "run")
     finally:
-        trainer.run.layers_probe = layers_probe
+        trainer.run.layers_probe, trainer.run.checkpoint.Checkpointer = layers_probe, checkpointer
     assert summary["status"] == "completed", summary["status"]
     # Probe calls: one before the first step (epoch 0's record) and one per epoch. Pair each train
     # epoch with the raw epoch after it; the first epoch (pair) pays for the run's start.

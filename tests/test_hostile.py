@@ -212,6 +212,8 @@ CASES = [
          "checkpoint.min_interval_s=-1 must be a number of seconds >= 0"),
     Case("a checkpoint interval in words", ["checkpoint.min_interval_s=often"],
          "checkpoint.min_interval_s=often must be a number of seconds >= 0"),
+    Case("layer statistics never", ["layer_stats_every=0"], "layer_stats_every=0 must be an integer >= 1"),
+    Case("layer statistics in words", ["layer_stats_every=often"], "layer_stats_every=often must be an integer >= 1"),
     Case("unknown device", ["device=tpu"], "device='tpu' is unknown; valid: auto, cpu, cuda"),
     Case("2-D model on 1-D data", ["model=cnn"], "model=cnn needs images (C, H, W)"),
     Case("metric never produced", ["data=adding", "early_stopping=val_acc"], "early_stopping=val_acc needs a classification task"),

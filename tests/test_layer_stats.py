@@ -262,3 +262,21 @@ def test_activation_std_keeps_a_saturated_layers_small_spread():
     stats = layer_stats._activation_stats(outputs.float(), relu_family=False)
     assert stats.std.item() == pytest.approx(outputs.std().item(), rel=1e-2)
     assert stats.mean.item() == pytest.approx(outputs.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("every", "epochs_measured"), [(1, [0, 1, 2, 3, 4, 5, 6, 7]), (5, [0, 3, 6, 7]), (1000, [0, 7])])
+def test_layer_statistics_come_every_kth_epoch_and_at_the_end(tmp_path, make_cfg: Callable[..., DictConfig],
+                                                                every: int, epochs_measured: list[int]) -> None:
+    """2 steps an epoch: layer_stats_every=5 is every 3rd epoch (the fewest holding 5 steps), plus the
+    fresh model's (epoch 0) and the last epoch's, which the diagnosis reads."""
+    import json
+
+    from trainer.run import run
+
+    cfg = make_cfg("max_steps=null", "epochs=7", "data.num_train=64", "batch_size=32", f"layer_stats_every={every}")
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["steps"] == 14
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    layers = [record for record in records if record["kind"] == "layers"]
+    assert [record["epoch"] for record in layers] == epochs_measured
+    assert [record["step"] for record in layers] == [0, *(2 * epoch for epoch in epochs_measured[1:])]

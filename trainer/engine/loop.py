@@ -130,8 +130,8 @@ class Trainer:
         generator: the data order's own generator, independent of the model's RNG.
         checkpoints: when a checkpoint is due, and how one is saved and waited for.
         probes: called at each epoch end; a record each returns goes to the loggers.
-        watch_layers: measure per-layer statistics on each epoch's last training step, into
-            `layer_rows` (for observe.probes.layers_probe).
+        watch_layers: measure per-layer statistics on the last training step of the epochs they are
+            due at (`layers_due`), into `layer_rows` (for observe.probes.layers_probe).
     """
 
     def __init__(
@@ -165,6 +165,9 @@ class Trainer:
         # A compiled net's submodules take no hooks without recompiling: layers_probe measures it apart.
         self.layer_watch = LayerWatch(self.model) if watch_layers and not settings.compile else None
         self.layer_rows: list[dict[str, Any]] | None = None
+        # Whether this epoch's end takes per-layer statistics: every settings.layer_stats_every_epochs-th
+        # epoch and the run's last; and before the first step (the fresh model's, which run.py records).
+        self.layers_due = True
         self.started = 0.0
         self.rebalanced = time.monotonic()  # threads.resolve divided the cores as the run started
 
@@ -248,7 +251,10 @@ class Trainer:
             order = self.source.start_epoch(torch.randperm(n, generator=self.generator), state.batch, step_batch, per_epoch)
             while state.batch < per_epoch:
                 last_of_epoch = state.batch == per_epoch - 1 or bool(settings.max_steps) and state.step + 1 >= settings.max_steps
-                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch], last_of_epoch)
+                if last_of_epoch:
+                    self.layers_due = self._layers_due_after(state.epoch, state.step + 1)
+                self.train_step(order[state.batch * step_batch : (state.batch + 1) * step_batch],
+                                last_of_epoch and self.layers_due)
                 state.batch += 1
                 state.step += 1
                 state.samples_seen += min(step_batch, n)
@@ -263,6 +269,14 @@ class Trainer:
             self._end_epoch()
             if settings.max_steps and state.step >= settings.max_steps:
                 return
+
+    def _layers_due_after(self, epoch: int, step: int) -> bool:
+        """Whether the end of `epoch`, `step` optimizer steps in, takes per-layer statistics: at every
+        settings.layer_stats_every_epochs-th epoch, and at the run's end (so the diagnosis reads the
+        trained model's). A function of the epoch alone: a resumed run takes them where it would have."""
+        settings = self.settings
+        return epoch % settings.layer_stats_every_epochs == 0 or not training_left(epoch + 1, step, settings.epochs,
+                                                                                     settings.max_steps)
 
     def _end_epoch(self) -> None:
         state = self.state

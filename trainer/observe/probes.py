@@ -57,12 +57,15 @@ def start_record(parts: "Parts") -> dict[str, Any]:
 LAYER_STATS_BATCH = 64  # validation samples for the statistics measured apart (the fresh model, a compiled net)
 
 
-def layers_probe(trainer: "Trainer") -> dict[str, Any]:
-    """Per-layer activation, weight and gradient statistics at an evaluation: those of the epoch's
-    last training step where the trainer watched it (its batch, its gradients before clipping and
-    the update, as the optimizer saw them), else one extra forward and backward on validation
-    samples (no step, and the model is left as it was)."""
+def layers_probe(trainer: "Trainer") -> dict[str, Any] | None:
+    """Per-layer activation, weight and gradient statistics at an evaluation where they are due
+    (trainer.layers_due: layer_stats_every), else None: those of the epoch's last training step
+    where the trainer watched it (its batch, its gradients before clipping and the update, as the
+    optimizer saw them), else one extra forward and backward on validation samples (no step, and
+    the model is left as it was)."""
     parts, state = trainer.parts, trainer.state
+    if not trainer.layers_due:
+        return None
     rows, trainer.layer_rows = trainer.layer_rows, None
     if rows is None:
         x, y = parts.data.head("val", LAYER_STATS_BATCH)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.engine.loop import Trainer
 from trainer.engine.parts import build_parts
 from trainer.errors import ConfigError
 from trainer.models.peephole import PeepholeLSTM

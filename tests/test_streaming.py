@@ -23,7 +23,6 @@ from trainer.data import spread_sample
 from trainer.data.streamed import Streamed, StreamedSplits, stream_reason, streamed_splits
 from trainer.engine import checkpoint
 from trainer.engine.distributed import Context
-from trainer.errors import ConfigError
 
 # 60 images of 8 x 8: 48 to train on (6 steps of 8 an epoch), 12 to validate; 8 to test.
 RUN = ["data=imagefolder", "data.image_size=8", "batch_size=8", "epochs=2", "log_every=2", "device=cpu",

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from trainer.data.seq2seq import BOS, PAD
+from trainer.data.seq2seq import PAD
 from trainer.errors import ConfigError
 from trainer.models import check_at_least, check_probability, dropout_layers
 from trainer.models.time_steps import time_steps

@@ -70,7 +70,7 @@ class MemorySource:
 
     def step(self, index: torch.Tensor) -> list[Batch]:
         # index_select, not x[micro]: the same rows, without advanced indexing's general machinery
-        # (about 4 us less a step for cnn1d's two tensors on the CPU: 0.2% of its step).
+        # (cnn1d on the CPU: about 4 us less a step alone; whole epochs, 1.036 -> 1.028 of the raw loop's time).
         x, y = self.data.x_train, self.data.y_train
         return [(x.index_select(0, micro), y.index_select(0, micro))
                 for micro in micro_batches(index, self.ranks, self.accumulate)]
